@@ -1,0 +1,155 @@
+"""A scripted provider for tests and demos: replies, tool calls, errors and delays on cue.
+
+```python
+mock = MockProvider(replies=[MockReply(text="Hi"), MockReply(error=RateLimitError("slow down"))])
+await mock.chat([Message.user("hello")])     # -> "Hi"
+mock.requests[0].messages                   # what it was sent
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from zeph_providers.errors import LlmError
+from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.types import (
+    ContentChunk,
+    EndChunk,
+    FinishReason,
+    Message,
+    StreamChunk,
+    ThinkingChunk,
+    ToolCall,
+    ToolUseChunk,
+    Usage,
+    UsageChunk,
+)
+
+if TYPE_CHECKING:
+    from zeph_providers.config import MockConfig
+    from zeph_providers.registry import Registry
+
+__all__ = ["MockProvider", "MockReply", "MockRequest", "build"]
+
+
+@dataclass
+class MockReply:
+    """One scripted reply. `error` is raised after `error_after_chunks` chunks (0: before any)."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    thinking: str = ""
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    delay_secs: float = 0.0
+    error: LlmError | None = None
+    error_after_chunks: int = 0
+
+
+@dataclass
+class MockRequest:
+    messages: list[Message]
+    options: ChatOptions
+
+
+class MockProvider(BaseProvider):
+    """Replays its script in order (the last reply repeats), recording every request."""
+
+    backend = "mock"
+
+    def __init__(
+        self,
+        name: str = "mock",
+        model: str = "mock-1",
+        *,
+        replies: Sequence[MockReply | str] = (),
+        chunk_size: int = 4,
+        delay_secs: float = 0.0,
+        embedding_dim: int = 8,
+        capabilities: Capabilities | None = None,
+        max_concurrent: int | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            model,
+            capabilities=capabilities
+            or Capabilities(
+                streaming=True, embeddings=True, tools=True, vision=True, structured_output=True, thinking=True
+            ),
+            max_concurrent=max_concurrent,
+        )
+        self._script = [MockReply(text=r) if isinstance(r, str) else r for r in replies]
+        self._chunk_size = chunk_size
+        self._delay = delay_secs
+        self._embedding_dim = embedding_dim
+        self._calls = 0
+        self.requests: list[MockRequest] = []
+        self.chunks_sent = 0
+        self.closed = False
+
+    def push(self, *replies: MockReply | str) -> None:
+        """Append replies to the script."""
+        self._script.extend(MockReply(text=r) if isinstance(r, str) else r for r in replies)
+
+    def _next_reply(self) -> MockReply:
+        if not self._script:
+            return MockReply(text="Hello from the mock provider.")
+        index = min(self._calls, len(self._script) - 1)
+        self._calls += 1
+        return self._script[index]
+
+    async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        self.requests.append(MockRequest(messages=messages, options=options))
+        reply = self._next_reply()
+        chunks: list[StreamChunk] = []
+        if reply.thinking:
+            chunks.append(ThinkingChunk(text=reply.thinking))
+        text = reply.text
+        size = self._chunk_size
+        chunks.extend(ContentChunk(text=text[i : i + size]) for i in range(0, len(text), size))
+        chunks.extend(ToolUseChunk(tool_call=call) for call in reply.tool_calls)
+        prompt_words = sum(len(m.text.split()) for m in messages)
+        usage = reply.usage or Usage(input_tokens=prompt_words, output_tokens=len(text.split()))
+        finish = reply.finish_reason or ("tool_use" if reply.tool_calls else "stop")
+        delay = reply.delay_secs or self._delay
+        for sent, chunk in enumerate(chunks):
+            if reply.error is not None and sent == reply.error_after_chunks:
+                raise reply.error
+            if delay:
+                await asyncio.sleep(delay)
+            self.chunks_sent += 1
+            yield chunk
+        if reply.error is not None:
+            raise reply.error
+        yield UsageChunk(usage=usage)
+        yield EndChunk(finish_reason=finish, model=self.model)
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        return [self._vector(text) for text in texts]
+
+    def _vector(self, text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(self._embedding_dim)]
+        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+        return [v / norm for v in raw]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def build(config: MockConfig, registry: Registry) -> MockProvider:
+    return MockProvider(
+        config.name,
+        config.model,
+        replies=list(config.responses),
+        chunk_size=config.chunk_size,
+        delay_secs=config.delay_secs,
+        embedding_dim=config.embedding_dim,
+        max_concurrent=config.max_concurrent,
+    )

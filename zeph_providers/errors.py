@@ -1,0 +1,248 @@
+"""The error hierarchy: one base, `LlmError`, and a precise subclass for each way a call fails.
+
+Every error names the provider it came from. Messages are scrubbed of every secret the library
+has seen (see `register_secret`), so wrapping an SDK error that quotes a header cannot leak a key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BadResponseError",
+    "ConfigError",
+    "ConfigProblem",
+    "ContextLengthError",
+    "InferenceError",
+    "InvalidRequestError",
+    "LlmError",
+    "ProviderNotFoundError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "UnsupportedCapabilityError",
+    "error_from_status",
+    "parse_retry_after",
+    "redact",
+    "register_secret",
+]
+
+_REDACTED = "[REDACTED]"
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that no error message or log line built later can contain it."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret in `text` with a placeholder."""
+    if not _secrets:
+        return text
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+class LlmError(Exception):
+    """Base of every error this library raises; `provider` names where it came from."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, provider: str | None = None) -> None:
+        self.provider = provider
+        self.message = redact(message)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        if self.provider:
+            return f"provider {self.provider!r}: {self.message}"
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config: where (provider index/name, field) and what."""
+
+    message: str
+    index: int | None = None
+    provider: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where: list[str] = []
+        if self.index is not None:
+            label = f"providers[{self.index}]"
+            if self.provider:
+                label += f" ({self.provider!r})"
+            where.append(label)
+        elif self.provider:
+            where.append(f"provider {self.provider!r}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigError(LlmError):
+    """A config file or dict is invalid; lists every problem found, not only the first."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: Sequence[ConfigProblem] = (),
+        source: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = [f"{source}: {message}" if source else message]
+        lines.extend(f"  - {problem}" for problem in self.problems)
+        super().__init__("\n".join(lines), provider=provider)
+
+
+class ProviderNotFoundError(LlmError, KeyError):
+    """`registry.get(name)` for a name the config does not declare."""
+
+    def __init__(self, name: str, available: Sequence[str]) -> None:
+        self.name = name
+        self.available = list(available)
+        listed = ", ".join(repr(n) for n in self.available) or "none"
+        super().__init__(f"no provider named {name!r}; configured providers: {listed}", provider=name)
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return self.message
+
+
+class AuthenticationError(LlmError):
+    """The API key is missing, wrong or lacks permission (HTTP 401/403)."""
+
+
+class RateLimitError(LlmError):
+    """HTTP 429; `retry_after` is the server's requested wait in seconds, when it gave one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, provider: str | None = None, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, provider=provider)
+
+
+class ProviderTimeoutError(LlmError, TimeoutError):
+    """The call (or the local queue/worker) did not finish within its deadline."""
+
+    retryable = True
+
+
+class ContextLengthError(LlmError):
+    """The prompt plus requested output does not fit the model's context window."""
+
+
+class InvalidRequestError(LlmError):
+    """The server rejected the request itself (HTTP 400/404/422); retrying will not help."""
+
+
+class ProviderUnavailableError(LlmError):
+    """The server could not be reached or failed (5xx, connection refused or reset)."""
+
+    retryable = True
+
+
+class InferenceError(LlmError):
+    """The local model failed while generating (worker crash, out of memory, ...)."""
+
+
+class UnsupportedCapabilityError(LlmError):
+    """The provider lacks a capability the call needs (embeddings, tools, vision, ...)."""
+
+    def __init__(self, capability: str, *, provider: str | None = None, detail: str = "") -> None:
+        self.capability = capability
+        message = f"does not support {capability}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message, provider=provider)
+
+
+class BadResponseError(LlmError):
+    """The server answered with something malformed: invalid JSON, a truncated stream, ..."""
+
+    retryable = True
+
+
+def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or HTTP date) or `retry-after-ms`."""
+    if headers is None:
+        return None
+    try:
+        millis = headers.get("retry-after-ms")
+        if millis is not None:
+            return max(0.0, float(millis) / 1000.0)
+        value = headers.get("retry-after")
+    except Exception:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import datetime as _dt
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - _dt.datetime.now(when.tzinfo)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+_CONTEXT_HINTS = (
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+    "exceeds the context",
+    "exceed_context_size",
+    "input is too long",
+)
+
+
+def error_from_status(
+    status: int,
+    message: str,
+    *,
+    provider: str | None,
+    headers: Mapping[str, str] | Any = None,
+) -> LlmError:
+    """Map an HTTP status (and the server's message) to the typed error it means."""
+    lowered = message.lower()
+    if status in (401, 403):
+        return AuthenticationError(f"HTTP {status}: {message}; check the API key", provider=provider)
+    if status == 429:
+        return RateLimitError(
+            f"HTTP 429: {message}", provider=provider, retry_after=parse_retry_after(headers)
+        )
+    if status == 408:
+        return ProviderTimeoutError(f"HTTP 408: {message}", provider=provider)
+    if status == 413 or (400 <= status < 500 and any(h in lowered for h in _CONTEXT_HINTS)):
+        return ContextLengthError(f"HTTP {status}: {message}", provider=provider)
+    if status >= 500 or status == 0:
+        return ProviderUnavailableError(f"HTTP {status}: {message}", provider=provider)
+    return InvalidRequestError(f"HTTP {status}: {message}", provider=provider)

@@ -1,0 +1,262 @@
+"""Messages, tool definitions, responses and stream chunks shared by every backend.
+
+Everything here is a pydantic model so messages and responses round-trip through JSON
+(`model_dump_json()` / `model_validate_json()`), including image bytes (base64 in JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+__all__ = [
+    "ChatResponse",
+    "ContentChunk",
+    "EndChunk",
+    "FinishReason",
+    "ImagePart",
+    "Message",
+    "Part",
+    "Role",
+    "StreamChunk",
+    "TextPart",
+    "ThinkingChunk",
+    "ThinkingPart",
+    "ToolCall",
+    "ToolDefinition",
+    "ToolResultPart",
+    "ToolUseChunk",
+    "ToolUsePart",
+    "Usage",
+    "UsageChunk",
+]
+
+
+class Role(str, enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TextPart(_Frozen):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(_Frozen):
+    """Raw image bytes; each backend encodes them (base64) in its API's shape."""
+
+    type: Literal["image"] = "image"
+    data: bytes
+    mime_type: str = "image/png"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _decode_base64(cls, value: Any) -> Any:
+        # JSON carries bytes as base64 text; accept that on the way back in.
+        if isinstance(value, str):
+            return base64.b64decode(value)
+        return value
+
+    @field_serializer("data", when_used="json")
+    def _encode_base64(self, value: bytes) -> str:
+        return base64.b64encode(value).decode("ascii")
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+
+class ToolUsePart(_Frozen):
+    """A tool call the assistant made, kept in history so the next turn can answer it."""
+
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultPart(_Frozen):
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+class ThinkingPart(_Frozen):
+    type: Literal["thinking"] = "thinking"
+    text: str
+    signature: str | None = None
+
+
+Part = Annotated[
+    Union[TextPart, ImagePart, ToolUsePart, ToolResultPart, ThinkingPart],
+    Field(discriminator="type"),
+]
+
+
+class ToolCall(_Frozen):
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    def to_part(self) -> ToolUsePart:
+        return ToolUsePart(id=self.id, name=self.name, arguments=self.arguments)
+
+
+class Message(_Frozen):
+    role: Role
+    parts: tuple[Part, ...] = ()
+
+    @classmethod
+    def system(cls, text: str) -> Message:
+        return cls(role=Role.SYSTEM, parts=(TextPart(text=text),))
+
+    @classmethod
+    def user(cls, text: str = "", *, images: list[ImagePart] | None = None) -> Message:
+        parts: list[Part] = [TextPart(text=text)] if text else []
+        parts.extend(images or ())
+        return cls(role=Role.USER, parts=tuple(parts))
+
+    @classmethod
+    def assistant(
+        cls,
+        text: str = "",
+        *,
+        tool_calls: list[ToolCall] | None = None,
+        thinking: str | None = None,
+    ) -> Message:
+        parts: list[Part] = []
+        if thinking:
+            parts.append(ThinkingPart(text=thinking))
+        if text:
+            parts.append(TextPart(text=text))
+        parts.extend(call.to_part() for call in tool_calls or ())
+        return cls(role=Role.ASSISTANT, parts=tuple(parts))
+
+    @classmethod
+    def tool_result(cls, tool_call_id: str, content: str | Any, *, is_error: bool = False) -> Message:
+        """The answer to one tool call; non-string content is sent as JSON."""
+        text = content if isinstance(content, str) else json.dumps(content)
+        return cls(
+            role=Role.TOOL,
+            parts=(ToolResultPart(tool_call_id=tool_call_id, content=text, is_error=is_error),),
+        )
+
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [part for part in self.parts if isinstance(part, ImagePart)]
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=p.id, name=p.name, arguments=p.arguments)
+            for p in self.parts
+            if isinstance(p, ToolUsePart)
+        ]
+
+    @property
+    def tool_results(self) -> list[ToolResultPart]:
+        return [part for part in self.parts if isinstance(part, ToolResultPart)]
+
+
+class ToolDefinition(_Frozen):
+    """A function the model may call; `parameters` is a JSON schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class Usage(_Frozen):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error"]
+
+
+class ChatResponse(BaseModel):
+    """One complete assistant reply; `stream.response` and `chat()` return equal ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    thinking: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: FinishReason = "stop"
+    model: str = ""
+    provider: str = ""
+    parsed: Any = Field(default=None, exclude=True)
+    """The structured-output object when `response_format` was given (not serialised)."""
+
+    def to_message(self) -> Message:
+        """The reply as an assistant message, to append to the conversation."""
+        return Message.assistant(self.text, tool_calls=self.tool_calls, thinking=self.thinking or None)
+
+
+class ContentChunk(_Frozen):
+    type: Literal["content"] = "content"
+    text: str
+
+
+class ThinkingChunk(_Frozen):
+    type: Literal["thinking"] = "thinking"
+    text: str
+    signature: str | None = None
+
+
+class ToolUseChunk(_Frozen):
+    """A complete tool call, emitted once its streamed fragments are reassembled."""
+
+    type: Literal["tool_use"] = "tool_use"
+    tool_call: ToolCall
+
+
+class UsageChunk(_Frozen):
+    """Token counts, emitted exactly once per response."""
+
+    type: Literal["usage"] = "usage"
+    usage: Usage
+
+
+class EndChunk(_Frozen):
+    type: Literal["end"] = "end"
+    finish_reason: FinishReason = "stop"
+    model: str = ""
+
+
+StreamChunk = Annotated[
+    Union[ContentChunk, ThinkingChunk, ToolUseChunk, UsageChunk, EndChunk],
+    Field(discriminator="type"),
+]
