@@ -47,7 +47,7 @@ def llamacpp_server(smollm2_gguf: Path) -> Iterator[str]:
     params.port = 0
     params.hostnames = ["127.0.0.1"]
     params.cpuparams.n_threads = 2
-    params.n_parallel = 2
+    params.n_ctx = 4096
     server = xllamacpp.Server(params)
     address = server.listening_address
     base = address if address.startswith("http") else f"http://{address}"
