@@ -169,7 +169,7 @@ class CompatibleConfig(OpenAIConfig):
     default_key_env: ClassVar[str | None] = None
     key_required: ClassVar[bool] = False
     type: Literal["compatible"] = "compatible"  # type: ignore[assignment]
-    base_url: str  # type: ignore[assignment]
+    base_url: str
     model: Annotated[str, Field(min_length=1)]
 
 
@@ -412,13 +412,17 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
             entry = raw_providers[idx] if isinstance(raw_providers, list) else {}
             pname = entry.get("name") if isinstance(entry, Mapping) else None
             field = ".".join(str(p) for p in path[2:]) or None
-            problems.append(ConfigProblem(message, index=idx, provider=pname if isinstance(pname, str) else None, field=field))
+            problems.append(
+                ConfigProblem(message, index=idx, provider=pname if isinstance(pname, str) else None, field=field)
+            )
         else:
             problems.append(ConfigProblem(message, field=".".join(str(p) for p in path) or None))
 
     for key in llm:
         if key not in ("default", "embedding", "providers"):
-            problems.append(ConfigProblem(f"unknown key {key!r} in [llm]" + _hint(key, ["default", "embedding", "providers"])))
+            problems.append(
+                ConfigProblem(f"unknown key {key!r} in [llm]" + _hint(key, ["default", "embedding", "providers"]))
+            )
 
     providers: list[ProviderConfigBase] = []
     if not isinstance(raw_providers, list):
@@ -476,15 +480,18 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
 
     names = {p.name for p in providers}
     all_declared = names | {r.get("name") for r in raw_providers if isinstance(r, Mapping)}
-    for index, provider in enumerate(providers):
+    for provider in providers:
         if isinstance(provider, RouterConfig):
             for member in provider.providers:
                 if member == provider.name:
-                    problems.append(ConfigProblem("a router cannot contain itself", provider=provider.name, field="providers"))
+                    problems.append(
+                        ConfigProblem("a router cannot contain itself", provider=provider.name, field="providers")
+                    )
                 elif member not in all_declared:
                     problems.append(
                         ConfigProblem(
-                            f"names unknown provider {member!r}" + _hint(member, sorted(str(n) for n in all_declared if n)),
+                            f"names unknown provider {member!r}"
+                            + _hint(member, sorted(str(n) for n in all_declared if n)),
                             provider=provider.name,
                             field="providers",
                         )

@@ -236,9 +236,7 @@ def error_from_status(
     if status in (401, 403):
         return AuthenticationError(f"HTTP {status}: {message}; check the API key", provider=provider)
     if status == 429:
-        return RateLimitError(
-            f"HTTP 429: {message}", provider=provider, retry_after=parse_retry_after(headers)
-        )
+        return RateLimitError(f"HTTP 429: {message}", provider=provider, retry_after=parse_retry_after(headers))
     if status == 408:
         return ProviderTimeoutError(f"HTTP 408: {message}", provider=provider)
     if status == 413 or (400 <= status < 500 and any(h in lowered for h in _CONTEXT_HINTS)):

@@ -63,9 +63,7 @@ def _load_plugin(type_name: str) -> Backend | None:
     try:
         backend: Backend = ep.load()
     except Exception as exc:
-        raise ConfigError(
-            f"the plugin backend {type_name!r} ({ep.value}) failed to import: {exc}"
-        ) from exc
+        raise ConfigError(f"the plugin backend {type_name!r} ({ep.value}) failed to import: {exc}") from exc
     return backend
 
 

@@ -438,9 +438,7 @@ class BaseProvider:
                 detail="response_format must be a JSON schema dict or a pydantic model class",
             )
 
-    async def _guarded_stream(
-        self, messages: list[Message], options: ChatOptions
-    ) -> AsyncIterator[StreamChunk]:
+    async def _guarded_stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
         semaphore = self._semaphore
         if semaphore is not None:
             await semaphore.acquire()
@@ -454,9 +452,7 @@ class BaseProvider:
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
-                raise InferenceError(
-                    f"unexpected {type(exc).__name__}: {exc}", provider=self._name
-                ) from exc
+                raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=self._name) from exc
             finally:
                 aclose = getattr(source, "aclose", None)
                 if aclose is not None:

@@ -9,6 +9,7 @@ first chunk, so nothing a caller has seen is ever repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -94,7 +95,6 @@ async def retry_stream(
 async def _close(source: AsyncIterator[T]) -> None:
     aclose = getattr(source, "aclose", None)
     if aclose is not None:
-        try:
+        # A broken connection may fail to close; the error has already surfaced.
+        with contextlib.suppress(Exception):
             await aclose()
-        except Exception:  # a broken connection may fail to close; the error already surfaced
-            pass

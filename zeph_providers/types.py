@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
@@ -99,7 +99,7 @@ class ThinkingPart(_Frozen):
 
 
 Part = Annotated[
-    Union[TextPart, ImagePart, ToolUsePart, ToolResultPart, ThinkingPart],
+    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart,
     Field(discriminator="type"),
 ]
 
@@ -162,11 +162,7 @@ class Message(_Frozen):
 
     @property
     def tool_calls(self) -> list[ToolCall]:
-        return [
-            ToolCall(id=p.id, name=p.name, arguments=p.arguments)
-            for p in self.parts
-            if isinstance(p, ToolUsePart)
-        ]
+        return [ToolCall(id=p.id, name=p.name, arguments=p.arguments) for p in self.parts if isinstance(p, ToolUsePart)]
 
     @property
     def tool_results(self) -> list[ToolResultPart]:
@@ -178,9 +174,7 @@ class ToolDefinition(_Frozen):
 
     name: str
     description: str = ""
-    parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 class Usage(_Frozen):
@@ -257,6 +251,6 @@ class EndChunk(_Frozen):
 
 
 StreamChunk = Annotated[
-    Union[ContentChunk, ThinkingChunk, ToolUseChunk, UsageChunk, EndChunk],
+    ContentChunk | ThinkingChunk | ToolUseChunk | UsageChunk | EndChunk,
     Field(discriminator="type"),
 ]

@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 
 from tests.conformance.scenarios import BrokenStream, ErrorReply, Scenario, Served, TextReply, ToolReply
 from zeph_providers.backends.mock import MockProvider, MockReply
-from zeph_providers.errors import error_from_status
-from zeph_providers.errors import ProviderUnavailableError
+from zeph_providers.errors import ProviderUnavailableError, error_from_status
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.types import ToolCall, Usage
 
@@ -46,7 +45,9 @@ class MockHarness:
             )
         if isinstance(scenario, ErrorReply):
             headers = {"retry-after": str(scenario.retry_after)} if scenario.retry_after is not None else {}
-            return MockReply(error=error_from_status(scenario.status, scenario.message, provider="mock-conf", headers=headers))
+            return MockReply(
+                error=error_from_status(scenario.status, scenario.message, provider="mock-conf", headers=headers)
+            )
         if isinstance(scenario, BrokenStream):
             return MockReply(
                 text="".join(scenario.chunks),

@@ -43,9 +43,7 @@ class ToolCallSpec:
 class ToolReply:
     """Tool calls whose JSON arguments arrive split into `fragments` pieces each."""
 
-    calls: tuple[ToolCallSpec, ...] = (
-        ToolCallSpec("call_1", "get_weather", {"city": "Paris", "unit": "celsius"}),
-    )
+    calls: tuple[ToolCallSpec, ...] = (ToolCallSpec("call_1", "get_weather", {"city": "Paris", "unit": "celsius"}),)
     text_before: str = ""
     fragments: int = 3
     input_tokens: int = 20

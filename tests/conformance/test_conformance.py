@@ -110,7 +110,12 @@ async def test_multi_turn_tool_conversation(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error_type"),
-    [(401, AuthenticationError), (400, InvalidRequestError), (500, ProviderUnavailableError), (503, ProviderUnavailableError)],
+    [
+        (401, AuthenticationError),
+        (400, InvalidRequestError),
+        (500, ProviderUnavailableError),
+        (503, ProviderUnavailableError),
+    ],
 )
 async def test_http_errors_are_typed(harness: Harness, status: int, error_type: type[LlmError]) -> None:
     if not harness.supports_scripted_errors:

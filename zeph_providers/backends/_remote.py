@@ -26,7 +26,14 @@ from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
 from zeph_providers.retry import RetryPolicy, retry_stream
 from zeph_providers.types import Message, StreamChunk
 
-__all__ = ["RemoteProvider", "check_url_safety", "is_loopback", "map_transport_error"]
+__all__ = [
+    "RemoteProvider",
+    "check_url_safety",
+    "httpx2_client",
+    "httpx_client_kwargs",
+    "is_loopback",
+    "map_transport_error",
+]
 
 log = logging.getLogger("zeph_providers.remote")
 
@@ -70,6 +77,36 @@ def map_transport_error(exc: BaseException, provider: str) -> LlmError | None:
     if names & {"DecodingError", "JSONDecodeError", "UnicodeDecodeError"}:
         return BadResponseError(f"malformed response body ({text})", provider=provider)
     return None
+
+
+def httpx2_client(config: RemoteConfig, *, transport: Any = None) -> Any:
+    """An `httpx2.AsyncClient` (for the openai and anthropic SDKs) with this provider's limits."""
+    import httpx2
+
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
+        limits=httpx2.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=min(config.max_connections, 32),
+        ),
+        transport=transport,
+    )
+
+
+def httpx_client_kwargs(config: RemoteConfig, *, transport: Any = None) -> dict[str, Any]:
+    """Keyword arguments for an `httpx.AsyncClient` (the ollama SDK takes them directly)."""
+    import httpx
+
+    kwargs: dict[str, Any] = {
+        "timeout": httpx.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
+        "limits": httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=min(config.max_connections, 32),
+        ),
+    }
+    if transport is not None:
+        kwargs["transport"] = transport
+    return kwargs
 
 
 class RemoteProvider(BaseProvider):
