@@ -8,6 +8,7 @@ kind is built.
 from __future__ import annotations
 
 from zeph_providers.errors import (
+    AllProvidersFailedError,
     AuthenticationError,
     BadResponseError,
     ConfigError,
@@ -46,6 +47,7 @@ from zeph_providers.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllProvidersFailedError",
     "AuthenticationError",
     "BadResponseError",
     "BaseProvider",

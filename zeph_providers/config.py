@@ -429,6 +429,7 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
         problems.append(ConfigProblem("`providers` must be an array of tables ([[llm.providers]])", field="providers"))
         raw_providers = []
     seen: dict[str, int] = {}
+    positions: list[int] = []  # providers[i] came from raw_providers[positions[i]]
     for index, raw in enumerate(raw_providers):
         if not isinstance(raw, Mapping):
             problems.append(ConfigProblem("each provider must be a table", index=index))
@@ -462,6 +463,7 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
         entry["type"] = model.type_name or TYPE_ALIASES.get(type_name, type_name)
         try:
             providers.append(model.model_validate(entry))
+            positions.append(index)
         except ValidationError as exc:
             problems.extend(_problems_from_validation(exc, model, index=index, name=name))
             continue
@@ -479,19 +481,24 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
                 seen[name] = index
 
     names = {p.name for p in providers}
-    all_declared = names | {r.get("name") for r in raw_providers if isinstance(r, Mapping)}
-    for provider in providers:
+    all_declared = names | {
+        r["name"] for r in raw_providers if isinstance(r, Mapping) and isinstance(r.get("name"), str)
+    }
+    for position, provider in zip(positions, providers, strict=True):
         if isinstance(provider, RouterConfig):
             for member in provider.providers:
                 if member == provider.name:
                     problems.append(
-                        ConfigProblem("a router cannot contain itself", provider=provider.name, field="providers")
+                        ConfigProblem(
+                            "a router cannot contain itself", index=position, provider=provider.name, field="providers"
+                        )
                     )
                 elif member not in all_declared:
                     problems.append(
                         ConfigProblem(
                             f"names unknown provider {member!r}"
                             + _hint(member, sorted(str(n) for n in all_declared if n)),
+                            index=position,
                             provider=provider.name,
                             field="providers",
                         )

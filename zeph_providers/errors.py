@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 __all__ = [
+    "AllProvidersFailedError",
     "AuthenticationError",
     "BadResponseError",
     "ConfigError",
@@ -162,6 +163,27 @@ class ProviderUnavailableError(LlmError):
     """The server could not be reached or failed (5xx, connection refused or reset)."""
 
     retryable = True
+
+
+class AllProvidersFailedError(ProviderUnavailableError):
+    """Every member a router tried failed; `errors` holds each member's error, in the order tried."""
+
+    def __init__(self, errors: Sequence[LlmError], *, provider: str | None = None, message: str = "") -> None:
+        self.errors: list[LlmError] = list(errors)
+        # Retrying the router helps only if some member's failure was transient.
+        self.retryable = any(error.retryable for error in self.errors)
+        listed = "; ".join(f"{error.provider or '?'}: {type(error).__name__}: {error.message}" for error in self.errors)
+        head = message or f"all {len(self.errors)} provider(s) failed"
+        super().__init__(f"{head}: {listed}" if listed else head, provider=provider)
+
+    @property
+    def exceptions(self) -> tuple[LlmError, ...]:
+        """The member errors, named like `ExceptionGroup.exceptions`."""
+        return tuple(self.errors)
+
+    def as_exception_group(self) -> ExceptionGroup[LlmError]:
+        """The member errors as an `ExceptionGroup`, for `except*` handling."""
+        return ExceptionGroup(str(self), self.errors)
 
 
 class InferenceError(LlmError):

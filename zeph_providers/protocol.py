@@ -157,6 +157,8 @@ class ResponseAssembler:
             self._finish = chunk.finish_reason
             if chunk.model:
                 self._model = chunk.model
+            if chunk.provider:
+                self._provider = chunk.provider
 
     @property
     def finished(self) -> bool:

@@ -248,6 +248,8 @@ class EndChunk(_Frozen):
     type: Literal["end"] = "end"
     finish_reason: FinishReason = "stop"
     model: str = ""
+    provider: str | None = None
+    """The provider that actually answered, when not the stream's own (a router names its member)."""
 
 
 StreamChunk = Annotated[

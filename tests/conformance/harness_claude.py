@@ -1,0 +1,295 @@
+"""The Claude backend served through the conformance scenarios.
+
+A fake Anthropic server behind `httpx2.MockTransport` answers `POST /v1/messages` with real
+Messages API server-sent events (message_start, content_block_start, ping, content_block_delta,
+content_block_stop, message_delta, message_stop: the shapes of Anthropic's streaming docs), error
+bodies in Anthropic's `{"type": "error", "error": {...}}` shape with their status and headers, and
+broken streams that die with `httpx2.ReadError`. The helpers here are reused by
+`tests/backends/test_claude_wire.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import httpx2
+from pydantic import SecretStr
+
+from tests.conformance.scenarios import (
+    BrokenStream,
+    ErrorReply,
+    Scenario,
+    Served,
+    TextReply,
+    ToolReply,
+    split_fragments,
+)
+from zeph_providers.backends.claude import ClaudeProvider
+from zeph_providers.config import ClaudeConfig
+from zeph_providers.protocol import LlmProvider
+from zeph_providers.retry import RetryPolicy
+
+TEST_KEY = "sk-ant-api03-conformance-secret-key-0123456789"
+MODEL = "claude-sonnet-4-6"
+SERVED_MODEL = "claude-sonnet-4-6-20260217"
+"""The dated snapshot the fake server names in message_start."""
+
+_NEUTRAL_TO_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_use": "tool_use",
+    "content_filter": "refusal",
+    "error": "pause_turn",
+}
+
+_STATUS_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+# ----- SSE building blocks ------------------------------------------------------------------
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event exactly as the Messages API frames it."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def message_start(
+    *, input_tokens: int, cache_read: int | None = None, cache_write: int | None = None, model: str = SERVED_MODEL
+) -> bytes:
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1}
+    if cache_read is not None:
+        usage["cache_read_input_tokens"] = cache_read
+    if cache_write is not None:
+        usage["cache_creation_input_tokens"] = cache_write
+    return sse(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": model,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        },
+    )
+
+
+def ping() -> bytes:
+    return sse("ping", {"type": "ping"})
+
+
+def block_start(index: int, block: dict[str, Any]) -> bytes:
+    return sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+
+def block_delta(index: int, delta: dict[str, Any]) -> bytes:
+    return sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def block_stop(index: int) -> bytes:
+    return sse("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def message_delta(stop_reason: str, output_tokens: int) -> bytes:
+    return sse(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": output_tokens},
+        },
+    )
+
+
+def message_stop() -> bytes:
+    return sse("message_stop", {"type": "message_stop"})
+
+
+def error_event(error_type: str, message: str) -> bytes:
+    return sse("error", {"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def text_block(index: int, chunks: Iterable[str]) -> list[bytes]:
+    events = [block_start(index, {"type": "text", "text": ""})]
+    events.extend(block_delta(index, {"type": "text_delta", "text": c}) for c in chunks)
+    events.append(block_stop(index))
+    return events
+
+
+def thinking_block(index: int, chunks: Iterable[str], signature: str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3h") -> list[bytes]:
+    events = [block_start(index, {"type": "thinking", "thinking": ""})]
+    events.extend(block_delta(index, {"type": "thinking_delta", "thinking": c}) for c in chunks)
+    events.append(block_delta(index, {"type": "signature_delta", "signature": signature}))
+    events.append(block_stop(index))
+    return events
+
+
+def tool_block(index: int, call_id: str, name: str, fragments: Iterable[str]) -> list[bytes]:
+    events = [block_start(index, {"type": "tool_use", "id": call_id, "name": name, "input": {}})]
+    events.extend(block_delta(index, {"type": "input_json_delta", "partial_json": f}) for f in fragments)
+    events.append(block_stop(index))
+    return events
+
+
+def text_events(reply: TextReply, *, cache_read: int | None = None, cache_write: int | None = None) -> list[bytes]:
+    events = [message_start(input_tokens=reply.input_tokens, cache_read=cache_read, cache_write=cache_write)]
+    index = 0
+    if reply.thinking:
+        events.extend(thinking_block(index, split_fragments(reply.thinking, 3)))
+        index += 1
+    events.append(block_start(index, {"type": "text", "text": ""}))
+    events.append(ping())
+    events.extend(block_delta(index, {"type": "text_delta", "text": c}) for c in reply.chunks)
+    events.append(block_stop(index))
+    events.append(message_delta(_NEUTRAL_TO_STOP[reply.finish], reply.output_tokens))
+    events.append(message_stop())
+    return events
+
+
+def tool_events(reply: ToolReply) -> list[bytes]:
+    events = [message_start(input_tokens=reply.input_tokens)]
+    index = 0
+    if reply.text_before:
+        events.extend(text_block(index, [reply.text_before]))
+        index += 1
+    for call in reply.calls:
+        events.extend(
+            tool_block(index, call.id, call.name, split_fragments(json.dumps(call.arguments), reply.fragments))
+        )
+        index += 1
+    events.append(message_delta("tool_use", reply.output_tokens))
+    events.append(message_stop())
+    return events
+
+
+# ----- responses ----------------------------------------------------------------------------
+
+
+async def _body(events: Sequence[bytes], *, fail: BaseException | None = None) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+    if fail is not None:
+        raise fail
+
+
+def sse_response(events: Sequence[bytes], *, fail: BaseException | None = None) -> httpx2.Response:
+    """A 200 event stream; `fail` is raised after the events (a broken connection)."""
+    return httpx2.Response(
+        200,
+        headers={"content-type": "text/event-stream; charset=utf-8", "request-id": "req_test"},
+        content=_body(events, fail=fail),
+    )
+
+
+def error_response(
+    status: int, message: str, *, error_type: str = "", retry_after: float | None = None
+) -> httpx2.Response:
+    headers = {"content-type": "application/json", "request-id": "req_error"}
+    if retry_after is not None:
+        headers["retry-after"] = f"{retry_after:g}"
+    body = {
+        "type": "error",
+        "error": {"type": error_type or _STATUS_ERROR_TYPE.get(status, "api_error"), "message": message},
+    }
+    return httpx2.Response(status, headers=headers, json=body)
+
+
+Responder = Scenario | httpx2.Response | Callable[[httpx2.Request], httpx2.Response]
+
+
+def scenario_response(scenario: Scenario) -> httpx2.Response:
+    if isinstance(scenario, TextReply):
+        return sse_response(text_events(scenario))
+    if isinstance(scenario, ToolReply):
+        return sse_response(tool_events(scenario))
+    if isinstance(scenario, ErrorReply):
+        return error_response(
+            scenario.status, scenario.message, error_type=scenario.error_type, retry_after=scenario.retry_after
+        )
+    if isinstance(scenario, BrokenStream):
+        events = [message_start(input_tokens=5), block_start(0, {"type": "text", "text": ""})]
+        events.extend(block_delta(0, {"type": "text_delta", "text": c}) for c in scenario.chunks)
+        return sse_response(events, fail=httpx2.ReadError("connection reset by peer"))
+    raise TypeError(scenario)
+
+
+class FakeAnthropic:
+    """Answers the i-th `POST /v1/messages` with the i-th responder (the last one repeats)."""
+
+    def __init__(self, responders: Sequence[Responder]) -> None:
+        self.responders = list(responders)
+        self.served = Served()
+        self.raw_requests: list[httpx2.Request] = []
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return self.served.requests
+
+    def handler(self, request: httpx2.Request) -> httpx2.Response:
+        self.raw_requests.append(request)
+        if request.method != "POST" or request.url.path != "/v1/messages":
+            return error_response(404, f"no route {request.method} {request.url.path}")
+        self.served.requests.append(json.loads(request.content))
+        index = min(len(self.raw_requests) - 1, len(self.responders) - 1)
+        responder = self.responders[index]
+        if isinstance(responder, httpx2.Response):
+            return responder
+        if callable(responder):
+            return responder(request)
+        return scenario_response(responder)
+
+    def transport(self) -> httpx2.MockTransport:
+        return httpx2.MockTransport(self.handler)
+
+
+def make_provider(
+    server: FakeAnthropic, *, max_retries: int = 0, name: str = "claude-conf", **config: Any
+) -> ClaudeProvider:
+    config.setdefault("model", MODEL)
+    cfg = ClaudeConfig(name=name, api_key=SecretStr(TEST_KEY), max_retries=max_retries, **config)
+    provider = ClaudeProvider(cfg, transport=server.transport())
+    # Same policy, shorter waits, so retry tests stay fast.
+    provider.retry_policy = RetryPolicy(max_retries=max_retries, base_delay=0.01, max_delay=0.05)
+    return provider
+
+
+class ClaudeHarness:
+    name = "claude"
+    supports_tools = True
+    supports_scripted_errors = True
+    supports_retries = True
+
+    @asynccontextmanager
+    async def provider(
+        self, scenarios: list[Scenario], *, max_retries: int = 0
+    ) -> AsyncIterator[tuple[LlmProvider, Served]]:
+        server = FakeAnthropic(scenarios)
+        provider = make_provider(server, max_retries=max_retries)
+        try:
+            # BaseProvider satisfies LlmProvider at run time; mypy cannot see it through **options.
+            yield cast(LlmProvider, provider), server.served
+        finally:
+            await provider.aclose()
+
+
+HARNESS = ClaudeHarness()

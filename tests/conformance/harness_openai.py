@@ -1,0 +1,252 @@
+"""The OpenAI backend served through the conformance scenarios.
+
+Each scenario becomes a real Chat Completions wire reply: `data: {chat.completion.chunk}` SSE events
+ending in `data: [DONE]`, error bodies shaped `{"error": {"message", "type", "param", "code"}}`,
+`Retry-After` headers, and broken streams that raise `httpx2.ReadError` mid-body, all served by an
+`httpx2.MockTransport` behind the official SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+
+from tests.conformance.scenarios import (
+    BrokenStream,
+    ErrorReply,
+    Scenario,
+    Served,
+    TextReply,
+    ToolReply,
+    split_fragments,
+)
+from zeph_providers.backends.openai import OpenAIProvider
+from zeph_providers.config import OpenAIConfig
+from zeph_providers.protocol import LlmProvider
+from zeph_providers.retry import RetryPolicy
+from zeph_providers.types import FinishReason
+
+MODEL = "gpt-4o-mini"
+SERVED_MODEL = "gpt-4o-mini-2024-07-18"
+TEST_KEY = "sk-conformance-test-key-0123456789"
+
+_FINISH: dict[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_use": "tool_calls",
+    "content_filter": "content_filter",
+    "error": "error",
+}
+
+
+# ----- real Chat Completions payload shapes ------------------------------------------------
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+DONE = sse("[DONE]")
+
+
+def chunk(
+    delta: dict[str, Any] | None = None,
+    *,
+    finish: str | None = None,
+    response_id: str = "chatcmpl-conf",
+    model: str = SERVED_MODEL,
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "system_fingerprint": "fp_conf",
+        "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(
+    prompt: int, completion: int, *, cached: int = 0, response_id: str = "chatcmpl-conf"
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": SERVED_MODEL,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+
+
+def text_events(
+    pieces: Iterable[str],
+    *,
+    thinking: str = "",
+    finish: str = "stop",
+    prompt: int = 11,
+    completion: int = 4,
+    cached: int = 0,
+) -> list[bytes]:
+    events = [sse(chunk({"role": "assistant", "content": "", "refusal": None}))]
+    if thinking:
+        events.extend(sse(chunk({"reasoning_content": part})) for part in split_fragments(thinking, 2))
+    events.extend(sse(chunk({"content": piece})) for piece in pieces)
+    events.append(sse(chunk(finish=finish)))
+    events.append(sse(usage_chunk(prompt, completion, cached=cached)))
+    events.append(DONE)
+    return events
+
+
+def tool_events(reply: ToolReply) -> list[bytes]:
+    events = [sse(chunk({"role": "assistant", "content": None}))]
+    if reply.text_before:
+        events.append(sse(chunk({"content": reply.text_before})))
+    for index, call in enumerate(reply.calls):
+        opening = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        events.append(sse(chunk({"tool_calls": [opening]})))
+        for fragment in split_fragments(json.dumps(call.arguments), reply.fragments):
+            events.append(sse(chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})))
+    events.append(sse(chunk(finish="tool_calls")))
+    events.append(sse(usage_chunk(reply.input_tokens, reply.output_tokens)))
+    events.append(DONE)
+    return events
+
+
+def error_body(message: str, error_type: str = "") -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": error_type or "invalid_request_error",
+            "param": None,
+            "code": error_type or None,
+        }
+    }
+
+
+class EventStream(httpx2.AsyncByteStream):
+    """A response body produced by an async generator (it may sleep, or raise mid-way)."""
+
+    def __init__(self, source: Callable[[], AsyncIterator[bytes]]) -> None:
+        self._source = source
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._source():
+            yield part
+
+
+def sse_response(events: list[bytes], *, fail_after: int | None = None) -> httpx2.Response:
+    """200 text/event-stream; with `fail_after`, the connection resets after that many events."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for sent, event in enumerate(events):
+            if fail_after is not None and sent == fail_after:
+                raise httpx2.ReadError("connection reset by peer")
+            yield event
+        if fail_after is not None:
+            raise httpx2.ReadError("connection reset by peer")
+
+    return httpx2.Response(
+        200,
+        headers={"content-type": "text/event-stream", "x-request-id": "req_conf"},
+        stream=EventStream(body),
+    )
+
+
+def scenario_response(scenario: Scenario) -> httpx2.Response:
+    if isinstance(scenario, TextReply):
+        return sse_response(
+            text_events(
+                scenario.chunks,
+                thinking=scenario.thinking,
+                finish=_FINISH[scenario.finish],
+                prompt=scenario.input_tokens,
+                completion=scenario.output_tokens,
+            )
+        )
+    if isinstance(scenario, ToolReply):
+        return sse_response(tool_events(scenario))
+    if isinstance(scenario, ErrorReply):
+        headers = {"x-request-id": "req_err"}
+        if scenario.retry_after is not None:
+            headers["retry-after"] = f"{scenario.retry_after:g}"
+        return httpx2.Response(
+            scenario.status, json=error_body(scenario.message, scenario.error_type), headers=headers
+        )
+    if isinstance(scenario, BrokenStream):
+        events = [sse(chunk({"role": "assistant", "content": ""}))]
+        events.extend(sse(chunk({"content": piece})) for piece in scenario.chunks)
+        return sse_response(events, fail_after=len(events))
+    raise TypeError(scenario)
+
+
+class ScriptedServer:
+    """Answers the i-th request with the i-th response factory (the last repeats); records bodies."""
+
+    def __init__(self, responders: list[Callable[[httpx2.Request], httpx2.Response]]) -> None:
+        self._responders = responders
+        self.requests: list[dict[str, Any]] = []
+        self.raw: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        index = min(len(self.raw), len(self._responders) - 1)
+        self.raw.append(request)
+        self.requests.append(json.loads(request.content or b"{}"))
+        return self._responders[index](request)
+
+    @classmethod
+    def of(cls, scenarios: list[Scenario]) -> ScriptedServer:
+        return cls([lambda _req, s=s: scenario_response(s) for s in scenarios])  # type: ignore[misc]
+
+
+def make_provider(
+    handler: Callable[[httpx2.Request], httpx2.Response],
+    *,
+    max_retries: int = 0,
+    base_delay: float = 0.01,
+    **config: Any,
+) -> OpenAIProvider:
+    settings: dict[str, Any] = {
+        "name": "openai-conf",
+        "model": MODEL,
+        "api_key": TEST_KEY,
+        "base_url": "https://api.openai.test/v1",
+        "max_retries": max_retries,
+    }
+    settings.update(config)
+    provider = OpenAIProvider(OpenAIConfig(**settings), transport=httpx2.MockTransport(handler))
+    provider.retry_policy = RetryPolicy(max_retries=max_retries, base_delay=base_delay)
+    return provider
+
+
+class OpenAIHarness:
+    name = "openai"
+    supports_tools = True
+    supports_scripted_errors = True
+    supports_retries = True
+
+    @asynccontextmanager
+    async def provider(
+        self, scenarios: list[Scenario], *, max_retries: int = 0
+    ) -> AsyncIterator[tuple[LlmProvider, Served]]:
+        server = ScriptedServer.of(scenarios)
+        provider = make_provider(server, max_retries=max_retries)
+        served = Served(requests=server.requests)
+        try:
+            yield provider, served
+        finally:
+            await provider.aclose()
+
+
+HARNESS = OpenAIHarness()

@@ -1,0 +1,167 @@
+"""Small, API-neutral conversion helpers that several backends share.
+
+Nothing here imports an SDK: every function takes and returns our own types or plain JSON-able
+values, so the OpenAI, Claude and Ollama backends can each wrap the result in their API's shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from zeph_providers.types import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    TextPart,
+    ToolDefinition,
+    ToolResultPart,
+)
+
+__all__ = [
+    "image_data_url",
+    "json_arguments",
+    "map_finish_reason",
+    "schema_name",
+    "split_system",
+    "stable_tool_call_id",
+    "strict_json_schema",
+    "text_only",
+    "tool_parameters",
+    "tool_result_text",
+]
+
+
+def split_system(messages: Iterable[Message]) -> tuple[str, list[Message]]:
+    """System messages' text joined by blank lines, and the other messages in order.
+
+    For APIs (Claude) that take the system prompt as a separate field.
+    """
+    system: list[str] = []
+    rest: list[Message] = []
+    for message in messages:
+        if message.role == Role.SYSTEM:
+            text = message.text
+            if text:
+                system.append(text)
+        else:
+            rest.append(message)
+    return "\n\n".join(system), rest
+
+
+def image_data_url(part: ImagePart) -> str:
+    """`data:<mime>;base64,<data>`: the inline form OpenAI-style APIs take for an image."""
+    return f"data:{part.mime_type};base64,{part.base64}"
+
+
+def tool_parameters(tool: ToolDefinition) -> dict[str, Any]:
+    """The tool's parameters as an object JSON schema (`type` and `properties` always present)."""
+    schema = dict(tool.parameters or {})
+    schema.setdefault("type", "object")
+    if schema.get("type") == "object":
+        schema.setdefault("properties", {})
+    return schema
+
+
+def json_arguments(arguments: dict[str, Any]) -> str:
+    """Tool-call arguments as the compact JSON text OpenAI-style APIs carry in history."""
+    return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+
+
+def tool_result_text(part: ToolResultPart) -> str:
+    """A tool result as plain text; APIs without an error flag get an `Error:` prefix instead."""
+    if part.is_error and not part.content.startswith("Error"):
+        return f"Error: {part.content}"
+    return part.content
+
+
+def stable_tool_call_id(*seed: object) -> str:
+    """A deterministic id for a tool call a server sent without one (same inputs, same id)."""
+    digest = hashlib.sha256("\x1f".join(str(s) for s in seed).encode("utf-8")).hexdigest()
+    return f"call_{digest[:24]}"
+
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def schema_name(name: str, *, default: str = "response") -> str:
+    """A name allowed where APIs require `^[A-Za-z0-9_-]{1,64}$` (e.g. a json_schema name)."""
+    cleaned = _NAME_BAD.sub("_", name).strip("_")[:64]
+    return cleaned or default
+
+
+def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy usable with strict structured output, or None when strict mode would change meaning.
+
+    Strict mode (OpenAI) needs every object to list all its properties as required and to forbid
+    additional properties. A schema whose objects already require every property gets
+    `additionalProperties: false` added where it is absent; a schema with an optional property or
+    with `additionalProperties` allowed is returned as None (send it non-strict instead).
+    """
+    result = copy.deepcopy(schema)
+    return result if _make_strict(result) else None
+
+
+_LITERAL_KEYS = frozenset({"default", "const", "enum", "examples", "required"})
+
+
+def _make_strict(node: Any) -> bool:
+    if isinstance(node, list):
+        return all(_make_strict(item) for item in node)
+    if not isinstance(node, dict):
+        return True
+    is_object = node.get("type") == "object" or "properties" in node
+    if is_object:
+        properties = node.get("properties", {})
+        if not isinstance(properties, dict):
+            return False
+        if set(node.get("required", [])) != set(properties):
+            return False
+        extra = node.get("additionalProperties", False)
+        if extra is not False:
+            return False
+        node["additionalProperties"] = False
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties"):
+            if isinstance(value, dict) and not all(_make_strict(v) for v in value.values()):
+                return False
+        elif key in _LITERAL_KEYS:
+            continue
+        elif isinstance(value, dict | list) and not _make_strict(value):
+            return False
+    return True
+
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "model_length": "length",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "tool_use": "tool_use",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+}
+
+
+def map_finish_reason(reason: str | None, *, aliases: Sequence[tuple[str, FinishReason]] = ()) -> FinishReason:
+    """A server's finish/stop reason -> ours; anything unknown is "error"."""
+    if reason is None:
+        return "error"
+    extra = dict(aliases)
+    return extra.get(reason) or _FINISH.get(reason, "error")
+
+
+def text_only(message: Message) -> bool:
+    """True when the message carries nothing but text parts."""
+    return all(isinstance(part, TextPart) for part in message.parts)

@@ -1,0 +1,552 @@
+"""Anthropic Claude through the official `anthropic` SDK (the Messages API, always streamed).
+
+Every call streams on the wire (`messages.create(stream=True)`); `chat()` is assembled by the base
+class from the very same chunks, so `stream.response == await chat(...)` by construction.
+
+Decisions worth knowing:
+
+- The SDK's own retries are off (`max_retries=0`); the shared `retry.py` policy retries instead.
+- anthropic 2.x dropped `temperature`/`top_p`/`top_k` from `messages.create`; they travel in
+  `extra_body`, together with anything passed as `extra={...}`. Claude has no `seed`: it is not sent.
+- Structured output uses a forced tool: `response_format` becomes one extra tool (named from the
+  schema) whose `input_schema` is the schema, and `tool_choice` forces it. That synthetic call is
+  NOT surfaced as a tool call (an agent loop would try to run it): its JSON arguments are streamed
+  as the reply text (`ContentChunk`s, fragment by fragment), `resp.parsed` holds the validated
+  object and the finish reason is "stop". A schema that is not an object is wrapped in
+  `{"value": ...}` on the wire and unwrapped on the way back. When the caller also passes tools,
+  the model must call one of them or the answer tool (`tool_choice` "any" unless given); if it
+  calls one of the caller's tools, the reply carries those calls and `parsed` stays `None`.
+  With extended thinking the API refuses a forced tool, so the answer tool is offered with "any".
+- Thinking: `thinking_delta` -> `ThinkingChunk(text)`, `signature_delta` ->
+  `ThinkingChunk(text="", signature=...)`. Thinking parts in history are sent back as `thinking`
+  blocks only when they carry a signature (the API rejects unsigned ones).
+- Claude has no embeddings API: `capabilities.embeddings` is False, so `embed()` raises
+  `UnsupportedCapabilityError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+
+from zeph_providers.backends._remote import (
+    RemoteProvider,
+    check_url_safety,
+    httpx2_client,
+    map_transport_error,
+)
+from zeph_providers.errors import (
+    BadResponseError,
+    ConfigError,
+    InvalidRequestError,
+    LlmError,
+    ProviderUnavailableError,
+    error_from_status,
+)
+from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.types import (
+    ChatResponse,
+    ContentChunk,
+    EndChunk,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    ThinkingChunk,
+    ThinkingPart,
+    ToolCall,
+    ToolDefinition,
+    ToolResultPart,
+    ToolUseChunk,
+    ToolUsePart,
+    Usage,
+    UsageChunk,
+)
+
+if TYPE_CHECKING:
+    from zeph_providers.config import ClaudeConfig
+    from zeph_providers.registry import Registry
+
+__all__ = [
+    "CLAUDE_CAPABILITIES",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_TOKENS",
+    "ClaudeProvider",
+    "build",
+    "convert_messages",
+    "convert_tool_choice",
+    "convert_tools",
+    "map_stop_reason",
+]
+
+log = logging.getLogger("zeph_providers.claude")
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MAX_TOKENS = 4096
+
+CLAUDE_CAPABILITIES = Capabilities(
+    streaming=True,
+    embeddings=False,
+    tools=True,
+    vision=True,
+    structured_output=True,
+    thinking=True,
+)
+
+_STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_use",
+    "refusal": "content_filter",
+}
+
+# The HTTP status each Anthropic error type stands for; used for error events inside a 200 stream.
+_ERROR_TYPE_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+_TOOL_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_ERROR_TEXT = 500
+
+
+# ----- request conversion (pure functions) ------------------------------------------------------
+
+
+def map_stop_reason(reason: str | None) -> FinishReason:
+    """Anthropic's `stop_reason` -> the neutral finish reason."""
+    if reason is None:
+        return "error"
+    return _STOP_REASONS.get(reason, "error")
+
+
+def _part_block(part: Any, role: str) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        # The API rejects empty text blocks.
+        return {"type": "text", "text": part.text} if part.text else None
+    if isinstance(part, ImagePart):
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": part.mime_type, "data": part.base64},
+        }
+    if isinstance(part, ToolUsePart):
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": dict(part.arguments)}
+    if isinstance(part, ToolResultPart):
+        return {
+            "type": "tool_result",
+            "tool_use_id": part.tool_call_id,
+            "content": part.content,
+            "is_error": part.is_error,
+        }
+    if isinstance(part, ThinkingPart):
+        # Only the assistant thinks, and the API accepts a thinking block only with its signature.
+        if role != "assistant" or not part.signature:
+            return None
+        return {"type": "thinking", "thinking": part.text, "signature": part.signature}
+    raise TypeError(f"unknown message part {type(part).__name__}")
+
+
+def convert_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Neutral messages -> (`system`, `messages`) for the Messages API.
+
+    System messages (wherever they are) are joined into the `system` parameter. Tool results
+    become `tool_result` blocks in a user turn; consecutive turns of the same role are merged into
+    one (the API wants alternating turns), with tool results first in a merged user turn.
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == Role.SYSTEM:
+            if message.text:
+                system.append(message.text)
+            continue
+        role = "assistant" if message.role == Role.ASSISTANT else "user"
+        blocks = [b for b in (_part_block(p, role) for p in message.parts) if b is not None]
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user":
+            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return ("\n\n".join(system) if system else None), turns
+
+
+def convert_tools(tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "description": t.description, "input_schema": dict(t.parameters)} for t in tools]
+
+
+def convert_tool_choice(choice: str | None) -> dict[str, Any] | None:
+    """Map "auto" / "none" / "required" (or "any") / a tool's name to the API's `tool_choice`."""
+    if choice is None:
+        return None
+    if choice in ("auto", "none", "any"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    return {"type": "tool", "name": choice}
+
+
+@dataclass(frozen=True)
+class _Structured:
+    """The synthetic answer tool that carries structured output."""
+
+    name: str
+    wrapped: bool
+    """The schema is not an object: it travels as `{"value": <schema>}`."""
+
+
+def _structured_tool(options: ChatOptions) -> tuple[_Structured, dict[str, Any]] | None:
+    schema = options.json_schema()
+    if schema is None:
+        return None
+    name = _TOOL_NAME_BAD.sub("_", options.schema_name())[:64] or "response"
+    taken = {t.name for t in options.tools}
+    while name in taken:
+        name = (name + "_answer")[-64:]
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    wrapped = kind != "object"
+    input_schema = (
+        {"type": "object", "properties": {"value": schema}, "required": ["value"]} if wrapped else dict(schema)
+    )
+    description = str(schema.get("description") or "Give the final answer in exactly this structure.")
+    tool = {"name": name, "description": description, "input_schema": input_schema}
+    return _Structured(name=name, wrapped=wrapped), tool
+
+
+# ----- stream translation ----------------------------------------------------------------------
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """A field of an SDK event model or of a plain dict; `default` when absent or null."""
+    value = obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+    return default if value is None else value
+
+
+@dataclass
+class _Block:
+    kind: str
+    id: str = ""
+    name: str = ""
+    fragments: list[str] = field(default_factory=list)
+    initial_input: dict[str, Any] = field(default_factory=dict)
+    synthetic: bool = False
+
+
+class _StreamTranslator:
+    """Folds Anthropic's raw stream events into neutral chunks, one event at a time."""
+
+    def __init__(self, *, provider: str, model: str, structured: _Structured | None) -> None:
+        self._provider = provider
+        self._model = model
+        self._structured = structured
+        self._blocks: dict[int, _Block] = {}
+        self._usage: dict[str, int] = {}
+        self._stop_reason: str | None = None
+        self._user_tool_calls = 0
+        self._answered = False
+        self.stopped = False
+
+    def feed(self, event: Any) -> list[StreamChunk]:
+        kind = _get(event, "type")
+        if kind == "message_start":
+            message = _get(event, "message", {})
+            self._model = str(_get(message, "model", "") or self._model)
+            self._take_usage(_get(message, "usage"))
+            return []
+        if kind == "content_block_start":
+            return self._block_start(_get(event, "index", 0), _get(event, "content_block", {}))
+        if kind == "content_block_delta":
+            return self._block_delta(_get(event, "index", 0), _get(event, "delta", {}))
+        if kind == "content_block_stop":
+            return self._block_stop(_get(event, "index", 0))
+        if kind == "message_delta":
+            reason = _get(_get(event, "delta", {}), "stop_reason")
+            if reason is not None:
+                self._stop_reason = str(reason)
+            self._take_usage(_get(event, "usage"))
+            return []
+        if kind == "message_stop":
+            self.stopped = True
+            return [UsageChunk(usage=self._build_usage()), EndChunk(finish_reason=self._finish(), model=self._model)]
+        # "ping" and event types newer than this code are ignored (the API may add some).
+        return []
+
+    def _take_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        for source, target in (
+            ("input_tokens", "input"),
+            ("output_tokens", "output"),
+            ("cache_read_input_tokens", "cache_read"),
+            ("cache_creation_input_tokens", "cache_write"),
+        ):
+            value = _get(usage, source)
+            if value is not None:
+                self._usage[target] = int(value)
+
+    def _build_usage(self) -> Usage:
+        u = self._usage
+        return Usage(
+            input_tokens=u.get("input", 0),
+            output_tokens=u.get("output", 0),
+            cache_read_tokens=u.get("cache_read", 0),
+            cache_write_tokens=u.get("cache_write", 0),
+        )
+
+    def _finish(self) -> FinishReason:
+        finish = map_stop_reason(self._stop_reason)
+        if finish == "tool_use" and self._user_tool_calls == 0 and self._answered:
+            return "stop"  # only the synthetic structured-output tool was called
+        return finish
+
+    def _block_start(self, index: int, block: Any) -> list[StreamChunk]:
+        kind = str(_get(block, "type", ""))
+        if kind == "text":
+            self._blocks[index] = _Block("text")
+            text = str(_get(block, "text", ""))
+            return [ContentChunk(text=text)] if text else []
+        if kind == "thinking":
+            self._blocks[index] = _Block("thinking")
+            text = str(_get(block, "thinking", ""))
+            signature = _get(block, "signature") or None
+            return [ThinkingChunk(text=text, signature=signature)] if text or signature else []
+        if kind == "tool_use":
+            name = str(_get(block, "name", ""))
+            initial = _get(block, "input", {})
+            self._blocks[index] = _Block(
+                "tool_use",
+                id=str(_get(block, "id", "")),
+                name=name,
+                initial_input=dict(initial) if isinstance(initial, dict) else {},
+                synthetic=self._structured is not None and name == self._structured.name,
+            )
+            return []
+        # redacted_thinking, server tool blocks, ...: nothing neutral to say about them.
+        self._blocks[index] = _Block(kind or "unknown")
+        return []
+
+    def _block_delta(self, index: int, delta: Any) -> list[StreamChunk]:
+        block = self._blocks.get(index)
+        if block is None:
+            raise BadResponseError(f"content_block_delta for unknown block {index}", provider=self._provider)
+        kind = _get(delta, "type")
+        if kind == "text_delta":
+            text = str(_get(delta, "text", ""))
+            return [ContentChunk(text=text)] if text else []
+        if kind == "thinking_delta":
+            text = str(_get(delta, "thinking", ""))
+            return [ThinkingChunk(text=text)] if text else []
+        if kind == "signature_delta":
+            return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")))]
+        if kind == "input_json_delta":
+            fragment = str(_get(delta, "partial_json", ""))
+            block.fragments.append(fragment)
+            if block.synthetic and self._structured is not None and not self._structured.wrapped and fragment:
+                return [ContentChunk(text=fragment)]  # structured output streams as the reply text
+            return []
+        return []  # citations_delta and future delta types
+
+    def _block_stop(self, index: int) -> list[StreamChunk]:
+        block = self._blocks.pop(index, None)
+        if block is None or block.kind != "tool_use":
+            return []
+        raw = "".join(block.fragments)
+        if raw.strip():
+            arguments = RemoteProvider.parse_json_arguments(raw, provider=self._provider, tool=block.name)
+        else:
+            arguments = block.initial_input
+        if block.synthetic and self._structured is not None:
+            self._answered = True
+            if self._structured.wrapped:
+                return [ContentChunk(text=json.dumps(arguments.get("value")))]
+            if not raw.strip():
+                return [ContentChunk(text=json.dumps(arguments))]
+            return []
+        self._user_tool_calls += 1
+        return [ToolUseChunk(tool_call=ToolCall(id=block.id, name=block.name, arguments=arguments))]
+
+
+def _trailing_json(text: str) -> Any:
+    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
+    stripped = text.strip()
+    decoder = json.JSONDecoder()
+    for start, char in enumerate(stripped):
+        if char not in "{[":
+            continue
+        try:
+            value, end = decoder.raw_decode(stripped, start)
+        except json.JSONDecodeError:
+            continue
+        if end == len(stripped):
+            return value
+    return stripped
+
+
+# ----- the provider ---------------------------------------------------------------------------
+
+
+class ClaudeProvider(RemoteProvider):
+    """Claude through `anthropic.AsyncAnthropic`; pass `transport=` (an httpx2 transport) in tests."""
+
+    backend = "claude"
+
+    def __init__(self, config: ClaudeConfig, *, transport: Any = None) -> None:
+        super().__init__(config, capabilities=CLAUDE_CAPABILITIES)
+        self.claude_config = config
+        secret = config.secret()  # registers the key with errors.redact()
+        if secret is None:
+            raise ConfigError("no API key for Claude", provider=config.name)
+        base_url = config.base_url or DEFAULT_BASE_URL
+        check_url_safety(config, base_url, has_key=True)
+        self.base_url = base_url
+        self._client = anthropic.AsyncAnthropic(
+            api_key=secret.get_secret_value(),
+            base_url=base_url,
+            max_retries=0,
+            http_client=httpx2_client(config, transport=transport),
+        )
+        self._closed = False
+
+    # ----- request --------------------------------------------------------------------
+
+    def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
+        """The keyword arguments for `messages.create` (without `stream`/`timeout`)."""
+        config = self.claude_config
+        system, turns = convert_messages(messages)
+        max_tokens = options.max_tokens or config.max_tokens or DEFAULT_MAX_TOKENS
+        params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
+        if system is not None:
+            params["system"] = system
+        if options.stop:
+            params["stop_sequences"] = list(options.stop)
+        thinking = config.thinking_budget_tokens
+        if thinking:
+            params["thinking"] = {"type": "enabled", "budget_tokens": thinking}
+
+        tools = convert_tools(options.tools)
+        tool_choice = convert_tool_choice(options.tool_choice) if options.tools else None
+        structured = _structured_tool(options)
+        if structured is not None:
+            spec, tool = structured
+            tools.append(tool)
+            if options.tools:
+                tool_choice = tool_choice or {"type": "any"}
+            elif thinking:
+                tool_choice = {"type": "any"}  # the API refuses a forced tool with extended thinking
+            else:
+                tool_choice = {"type": "tool", "name": spec.name}
+        if tools:
+            params["tools"] = tools
+        if tool_choice is not None:
+            params["tool_choice"] = tool_choice
+
+        extra_body: dict[str, Any] = {}
+        temperature = options.temperature if options.temperature is not None else config.temperature
+        if temperature is not None:
+            extra_body["temperature"] = temperature
+        if options.top_p is not None:
+            extra_body["top_p"] = options.top_p
+        if options.top_k is not None:
+            extra_body["top_k"] = options.top_k
+        extra_body.update(options.extra)
+        if extra_body:
+            params["extra_body"] = extra_body
+        return params
+
+    # ----- RemoteProvider hooks ---------------------------------------------------------
+
+    async def _attempt(
+        self, messages: list[Message], options: ChatOptions, deadline: float
+    ) -> AsyncIterator[StreamChunk]:
+        try:
+            params = self.build_request(messages, options)
+            structured = _structured_tool(options)
+        except (TypeError, ValueError) as exc:  # our conversion, not the server: never retried
+            raise InvalidRequestError(f"cannot build the request: {exc}", provider=self.name) from exc
+        translator = _StreamTranslator(
+            provider=self.name,
+            model=self.model,
+            structured=structured[0] if structured is not None else None,
+        )
+        create: Any = self._client.messages.create
+        stream = await create(**params, stream=True, timeout=self.remaining(deadline))
+        try:
+            async for event in stream:
+                for chunk in translator.feed(event):
+                    yield chunk
+                if translator.stopped:
+                    break
+        finally:
+            await stream.close()
+        if not translator.stopped:
+            raise BadResponseError("the stream ended before message_stop (truncated reply)", provider=self.name)
+
+    def _map_error(self, exc: BaseException) -> LlmError:
+        if isinstance(exc, anthropic.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, anthropic.APIResponseValidationError):
+            return BadResponseError(f"unexpected response shape: {exc.message}", provider=self.name)
+        mapped = map_transport_error(exc, self.name)
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, ValueError | TypeError | KeyError | AttributeError):
+            # Malformed event payloads (e.g. a data line that is JSON but not an event object).
+            return BadResponseError(f"malformed stream event ({type(exc).__name__}: {exc})", provider=self.name)
+        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+
+    def _status_error(self, exc: anthropic.APIStatusError) -> LlmError:
+        error = _get(exc.body, "error", {}) if isinstance(exc.body, dict) else {}
+        error_type = str(getattr(exc, "type", None) or _get(error, "type", "") or "")
+        message = str(getattr(exc, "api_message", None) or _get(error, "message", "") or exc.message)
+        if len(message) > _MAX_ERROR_TEXT:
+            message = message[:_MAX_ERROR_TEXT] + "..."
+        text = f"{error_type}: {message}" if error_type else message
+        status = exc.status_code
+        if status < 400:  # an `event: error` inside a 200 stream: its type says what happened
+            status = _ERROR_TYPE_STATUS.get(error_type, 500)
+            text = f"error event in the stream: {text}"
+        return error_from_status(status, text, provider=self.name, headers=exc.response.headers)
+
+    # ----- structured output ----------------------------------------------------------
+
+    def _structured_payload(self, response: ChatResponse, options: ChatOptions) -> Any:
+        """The answer tool's arguments, which were streamed as the reply text."""
+        return _trailing_json(response.text)
+
+    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        if options.response_format is not None and response.tool_calls and not response.text.strip():
+            return response  # the model called one of the caller's tools instead of answering
+        return super()._finalize(response, options)
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.close()
+
+
+def build(config: ClaudeConfig, registry: Registry) -> ClaudeProvider:
+    return ClaudeProvider(config)

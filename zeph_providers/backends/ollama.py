@@ -1,0 +1,520 @@
+"""The Ollama backend, on the official `ollama` SDK's `AsyncClient`.
+
+- Chat always streams on the wire (`/api/chat`, NDJSON); `chat()` assembles the same chunks.
+  `message.content` deltas become `ContentChunk`s, `message.thinking` `ThinkingChunk`s, and the
+  complete `tool_calls` Ollama sends (without ids) `ToolUseChunk`s with deterministic ids.
+- The request body is built here in Ollama's documented shape and posted through the SDK's
+  request machinery (`AsyncClient._request`): the SDK's public `chat()` re-validates tools through
+  a narrow pydantic model that drops nested object schemas, `anyOf` and `additionalProperties`,
+  which would silently change what the model is told.
+- Capabilities come from `/api/show` (`capabilities`: completion, tools, vision, thinking,
+  embedding), fetched once before the first chat and cached; `refresh_capabilities()` re-reads them.
+- The provider owns the httpx client: its timeouts, pool limits and transport (tests pass one).
+  A thin transport wrapper records each response's headers (for `Retry-After`, which the SDK's
+  `ResponseError` does not carry) and bounds an NDJSON line's length, so a runaway line fails
+  with `BadResponseError` instead of growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import ollama
+from pydantic import ValidationError
+
+from zeph_providers.backends._convert import map_finish_reason, stable_tool_call_id, tool_parameters, tool_result_text
+from zeph_providers.backends._remote import (
+    RemoteProvider,
+    check_url_safety,
+    httpx_client_kwargs,
+    map_transport_error,
+)
+from zeph_providers.config import OllamaConfig
+from zeph_providers.errors import (
+    BadResponseError,
+    ConfigError,
+    ContextLengthError,
+    InvalidRequestError,
+    LlmError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    UnsupportedCapabilityError,
+    error_from_status,
+    register_secret,
+)
+from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.types import (
+    ContentChunk,
+    EndChunk,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    ThinkingChunk,
+    ThinkingPart,
+    ToolCall,
+    ToolResultPart,
+    ToolUseChunk,
+    ToolUsePart,
+    Usage,
+    UsageChunk,
+)
+
+if TYPE_CHECKING:
+    from zeph_providers.registry import Registry
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "OllamaProvider", "build"]
+
+log = logging.getLogger("zeph_providers.ollama")
+
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+"""The longest NDJSON line accepted from `/api/chat` (a token or one tool call per line)."""
+
+_META_KEY = "zeph_providers.ollama.meta"
+_TOP_LEVEL_EXTRA = ("think", "keep_alive")
+"""`extra` keys sent as top-level request fields; every other key goes into `options`."""
+
+_CONTEXT_HINTS = ("context length", "context window", "exceeds the context", "too many tokens", "prompt is too long")
+
+
+# ----- transport: response headers and a bounded line length ---------------------------------
+
+
+@dataclasses.dataclass
+class _ResponseMeta:
+    """Filled by the transport for one request: the response's status and headers."""
+
+    status: int | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _LineTooLongError(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"a response line exceeded {limit} bytes")
+
+
+class _LineLimitedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pending = 0
+        async for chunk in self._inner:
+            newline = chunk.rfind(b"\n")
+            pending = len(chunk) - newline - 1 if newline >= 0 else pending + len(chunk)
+            if pending > self._limit:
+                raise _LineTooLongError(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _OllamaTransport(httpx.AsyncBaseTransport):
+    """Wraps the real transport: records headers, bounds `/api/chat` stream lines."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_line_bytes: int) -> None:
+        self._inner = inner
+        self._max_line_bytes = max_line_bytes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        meta = request.extensions.get(_META_KEY)
+        if isinstance(meta, _ResponseMeta):
+            meta.status = response.status_code
+            meta.headers = {k.lower(): v for k, v in response.headers.items()}
+        if request.url.path.endswith("/api/chat") and isinstance(response.stream, httpx.AsyncByteStream):
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=_LineLimitedStream(response.stream, self._max_line_bytes),
+                extensions=response.extensions,
+                request=request,
+            )
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# ----- the provider -----------------------------------------------------------------------
+
+
+class OllamaProvider(RemoteProvider):
+    """An Ollama server (`/api/chat`, `/api/embed`, `/api/show`) through the official SDK."""
+
+    backend = "ollama"
+
+    def __init__(
+        self,
+        config: OllamaConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        embeddings = config.embedding_model is not None
+        # What the base's synchronous checks use until /api/show answers: optimistic about vision
+        # (checked again once known); `capabilities` reports vision False until then.
+        super().__init__(
+            config,
+            capabilities=Capabilities(
+                streaming=True, embeddings=embeddings, tools=True, vision=True, structured_output=True
+            ),
+        )
+        self.config: OllamaConfig = config
+        self._reported = Capabilities(streaming=True, embeddings=embeddings, tools=True, structured_output=True)
+        self._caps_known = False
+        self._caps_lock = asyncio.Lock()
+        self._completion = True
+        self._closed = False
+
+        headers: dict[str, str] = {}
+        secret = config.secret()
+        env_key = os.environ.get("OLLAMA_API_KEY")  # the SDK sends it itself when no key is given
+        register_secret(env_key)
+        if secret is not None:
+            headers["authorization"] = f"Bearer {secret.get_secret_value()}"
+        check_url_safety(config, config.base_url, secret is not None or bool(env_key))
+
+        kwargs = httpx_client_kwargs(config, transport=transport)
+        inner = kwargs.pop("transport", None)
+        limits = kwargs.pop("limits")
+        if inner is None:
+            inner = httpx.AsyncHTTPTransport(limits=limits)
+        self._client = ollama.AsyncClient(
+            host=config.base_url,
+            headers=headers or None,
+            transport=_OllamaTransport(inner, max_line_bytes),
+            **kwargs,
+        )
+        if not hasattr(self._client, "_request"):  # pragma: no cover - guards a future SDK change
+            raise ConfigError("this version of the ollama SDK is not supported (no AsyncClient._request)")
+        self.base_url = str(self._client._client.base_url).rstrip("/")
+
+    # ----- capabilities -----------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities if self._caps_known else self._reported
+
+    async def refresh_capabilities(self) -> Capabilities:
+        """Read the model's capabilities from `/api/show` now (also done once, lazily, before the first chat)."""
+        deadline = time.monotonic() + self.config.timeout_secs
+        try:
+            async with self._caps_lock:
+                await self._fetch_capabilities(deadline)
+        except LlmError:
+            raise
+        except Exception as exc:
+            raise self._map_error(exc) from exc
+        return self.capabilities
+
+    async def _ensure_capabilities(self, deadline: float) -> None:
+        if self._caps_known:
+            return
+        async with self._caps_lock:
+            if not self._caps_known:
+                await self._fetch_capabilities(deadline)
+
+    async def _fetch_capabilities(self, deadline: float) -> None:
+        meta = _ResponseMeta()
+        try:
+            shown = await self._client._request(
+                ollama.ShowResponse,
+                "POST",
+                "/api/show",
+                json={"model": self.model},
+                timeout=self._timeout(deadline),
+                extensions={_META_KEY: meta},
+            )
+        except ollama.ResponseError as exc:
+            if exc.status_code in (405, 501):
+                # A proxy or server without /api/show: keep the defaults rather than refuse every call.
+                log.warning("provider %r: /api/show failed (%s); assuming default capabilities", self.name, exc)
+                self._caps_known = True
+                self._capabilities = dataclasses.replace(self._capabilities, vision=False)
+                return
+            raise self._response_error(exc, meta) from exc
+        names = shown.capabilities
+        embeddings = self.config.embedding_model is not None
+        if names is None:
+            # An older server that does not list capabilities: do not refuse anything it may support.
+            log.info("provider %r: /api/show lists no capabilities; not restricting requests", self.name)
+            self._capabilities = Capabilities(
+                streaming=True, embeddings=embeddings, tools=True, vision=True, structured_output=True
+            )
+        else:
+            listed = set(names)
+            self._capabilities = Capabilities(
+                streaming=True,
+                embeddings=embeddings,
+                tools="tools" in listed,
+                vision="vision" in listed,
+                structured_output="completion" in listed,
+                thinking="thinking" in listed,
+            )
+            self._completion = "completion" in listed
+        self._caps_known = True
+
+    # ----- request checks ---------------------------------------------------------------
+
+    def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
+        choice = options.tool_choice
+        if choice not in (None, "auto", "none"):
+            raise UnsupportedCapabilityError(
+                "tool_choice",
+                provider=self.name,
+                detail=f"Ollama cannot force a tool call (tool_choice={choice!r}); use 'auto' or 'none'",
+            )
+        if choice == "none":
+            options = dataclasses.replace(options, tools=())
+        super()._check_request(messages, options)
+
+    # ----- chat ---------------------------------------------------------------------------
+
+    async def _attempt(
+        self, messages: list[Message], options: ChatOptions, deadline: float
+    ) -> AsyncIterator[StreamChunk]:
+        await self._ensure_capabilities(deadline)
+        if not self._completion:
+            raise UnsupportedCapabilityError(
+                "chat", provider=self.name, detail=f"{self.model!r} is not a completion model"
+            )
+        self._check_request(messages, options)  # again, now that the model's capabilities are known
+        payload = self._chat_payload(messages, options)
+        meta = _ResponseMeta()
+        try:
+            parts = await self._client._request(
+                ollama.ChatResponse,
+                "POST",
+                "/api/chat",
+                json=payload,
+                stream=True,
+                timeout=self._timeout(deadline),
+                extensions={_META_KEY: meta},
+            )
+            try:
+                async for chunk in self._chunks(parts):
+                    yield chunk
+            finally:
+                await _aclose(parts)
+        except ollama.ResponseError as exc:
+            raise self._response_error(exc, meta) from exc
+
+    async def _chunks(self, parts: AsyncIterator[ollama.ChatResponse]) -> AsyncIterator[StreamChunk]:
+        index = 0
+        async for part in parts:
+            message = part.message
+            if message.thinking:
+                yield ThinkingChunk(text=message.thinking)
+            if message.content:
+                yield ContentChunk(text=message.content)
+            for call in message.tool_calls or ():
+                name = call.function.name
+                arguments = dict(call.function.arguments or {})
+                canonical = json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
+                call_id = stable_tool_call_id(index, name, canonical)
+                yield ToolUseChunk(tool_call=ToolCall(id=call_id, name=name, arguments=arguments))
+                index += 1
+            if part.done:
+                yield UsageChunk(
+                    usage=Usage(input_tokens=part.prompt_eval_count or 0, output_tokens=part.eval_count or 0)
+                )
+                yield EndChunk(finish_reason=self._finish_reason(part.done_reason, index > 0), model=part.model or "")
+                return
+        raise BadResponseError("the stream ended before Ollama sent its final (done) message", provider=self.name)
+
+    @staticmethod
+    def _finish_reason(reason: str | None, has_tool_calls: bool) -> FinishReason:
+        finish = map_finish_reason(reason or "stop", aliases=(("load", "stop"), ("unload", "stop")))
+        if has_tool_calls and finish == "stop":
+            return "tool_use"
+        return finish
+
+    def _chat_payload(self, messages: list[Message], options: ChatOptions) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(messages),
+            "stream": True,
+        }
+        if options.tools and options.tool_choice != "none":
+            payload["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": tool_parameters(tool),
+                    },
+                }
+                for tool in options.tools
+            ]
+        schema = options.json_schema()
+        if schema is not None:
+            payload["format"] = schema
+        extra = dict(options.extra)
+        top_level = {key: extra.pop(key) for key in _TOP_LEVEL_EXTRA if key in extra}
+        if self.config.think is not None:
+            payload["think"] = self.config.think
+        if self.config.keep_alive is not None:
+            payload["keep_alive"] = self.config.keep_alive
+        payload.update(top_level)
+        model_options: dict[str, Any] = {}
+        max_tokens = options.max_tokens if options.max_tokens is not None else self.config.max_tokens
+        temperature = options.temperature if options.temperature is not None else self.config.temperature
+        for key, value in (
+            ("num_predict", max_tokens),
+            ("temperature", temperature),
+            ("top_p", options.top_p),
+            ("top_k", options.top_k),
+            ("seed", options.seed),
+        ):
+            if value is not None:
+                model_options[key] = value
+        if options.stop:
+            model_options["stop"] = list(options.stop)
+        model_options.update(extra)  # repeat_penalty, num_ctx, min_p, ... (Ollama's own option names)
+        if model_options:
+            payload["options"] = model_options
+        return payload
+
+    @staticmethod
+    def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+        """Our messages -> Ollama's: tool results become role "tool" messages naming their tool."""
+        tool_names: dict[str, str] = {}
+        out: list[dict[str, Any]] = []
+        for message in messages:
+            text: list[str] = []
+            thinking: list[str] = []
+            images: list[str] = []
+            calls: list[dict[str, Any]] = []
+            results: list[ToolResultPart] = []
+            for part in message.parts:
+                if isinstance(part, TextPart):
+                    text.append(part.text)
+                elif isinstance(part, ImagePart):
+                    images.append(part.base64)
+                elif isinstance(part, ThinkingPart):
+                    thinking.append(part.text)
+                elif isinstance(part, ToolUsePart):
+                    tool_names[part.id] = part.name
+                    calls.append({"function": {"name": part.name, "arguments": dict(part.arguments)}})
+                elif isinstance(part, ToolResultPart):
+                    results.append(part)
+            for result in results:
+                entry: dict[str, Any] = {"role": "tool", "content": tool_result_text(result)}
+                name = tool_names.get(result.tool_call_id)
+                if name:
+                    entry["tool_name"] = name
+                out.append(entry)
+            if results and not (text or images or calls or thinking):
+                continue
+            entry = {"role": message.role.value, "content": "".join(text)}
+            if thinking and message.role == Role.ASSISTANT:
+                entry["thinking"] = "".join(thinking)
+            if images:
+                entry["images"] = images
+            if calls:
+                entry["tool_calls"] = calls
+            out.append(entry)
+        return out
+
+    # ----- embeddings ---------------------------------------------------------------------
+
+    async def _embed_attempt(self, texts: list[str], deadline: float) -> list[list[float]]:
+        body: dict[str, Any] = {"model": self.config.embedding_model or self.model, "input": texts}
+        if self.config.keep_alive is not None:
+            body["keep_alive"] = self.config.keep_alive
+        meta = _ResponseMeta()
+        try:
+            result = await self._client._request(
+                ollama.EmbedResponse,
+                "POST",
+                "/api/embed",
+                json=body,
+                timeout=self._timeout(deadline),
+                extensions={_META_KEY: meta},
+            )
+        except ollama.ResponseError as exc:
+            raise self._response_error(exc, meta, model=body["model"]) from exc
+        vectors = [list(vector) for vector in result.embeddings]
+        if len(vectors) != len(texts):
+            raise BadResponseError(
+                f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
+            )
+        return vectors
+
+    # ----- errors -------------------------------------------------------------------------
+
+    def _timeout(self, deadline: float) -> httpx.Timeout:
+        remaining = self.remaining(deadline)
+        return httpx.Timeout(remaining, connect=min(remaining, self.config.connect_timeout_secs))
+
+    def _response_error(self, exc: ollama.ResponseError, meta: _ResponseMeta, *, model: str | None = None) -> LlmError:
+        status = exc.status_code
+        message = str(exc.error)
+        lowered = message.lower()
+        model = model or self.model
+        if status == 404 and "not found" in lowered:
+            return InvalidRequestError(
+                f"HTTP 404: {message}; the model {model!r} is not on the Ollama server at {self.base_url}: "
+                f"run `ollama pull {model}`",
+                provider=self.name,
+            )
+        if status < 0:  # an {"error": ...} line inside a 200 stream
+            if any(hint in lowered for hint in _CONTEXT_HINTS):
+                return ContextLengthError(f"error in the stream: {message}", provider=self.name)
+            return ProviderUnavailableError(f"error in the stream: {message}", provider=self.name)
+        return error_from_status(status, message, provider=self.name, headers=meta.headers)
+
+    def _map_error(self, exc: BaseException) -> LlmError:
+        if isinstance(exc, _LineTooLongError):
+            return BadResponseError(f"a streamed line exceeded {exc.limit} bytes; refusing it", provider=self.name)
+        if isinstance(exc, json.JSONDecodeError):
+            return BadResponseError(f"the server sent a line that is not valid JSON ({exc})", provider=self.name)
+        if isinstance(exc, ValidationError):
+            return BadResponseError(
+                f"the server sent a message of an unexpected shape ({exc.error_count()} problems)", provider=self.name
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderTimeoutError(
+                f"no answer from Ollama at {self.base_url} in time ({type(exc).__name__})", provider=self.name
+            )
+        if isinstance(exc, httpx.ConnectError | ConnectionError):
+            return ProviderUnavailableError(
+                f"cannot connect: is Ollama running at {self.base_url}? ({type(exc).__name__}: {exc})",
+                provider=self.name,
+            )
+        mapped = map_transport_error(exc, self.name)
+        if mapped is not None:
+            return mapped
+        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client._client.aclose()
+
+
+async def _aclose(source: AsyncIterator[Any]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def build(config: OllamaConfig, registry: Registry) -> OllamaProvider:
+    """The factory's entry point for `type = "ollama"`."""
+    return OllamaProvider(config)

@@ -1,0 +1,533 @@
+"""OpenAI Chat Completions (type "openai") and any OpenAI-compatible server (type "compatible").
+
+Built on the official `openai` SDK with its own retries switched off (`max_retries=0`): the shared
+policy in `zeph_providers.retry` retries instead, within the call's deadline. Every request streams
+on the wire (`stream=True`, `stream_options.include_usage`); `chat()` is assembled by the base from
+the very same chunks, so `chat()` and `chat_stream().response` are equal by construction.
+
+Wire mapping, in short:
+
+- text deltas -> `ContentChunk` as they arrive (a `refusal` delta is text as well);
+  `reasoning_content` / `reasoning` deltas (llama.cpp, vLLM, DeepSeek, ...) -> `ThinkingChunk`;
+- tool-call fragments, keyed by `index`, are reassembled and emitted as complete `ToolUseChunk`s
+  when the choice finishes; a call without an id gets a stable generated one;
+- usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
+  `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
+  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
+- a stream that ends without a finish reason raises `BadResponseError` after what it delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from zeph_providers.backends._convert import (
+    image_data_url,
+    json_arguments,
+    map_finish_reason,
+    schema_name,
+    stable_tool_call_id,
+    strict_json_schema,
+    tool_parameters,
+    tool_result_text,
+)
+from zeph_providers.backends._remote import (
+    RemoteProvider,
+    check_url_safety,
+    httpx2_client,
+    map_transport_error,
+)
+from zeph_providers.config import CompatibleConfig, OpenAIConfig
+from zeph_providers.errors import (
+    BadResponseError,
+    ContextLengthError,
+    InvalidRequestError,
+    LlmError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    UnsupportedCapabilityError,
+    error_from_status,
+    register_secret,
+)
+from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.types import (
+    ContentChunk,
+    EndChunk,
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    StreamChunk,
+    TextPart,
+    ThinkingChunk,
+    ToolCall,
+    ToolResultPart,
+    ToolUseChunk,
+    ToolUsePart,
+    Usage,
+    UsageChunk,
+)
+
+if TYPE_CHECKING:
+    from zeph_providers.registry import Registry
+
+__all__ = [
+    "NO_KEY_PLACEHOLDER",
+    "OPENAI_BASE_URL",
+    "OpenAIProvider",
+    "build",
+    "has_vision",
+    "is_reasoning_model",
+    "openai_capabilities",
+]
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+NO_KEY_PLACEHOLDER = "not-needed"
+"""Sent to compatible servers that need no key: the SDK refuses to run without one."""
+
+_TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
+_CONTEXT_CODES = ("context_length_exceeded", "exceed_context", "context_window", "string_above_max_length")
+
+
+# ----- model families ---------------------------------------------------------------------
+
+
+def _family(model: str) -> str:
+    name = model.lower().strip()
+    if name.startswith("ft:"):
+        name = name[3:]
+    return name.rsplit("/", 1)[-1]
+
+
+_REASONING = re.compile(r"^(?:o1|o3|o4)(?:-|$)|^gpt-5")
+_VISION = re.compile(
+    r"^(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-4-turbo|gpt-4-vision"
+    r"|o1(?!-mini|-preview)(?:-|$)|o3(?!-mini)(?:-|$)|o4(?:-|$))"
+)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """o1 / o3 / o4 / gpt-5 families: they take `max_completion_tokens` and reason."""
+    return bool(_REASONING.search(_family(model)))
+
+
+def has_vision(model: str) -> bool:
+    """OpenAI models known to accept image input."""
+    return bool(_VISION.search(_family(model)))
+
+
+def openai_capabilities(config: OpenAIConfig) -> Capabilities:
+    """Honest capabilities: vision and thinking from the model family (openai) or config (compatible)."""
+    compatible = isinstance(config, CompatibleConfig)
+    vision = config.vision if config.vision is not None else (not compatible and has_vision(config.model))
+    return Capabilities(
+        streaming=True,
+        embeddings=bool(config.embedding_model),
+        tools=True,
+        vision=vision,
+        structured_output=True,
+        thinking=compatible or is_reasoning_model(config.model),
+    )
+
+
+# ----- request conversion -----------------------------------------------------------------
+
+
+def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Our messages -> Chat Completions `messages` (tool results become role "tool" entries)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        results = [p for p in message.parts if isinstance(p, ToolResultPart)]
+        if message.role == Role.SYSTEM:
+            out.append({"role": "system", "content": message.text})
+        elif message.role == Role.ASSISTANT:
+            entry: dict[str, Any] = {"role": "assistant"}
+            calls = [p for p in message.parts if isinstance(p, ToolUsePart)]
+            text = message.text
+            # Reasoning text is not sent back: OpenAI-style APIs reject or ignore it in history.
+            entry["content"] = text if text or not calls else None
+            if calls:
+                entry["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": json_arguments(call.arguments)},
+                    }
+                    for call in calls
+                ]
+            out.append(entry)
+        elif message.role == Role.USER:
+            content = _user_content(message)
+            if content is not None:
+                out.append({"role": "user", "content": content})
+        for result in results:
+            out.append({"role": "tool", "tool_call_id": result.tool_call_id, "content": tool_result_text(result)})
+    return out
+
+
+def _user_content(message: Message) -> str | list[dict[str, Any]] | None:
+    parts = [p for p in message.parts if isinstance(p, TextPart | ImagePart)]
+    if not parts:
+        return None if message.tool_results else ""
+    if all(isinstance(p, TextPart) for p in parts):
+        return message.text
+    content: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            content.append({"type": "text", "text": part.text})
+        else:
+            content.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
+    return content
+
+
+def convert_response_format(options: ChatOptions) -> dict[str, Any] | None:
+    """`response_format` -> `{"type": "json_schema", ...}`, strict when the schema allows it."""
+    schema = options.json_schema()
+    if schema is None:
+        return None
+    strict_schema = strict_json_schema(schema)
+    spec: dict[str, Any] = {
+        "name": schema_name(options.schema_name()),
+        "schema": strict_schema if strict_schema is not None else schema,
+        "strict": strict_schema is not None,
+    }
+    return {"type": "json_schema", "json_schema": spec}
+
+
+# ----- stream assembly --------------------------------------------------------------------
+
+
+@dataclass
+class _PendingCall:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _StreamState:
+    response_id: str = ""
+    model: str = ""
+    finish: str | None = None
+    usage: Usage | None = None
+    calls: dict[int, _PendingCall] = field(default_factory=dict)
+    last_index: int = -1
+
+
+def _usage(raw: Any) -> Usage:
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return Usage(
+        input_tokens=int(getattr(raw, "prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(raw, "completion_tokens", 0) or 0),
+        cache_read_tokens=int(cached or 0),
+    )
+
+
+def _extra_text(delta: Any, *names: str) -> str:
+    for name in names:
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+# ----- the provider -----------------------------------------------------------------------
+
+
+class OpenAIProvider(RemoteProvider):
+    """Chat Completions over the official SDK; also serves `type = "compatible"` servers."""
+
+    backend = "openai"
+
+    def __init__(self, config: OpenAIConfig, *, transport: Any = None) -> None:
+        super().__init__(config, capabilities=openai_capabilities(config))
+        self.openai_config = config
+        self.compatible = isinstance(config, CompatibleConfig)
+        secret = config.secret()
+        api_key = secret.get_secret_value() if secret is not None else None
+        if api_key:
+            register_secret(api_key)
+        self.base_url = config.base_url or OPENAI_BASE_URL
+        check_url_safety(config, self.base_url, has_key=bool(api_key))
+        if config.use_max_completion_tokens is not None:
+            self._max_completion_tokens = config.use_max_completion_tokens
+        else:
+            self._max_completion_tokens = not self.compatible and is_reasoning_model(config.model)
+        self._http = httpx2_client(config, transport=transport)
+        self._client = AsyncOpenAI(
+            api_key=api_key or NO_KEY_PLACEHOLDER,
+            organization=config.organization,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=httpx2.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
+            http_client=self._http,
+        )
+        # The SDK fills these from OPENAI_* environment variables; never send them anywhere
+        # the config did not ask for (a compatible server is a third party).
+        self._client.admin_api_key = None
+        self._client.webhook_secret = None
+        if self.compatible:
+            self._client.organization = config.organization
+            self._client.project = None
+        self._closed = False
+
+    # ----- request ----------------------------------------------------------------------
+
+    def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
+        super()._check_request(messages, options)
+        if options.top_k is not None and not self.compatible:
+            raise UnsupportedCapabilityError(
+                "top_k",
+                provider=self.name,
+                detail='the OpenAI API has no top_k; use type = "compatible" for servers that accept it',
+            )
+        for message in messages:
+            if message.role != Role.USER and message.images:
+                raise UnsupportedCapabilityError(
+                    f"images in {message.role.value} messages",
+                    provider=self.name,
+                    detail="the Chat Completions API takes images in user messages only",
+                )
+        choice = options.tool_choice
+        if choice is not None and choice not in _TOOL_CHOICES and choice not in {t.name for t in options.tools}:
+            raise InvalidRequestError(
+                f"tool_choice {choice!r} is neither auto/none/required nor the name of a given tool",
+                provider=self.name,
+            )
+        if choice in ("required", "any") and not options.tools:
+            raise InvalidRequestError("tool_choice 'required' needs tools", provider=self.name)
+
+    def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
+        """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`)."""
+        config = self.openai_config
+        params: dict[str, Any] = {
+            "model": config.model,
+            "messages": convert_messages(messages),
+            "stream_options": {"include_usage": True},
+        }
+        max_tokens = options.max_tokens if options.max_tokens is not None else config.max_tokens
+        if max_tokens is not None:
+            params["max_completion_tokens" if self._max_completion_tokens else "max_tokens"] = max_tokens
+        temperature = options.temperature if options.temperature is not None else config.temperature
+        if temperature is not None:
+            params["temperature"] = temperature
+        if options.top_p is not None:
+            params["top_p"] = options.top_p
+        if options.seed is not None:
+            params["seed"] = options.seed
+        if options.stop:
+            params["stop"] = list(options.stop)
+        if options.tools:
+            params["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": tool_parameters(tool),
+                    },
+                }
+                for tool in options.tools
+            ]
+            if options.tool_choice is not None:
+                mapped = _TOOL_CHOICES.get(options.tool_choice)
+                params["tool_choice"] = mapped or {"type": "function", "function": {"name": options.tool_choice}}
+        response_format = convert_response_format(options)
+        if response_format is not None:
+            params["response_format"] = response_format
+        extra_body: dict[str, Any] = {}
+        if options.top_k is not None:
+            extra_body["top_k"] = options.top_k
+        extra_body.update(options.extra)
+        if extra_body:
+            params["extra_body"] = extra_body
+        return params
+
+    def _timeout(self, deadline: float) -> httpx2.Timeout:
+        remaining = self.remaining(deadline)
+        return httpx2.Timeout(remaining, connect=min(self.openai_config.connect_timeout_secs, remaining))
+
+    # ----- streaming --------------------------------------------------------------------
+
+    async def _attempt(
+        self, messages: list[Message], options: ChatOptions, deadline: float
+    ) -> AsyncIterator[StreamChunk]:
+        params = self.build_request(messages, options)
+        stream = await self._client.chat.completions.create(**params, stream=True, timeout=self._timeout(deadline))
+        state = _StreamState(model=self.model)
+        try:
+            async for chunk in stream:
+                try:
+                    out = self._on_chunk(chunk, state)
+                except LlmError:
+                    raise
+                except (AttributeError, TypeError, ValueError, KeyError) as exc:
+                    raise BadResponseError(
+                        f"malformed stream chunk ({type(exc).__name__}: {exc})", provider=self.name
+                    ) from exc
+                for item in out:
+                    yield item
+        finally:
+            await stream.close()
+        if state.finish is None:
+            raise BadResponseError("the stream ended before the reply finished (no finish_reason)", provider=self.name)
+        if state.calls:  # a server that finished without emitting them at the finish chunk
+            for item in self._complete_calls(state):
+                yield item
+        finish: FinishReason = map_finish_reason(state.finish)
+        yield UsageChunk(usage=state.usage or Usage())
+        yield EndChunk(finish_reason=finish, model=state.model)
+
+    def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
+        out: list[StreamChunk] = []
+        if chunk.id and not state.response_id:
+            state.response_id = str(chunk.id)
+        if chunk.model:
+            state.model = str(chunk.model)
+        if chunk.usage is not None:
+            state.usage = _usage(chunk.usage)  # cumulative where a server repeats it: keep the last
+        for choice in chunk.choices or ():
+            if (choice.index or 0) != 0:
+                continue  # we never ask for n > 1
+            delta = choice.delta
+            if delta is not None:
+                thinking = _extra_text(delta, "reasoning_content", "reasoning")
+                if thinking:
+                    out.append(ThinkingChunk(text=thinking))
+                if delta.content:
+                    out.append(ContentChunk(text=str(delta.content)))
+                if delta.refusal:
+                    out.append(ContentChunk(text=str(delta.refusal)))
+                for call in delta.tool_calls or ():
+                    self._add_call_fragment(state, call)
+                legacy = delta.function_call
+                if legacy is not None:  # the deprecated single-function shape
+                    self._add_fragment(state, 0, None, legacy.name, legacy.arguments)
+            if choice.finish_reason:
+                state.finish = str(choice.finish_reason)
+                out.extend(self._complete_calls(state))
+        return out
+
+    def _add_call_fragment(self, state: _StreamState, call: Any) -> None:
+        index = call.index
+        if index is None:  # servers that omit the index: a new id opens a new call
+            index = state.last_index
+            if call.id and (index < 0 or state.calls[index].id not in (None, call.id)):
+                index += 1
+            index = max(index, 0)
+        function = call.function
+        name = function.name if function is not None else None
+        arguments = function.arguments if function is not None else None
+        self._add_fragment(state, int(index), call.id, name, arguments)
+
+    @staticmethod
+    def _add_fragment(state: _StreamState, index: int, call_id: str | None, name: str | None, arguments: Any) -> None:
+        pending = state.calls.setdefault(index, _PendingCall())
+        state.last_index = index
+        if call_id:
+            pending.id = str(call_id)
+        if name:
+            pending.name = name if not pending.name or pending.name == name else pending.name + name
+        if arguments is not None:
+            pending.arguments.append(arguments if isinstance(arguments, str) else json.dumps(arguments))
+
+    def _complete_calls(self, state: _StreamState) -> list[StreamChunk]:
+        out: list[StreamChunk] = []
+        for index in sorted(state.calls):
+            pending = state.calls[index]
+            raw = "".join(pending.arguments)
+            if not pending.name:
+                raise BadResponseError(f"tool call #{index} arrived without a function name", provider=self.name)
+            arguments = self.parse_json_arguments(raw, provider=self.name, tool=pending.name)
+            call_id = pending.id or stable_tool_call_id(state.response_id, index, pending.name, raw)
+            out.append(ToolUseChunk(tool_call=ToolCall(id=call_id, name=pending.name, arguments=arguments)))
+        state.calls.clear()
+        return out
+
+    # ----- embeddings -------------------------------------------------------------------
+
+    async def _embed_attempt(self, texts: list[str], deadline: float) -> list[list[float]]:
+        model = self.openai_config.embedding_model
+        if not model:
+            raise UnsupportedCapabilityError("embeddings", provider=self.name, detail="set embedding_model")
+        response = await self._client.embeddings.create(
+            input=texts, model=model, encoding_format="float", timeout=self._timeout(deadline)
+        )
+        try:
+            items = sorted(response.data, key=lambda item: int(item.index))
+            vectors = [[float(v) for v in item.embedding] for item in items]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
+        if len(vectors) != len(texts):
+            raise BadResponseError(
+                f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
+            )
+        return vectors
+
+    # ----- errors -----------------------------------------------------------------------
+
+    def _map_error(self, exc: BaseException) -> LlmError:
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeoutError("request timed out", provider=self.name)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            mapped = map_transport_error(cause, self.name) if cause is not None else None
+            if mapped is not None:
+                return mapped
+            return ProviderUnavailableError(f"cannot reach the server: {exc.message}", provider=self.name)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return BadResponseError(f"malformed response: {exc.message}", provider=self.name)
+        if isinstance(exc, openai.APIError):  # an error event inside the stream
+            code = " ".join(str(v) for v in (exc.code, exc.type) if v)
+            message = f"the server reported an error mid-stream: {exc.message}" + (f" ({code})" if code else "")
+            if any(hint in code for hint in _CONTEXT_CODES):
+                return ContextLengthError(message, provider=self.name)
+            return ProviderUnavailableError(message, provider=self.name)
+        mapped = map_transport_error(exc, self.name)
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+            return BadResponseError(f"malformed response ({exc})", provider=self.name)
+        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+
+    def _status_error(self, exc: openai.APIStatusError) -> LlmError:
+        body = exc.body
+        message = exc.message
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            message = body["message"]
+        elif isinstance(body, str) and body.strip():
+            message = body.strip()[:500]
+        code = " ".join(str(v) for v in (exc.code, exc.type) if v)
+        if code:
+            message = f"{message} ({code})"
+        status = exc.status_code
+        if 400 <= status < 500 and status not in (401, 403, 429) and any(h in code for h in _CONTEXT_CODES):
+            return ContextLengthError(f"HTTP {status}: {message}", provider=self.name)
+        return error_from_status(status, message, provider=self.name, headers=exc.response.headers)
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._client.close()
+        finally:
+            await self._http.aclose()
+
+
+def build(config: OpenAIConfig, registry: Registry) -> OpenAIProvider:
+    """The factory's entry for `type = "openai"` and `type = "compatible"`."""
+    return OpenAIProvider(config)

@@ -1,0 +1,600 @@
+"""The router backend: one provider name in front of several members, with fallback and breakers.
+
+```toml
+[[llm.providers]]
+name = "smart"
+type = "router"
+providers = ["claude", "gpt", "ollama"]   # other providers in the same file
+strategy = "fallback"                      # fallback | round_robin | latency
+```
+
+- Order: `fallback` tries members in the listed order; `round_robin` rotates the first member on
+  every request; `latency` keeps an exponential moving average (EMA) of each member's time to the
+  first chunk and of its success rate, and tries the cheapest expected member first (members never
+  tried go first, and every `explore_every`-th request tries the least recently used first so a
+  recovered member can win its place back).
+- Each member has a `CircuitBreaker` (`zeph_providers.breaker`): open members are skipped until
+  their cooldown ends, then one probe decides. `status()` shows it all as JSON-ready data.
+- Rate limits, timeouts, unavailable servers, bad responses, local inference failures, context
+  length (a later member may have a larger window) and unsupported capabilities move on to the
+  next member. `InvalidRequestError` / `AuthenticationError` are raised at once unless
+  `fallback_on_client_error` is set. A stream moves on only before its first chunk; after that
+  the member's error reaches the caller, who already has the partial reply.
+- One deadline (`timeout_secs`, or the per-call `timeout`) covers every attempt on every member.
+- Requests go only to members whose capabilities allow them (tools, vision, structured output,
+  embeddings). Building the router never builds its members; the first call, `capabilities`
+  (the union of the members') or `embed` builds them through the registry.
+- `resp.provider` (and `stream.response.provider`) names the member that answered.
+- The registry owns the members: `aclose()` on the router closes nothing but itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from zeph_providers.breaker import Admission, CircuitBreaker
+from zeph_providers.errors import (
+    AllProvidersFailedError,
+    AuthenticationError,
+    ConfigError,
+    ContextLengthError,
+    InferenceError,
+    InvalidRequestError,
+    LlmError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    UnsupportedCapabilityError,
+)
+from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions, ChatStream, LlmProvider
+from zeph_providers.types import ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.config import RouterConfig
+    from zeph_providers.registry import Registry
+
+__all__ = ["RouterProvider", "Strategy", "build"]
+
+log = logging.getLogger("zeph_providers.router")
+
+Strategy = Literal["fallback", "round_robin", "latency"]
+Resolver = Callable[[str], LlmProvider]
+Clock = Callable[[], float]
+
+_EMA_ALPHA = 0.3
+_MIN_SUCCESS = 0.05
+
+
+class _Verdict(enum.Enum):
+    """What one member's error means for the request and for that member's breaker."""
+
+    FAIL_AND_FALL_BACK = "fail"  # counts against the member; try the next one
+    SKIP = "skip"  # says nothing about the member's health; try the next one
+    RAISE = "raise"  # the request itself is at fault; stop here
+
+
+@dataclass
+class _MemberStats:
+    """Learned numbers for the latency strategy and `status()`."""
+
+    ema_latency: float | None = None
+    """Seconds to the first chunk (or to the embedding), smoothed."""
+    ema_success: float = 1.0
+    attempts: int = 0
+    last_used: int = 0
+    """The request sequence number of the last attempt (for exploration)."""
+
+
+class RouterProvider(BaseProvider):
+    """Routes each call to one member provider, falling back and tripping breakers as members fail."""
+
+    backend = "router"
+
+    def __init__(
+        self,
+        name: str,
+        members: Sequence[str],
+        resolve: Resolver,
+        *,
+        strategy: Strategy = "fallback",
+        timeout_secs: float = 300.0,
+        failure_threshold: int = 3,
+        cooldown_secs: float = 30.0,
+        fallback_on_client_error: bool = False,
+        max_concurrent: int | None = None,
+        window_size: int = 20,
+        failure_rate: float = 0.5,
+        explore_every: int = 20,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        names = list(dict.fromkeys(members))
+        if not names:
+            raise ConfigError("a router needs at least one member", provider=name)
+        if strategy not in ("fallback", "round_robin", "latency"):
+            raise ConfigError(f"unknown strategy {strategy!r}", provider=name)
+        super().__init__(
+            name,
+            "router(" + ",".join(names) + ")",
+            capabilities=Capabilities(streaming=True),
+            max_concurrent=max_concurrent,
+            default_timeout=timeout_secs,
+        )
+        self.strategy: Strategy = strategy
+        self.fallback_on_client_error = fallback_on_client_error
+        self.explore_every = explore_every
+        self._member_names = names
+        self._resolve = resolve
+        self._members: dict[str, LlmProvider] = {}
+        self._breakers = {
+            member: CircuitBreaker(
+                failure_threshold,
+                cooldown_secs,
+                window_size=window_size,
+                failure_rate=failure_rate,
+                clock=clock,
+                wall_clock=wall_clock,
+            )
+            for member in names
+        }
+        self._stats = {member: _MemberStats() for member in names}
+        self._lock = threading.Lock()  # guards the sequence counter, the stats and the capabilities
+        self._sequence = 0
+
+    # ----- introspection ------------------------------------------------------------
+
+    @property
+    def members(self) -> list[str]:
+        """The member names, in configured order."""
+        return list(self._member_names)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The union of the members' capabilities; reading it builds the members through the registry."""
+        self._resolve_members()
+        return self._capabilities
+
+    def breaker(self, member: str) -> CircuitBreaker:
+        """The circuit breaker guarding one member."""
+        return self._breakers[member]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per member: breaker state, failure streak, totals, EMA latency and success (JSON-ready)."""
+        report: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            stats = {name: (s.ema_latency, s.ema_success, s.attempts) for name, s in self._stats.items()}
+        for name in self._member_names:
+            entry = self._breakers[name].snapshot()
+            latency, success, attempts = stats[name]
+            entry["ema_latency_ms"] = None if latency is None else round(latency * 1000.0, 3)
+            entry["ema_success"] = round(success, 4)
+            entry["attempts"] = attempts
+            entry["built"] = name in self._members
+            report[name] = entry
+        return report
+
+    def reset(self) -> None:
+        """Close every breaker and forget the learned latencies."""
+        for breaker in self._breakers.values():
+            breaker.reset()
+        with self._lock:
+            self._stats = {member: _MemberStats() for member in self._member_names}
+
+    async def aclose(self) -> None:
+        """Nothing to release: the registry owns (and closes) the members."""
+
+    # ----- members ------------------------------------------------------------------
+
+    def _resolve_members(self) -> list[LlmError]:
+        """Build the members not built yet (through the registry); returns the build errors."""
+        errors: list[LlmError] = []
+        changed = False
+        for name in self._member_names:
+            if name in self._members:
+                continue
+            try:
+                member = self._resolve(name)
+            except LlmError as exc:
+                if not exc.provider:
+                    exc.provider = name
+                errors.append(exc)
+                continue
+            except Exception as exc:  # a custom resolver; the registry already wraps its errors
+                error = ConfigError(f"could not build the member: {type(exc).__name__}: {exc}", provider=name)
+                error.__cause__ = exc
+                errors.append(error)
+                continue
+            self._members[name] = member
+            changed = True
+        if changed:
+            union = _union(member.capabilities for member in self._members.values())
+            with self._lock:
+                self._capabilities = union
+        return errors
+
+    def _order(self) -> list[str]:
+        """The members in the order this request tries them, per the strategy."""
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
+            names = list(self._member_names)
+            if self.strategy == "round_robin":
+                start = (sequence - 1) % len(names)
+                names = names[start:] + names[:start]
+            elif self.strategy == "latency":
+                scores = self._scores()
+                names.sort(key=lambda n: scores[n])  # stable: ties keep the configured order
+                if self.explore_every and len(names) > 1 and sequence % self.explore_every == 0:
+                    stalest = min(names[1:], key=lambda n: self._stats[n].last_used)
+                    names.remove(stalest)
+                    names.insert(0, stalest)
+            return names
+
+    def _scores(self) -> dict[str, float]:
+        """Expected cost per member: EMA latency divided by EMA success (lock held); untried = 0."""
+        known = [s.ema_latency for s in self._stats.values() if s.ema_latency is not None]
+        worst = max(known) if known else 1.0
+        scores: dict[str, float] = {}
+        for name, stats in self._stats.items():
+            if stats.attempts == 0:
+                scores[name] = 0.0
+                continue
+            latency = stats.ema_latency if stats.ema_latency is not None else worst
+            scores[name] = max(latency, 1e-6) / max(stats.ema_success, _MIN_SUCCESS)
+        return scores
+
+    def _note(self, name: str, *, ok: bool | None, latency: float | None = None) -> None:
+        """Fold one attempt into the member's EMAs (ok=None: no verdict on its health)."""
+        with self._lock:
+            stats = self._stats[name]
+            stats.attempts += 1
+            stats.last_used = self._sequence
+            if latency is not None:
+                prev = stats.ema_latency
+                stats.ema_latency = latency if prev is None else prev + _EMA_ALPHA * (latency - prev)
+            if ok is not None:
+                stats.ema_success += _EMA_ALPHA * ((1.0 if ok else 0.0) - stats.ema_success)
+
+    def _verdict(self, error: LlmError) -> _Verdict:
+        if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
+            return _Verdict.SKIP
+        if isinstance(error, InvalidRequestError):
+            return _Verdict.SKIP if self.fallback_on_client_error else _Verdict.RAISE
+        if isinstance(error, AuthenticationError):
+            # A bad key is the member's fault: it counts against its breaker either way.
+            return _Verdict.FAIL_AND_FALL_BACK if self.fallback_on_client_error else _Verdict.RAISE
+        return _Verdict.FAIL_AND_FALL_BACK
+
+    def _settle(self, name: str, admission: Admission, error: LlmError) -> _Verdict:
+        """Record a member's failure in its breaker and EMAs; say whether to try the next member."""
+        if not error.provider:
+            error.provider = name
+        verdict = self._verdict(error)
+        breaker = self._breakers[name]
+        counts = isinstance(error, AuthenticationError) or verdict is _Verdict.FAIL_AND_FALL_BACK
+        if counts:
+            breaker.record_failure(admission)
+        else:
+            breaker.release(admission)
+        self._note(name, ok=False if counts else None)
+        if verdict is not _Verdict.RAISE:
+            log.info("router %r: member %r failed (%s); trying the next member", self.name, name, type(error).__name__)
+        return verdict
+
+    # ----- request checks -----------------------------------------------------------
+
+    def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
+        """Refuse at once what no member could serve (builds the members on first use)."""
+        build_errors = self._resolve_members()
+        if not self._members:
+            raise AllProvidersFailedError(build_errors, provider=self.name, message="no member could be built")
+        super()._check_request(messages, options)  # against the union of the members' capabilities
+        needs = _needs(messages, options)
+        if needs and not any(_supports(m.capabilities, needs) for m in self._members.values()):
+            raise UnsupportedCapabilityError(
+                " + ".join(needs), provider=self.name, detail="no single member supports all of them"
+            )
+
+    # ----- chat ---------------------------------------------------------------------
+
+    async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        deadline = _deadline(options.timeout)
+        errors = self._resolve_members()
+        needs = _needs(messages, options)
+        for name in self._order():
+            member = self._members.get(name)
+            if member is None:
+                continue  # its build error is already in `errors`
+            if needs and not _supports(member.capabilities, needs):
+                errors.append(UnsupportedCapabilityError(" + ".join(needs), provider=name))
+                continue
+            admission = self._admit(name, errors)
+            if admission is None:
+                continue
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                self._breakers[name].release(admission)
+                break
+            started = time.perf_counter()
+            try:
+                stream = member.chat_stream(messages, **_member_kwargs(options, remaining))
+            except LlmError as exc:
+                errors.append(exc)
+                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                    raise
+                continue
+            except Exception as exc:  # a plugin member that breaks the protocol
+                error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
+                error.__cause__ = exc
+                errors.append(error)
+                self._settle(name, admission, error)
+                continue
+            try:
+                first = await _next_chunk(stream, deadline, name)
+            except StopAsyncIteration:
+                first = None  # an empty reply is still a reply
+            except LlmError as exc:
+                await _close(stream)
+                errors.append(exc)
+                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                    raise
+                continue
+            except BaseException:
+                await _close(stream)
+                self._breakers[name].release(admission)
+                raise
+            # Committed: from here on this member's chunks (and errors) go to the caller.
+            latency = time.perf_counter() - started
+            try:
+                async for chunk in self._relay(name, member, stream, first, deadline):
+                    yield chunk
+            except LlmError as exc:
+                if not exc.provider:
+                    exc.provider = name
+                self._breakers[name].record_failure(admission)
+                self._note(name, ok=False, latency=latency)
+                raise
+            except BaseException:  # closed early or cancelled: no verdict on the member
+                self._breakers[name].release(admission)
+                raise
+            finally:
+                await _close(stream)
+            self._breakers[name].record_success(admission)
+            self._note(name, ok=True, latency=latency)
+            return
+        raise self._exhausted(errors, deadline, options.timeout)
+
+    async def _relay(
+        self,
+        name: str,
+        member: LlmProvider,
+        stream: ChatStream,
+        first: StreamChunk | None,
+        deadline: float | None,
+    ) -> AsyncIterator[StreamChunk]:
+        """The member's chunks, its EndChunk stamped with its name (one is added if it sent none)."""
+        chunk = first
+        ended = False
+        while chunk is not None:
+            if isinstance(chunk, EndChunk):
+                ended = True
+                # A nested router already named its leaf member; keep the most precise name.
+                chunk = EndChunk(
+                    finish_reason=chunk.finish_reason,
+                    model=chunk.model or member.model,
+                    provider=chunk.provider or name,
+                )
+            yield chunk
+            try:
+                chunk = await _next_chunk(stream, deadline, name)
+            except StopAsyncIteration:
+                chunk = None
+        if not ended:
+            finish = stream.response.finish_reason if stream.done else "stop"
+            yield EndChunk(finish_reason=finish, model=member.model, provider=name)
+
+    def _admit(self, name: str, errors: list[LlmError]) -> Admission | None:
+        admission = self._breakers[name].acquire()
+        if admission is None:
+            retry_in = self._breakers[name].retry_in()
+            errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
+            log.debug("router %r: skipping %r (circuit open)", self.name, name)
+        return admission
+
+    def _exhausted(self, errors: list[LlmError], deadline: float | None, timeout: float | None) -> LlmError:
+        """The error for a request no member answered, carrying every member's error."""
+        group = ExceptionGroup("member errors", errors) if errors else None
+        error: LlmError
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            tried = "; ".join(f"{e.provider or '?'}: {type(e).__name__}: {e.message}" for e in errors)
+            error = ProviderTimeoutError(
+                f"no member answered within the {timeout or 0:g}s deadline" + (f" ({tried})" if tried else ""),
+                provider=self.name,
+            )
+        elif errors and all(isinstance(e, UnsupportedCapabilityError) for e in errors):
+            first = errors[0]
+            capability = first.capability if isinstance(first, UnsupportedCapabilityError) else "request"
+            error = UnsupportedCapabilityError(capability, provider=self.name, detail="no member accepted the request")
+        else:
+            error = AllProvidersFailedError(errors, provider=self.name)
+        error.__cause__ = group
+        return error
+
+    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        """Let the member that answered parse its own structured output (Claude's differs)."""
+        member = self._members.get(response.provider)
+        if isinstance(member, BaseProvider) and member is not self:
+            return member._finalize(response, options)
+        return super()._finalize(response, options)
+
+    # ----- embeddings ---------------------------------------------------------------
+
+    async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed through the first healthy embedding-capable member, falling back like chat."""
+        build_errors = self._resolve_members()
+        if not any(m.capabilities.embeddings for m in self._members.values()):
+            if build_errors and not self._members:
+                raise AllProvidersFailedError(build_errors, provider=self.name, message="no member could be built")
+            raise UnsupportedCapabilityError("embeddings", provider=self.name, detail="no member has embeddings")
+        text_list = list(texts)
+        if not text_list:
+            return []
+        if self._semaphore is None:
+            return await self._embed_routed(text_list, build_errors)
+        async with self._semaphore:
+            return await self._embed_routed(text_list, build_errors)
+
+    async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
+        deadline = _deadline(self._default_timeout)
+        for name in self._order():
+            member = self._members.get(name)
+            if member is None or not member.capabilities.embeddings:
+                continue
+            admission = self._admit(name, errors)
+            if admission is None:
+                continue
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                self._breakers[name].release(admission)
+                break
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(remaining):
+                    vectors = await member.embed_batch(texts)
+            except LlmError as exc:
+                errors.append(exc)
+                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                    raise
+                continue
+            except Exception as exc:
+                error: LlmError
+                if isinstance(exc, TimeoutError):
+                    error = ProviderTimeoutError("no embedding within the router's deadline", provider=name)
+                else:
+                    error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
+                error.__cause__ = exc
+                errors.append(error)
+                self._settle(name, admission, error)
+                continue
+            except BaseException:
+                self._breakers[name].release(admission)
+                raise
+            self._breakers[name].record_success(admission)
+            self._note(name, ok=True, latency=time.perf_counter() - started)
+            return vectors
+        raise self._exhausted(errors, deadline, self._default_timeout)
+
+
+# ----- helpers ----------------------------------------------------------------------------
+
+
+def _union(capabilities: Iterable[Capabilities]) -> Capabilities:
+    """A capability is the router's when any member has it."""
+    caps = list(capabilities)
+    return Capabilities(**{f.name: any(getattr(c, f.name) for c in caps) for f in fields(Capabilities)})
+
+
+def _needs(messages: Sequence[Message], options: ChatOptions) -> list[str]:
+    """The capabilities (field names of `Capabilities`) this request needs from a member."""
+    needs: list[str] = []
+    if options.tools:
+        needs.append("tools")
+    if options.response_format is not None:
+        needs.append("structured_output")
+    if any(isinstance(part, ImagePart) for message in messages for part in message.parts):
+        needs.append("vision")
+    return needs
+
+
+def _supports(capabilities: Capabilities, needs: Sequence[str]) -> bool:
+    return all(getattr(capabilities, need) for need in needs)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The router's own deadline, a hair before the ChatStream's so the router reports the timeout."""
+    if timeout is None:
+        return None
+    return time.monotonic() + timeout - min(0.05, timeout * 0.1)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _member_kwargs(options: ChatOptions, timeout: float | None) -> dict[str, Any]:
+    """The router's per-call options, passed on to a member with what is left of the deadline."""
+    return {
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        "seed": options.seed,
+        "stop": list(options.stop),
+        "tools": list(options.tools),
+        "tool_choice": options.tool_choice,
+        "response_format": options.response_format,
+        "timeout": timeout,
+        "extra": dict(options.extra),
+    }
+
+
+async def _next_chunk(stream: ChatStream, deadline: float | None, member: str) -> StreamChunk:
+    """The member's next chunk within the router's deadline; every failure typed and named."""
+    remaining = _remaining(deadline)
+    if remaining is not None and remaining <= 0:
+        raise ProviderTimeoutError("the router's deadline has passed", provider=member)
+    try:
+        async with asyncio.timeout(remaining):
+            return await anext(stream)
+    except (StopAsyncIteration, LlmError):
+        raise
+    except TimeoutError as exc:
+        raise ProviderTimeoutError("no reply within the router's deadline", provider=member) from exc
+    except Exception as exc:
+        raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=member) from exc
+
+
+async def _close(stream: ChatStream) -> None:
+    with contextlib.suppress(Exception):
+        await stream.aclose()
+
+
+def _check_cycles(config: RouterConfig, registry: Registry) -> None:
+    """Refuse routers that reach themselves through other routers (a request would loop forever)."""
+    from zeph_providers.config import RouterConfig as _RouterConfig
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        entry = registry.config.provider(name)
+        if not isinstance(entry, _RouterConfig):
+            return
+        for member in entry.providers:
+            if member in path:
+                cycle = " -> ".join((*path, member))
+                raise ConfigError(f"routers form a cycle: {cycle}", provider=config.name)
+            visit(member, (*path, member))
+
+    visit(config.name, (config.name,))
+
+
+def build(config: RouterConfig, registry: Registry) -> RouterProvider:
+    """Build a router from its config; members are resolved through `registry.get` on first use."""
+    _check_cycles(config, registry)
+    return RouterProvider(
+        config.name,
+        config.providers,
+        registry.get,
+        strategy=config.strategy,
+        timeout_secs=config.timeout_secs,
+        failure_threshold=config.failure_threshold,
+        cooldown_secs=config.cooldown_secs,
+        fallback_on_client_error=config.fallback_on_client_error,
+        max_concurrent=config.max_concurrent,
+    )

@@ -1,0 +1,193 @@
+"""A per-provider circuit breaker: stop sending requests to a member that keeps failing.
+
+States: `closed` (requests flow), `open` (requests are refused until `cooldown_secs` have passed)
+and `half_open` (exactly one probe request is let through; its success closes the breaker, its
+failure opens it again for another cooldown). The breaker opens after `failure_threshold`
+consecutive failures, or when the failure rate over the last `window_size` outcomes reaches
+`failure_rate`. Time comes from an injectable monotonic clock so tests never sleep.
+
+Thread-safe: every transition happens under one lock, so a breaker may be shared by event loops
+running in different threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Admission", "BreakerState", "CircuitBreaker"]
+
+Clock = Callable[[], float]
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Admission(enum.Enum):
+    """Why a request was let through: a normal call, or the single half-open probe."""
+
+    NORMAL = "normal"
+    PROBE = "probe"
+
+
+class CircuitBreaker:
+    """Counts one member's outcomes and decides whether the next request may go to it."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        cooldown_secs: float = 30.0,
+        *,
+        window_size: int = 20,
+        failure_rate: float = 0.5,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if cooldown_secs < 0:
+            raise ValueError("cooldown_secs must not be negative")
+        if window_size < 0 or not 0.0 < failure_rate <= 1.0:
+            raise ValueError("window_size must be >= 0 and failure_rate in (0, 1]")
+        self.failure_threshold = failure_threshold
+        self.cooldown_secs = cooldown_secs
+        self.window_size = window_size
+        self.failure_rate = failure_rate
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._consecutive_failures = 0
+        self._window: deque[bool] = deque(maxlen=window_size)
+        self._opened_at: float | None = None
+        self._opened_at_wall: float | None = None
+        self._probe_in_flight = False
+        self._successes = 0
+        self._failures = 0
+        self._times_opened = 0
+
+    # ----- decisions ----------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The state as of now (an open breaker whose cooldown has passed reads `half_open`)."""
+        with self._lock:
+            if self._state is BreakerState.OPEN and self._cooldown_over():
+                return BreakerState.HALF_OPEN
+            return self._state
+
+    def acquire(self) -> Admission | None:
+        """Ask to send one request: an `Admission` to report back on, or None (refused, skip it)."""
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                return Admission.NORMAL
+            if self._state is BreakerState.OPEN:
+                if not self._cooldown_over():
+                    return None
+                self._state = BreakerState.HALF_OPEN
+            if self._probe_in_flight:
+                return None
+            self._probe_in_flight = True
+            return Admission.PROBE
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+        with self._lock:
+            if self._state is not BreakerState.OPEN or self._opened_at is None:
+                return 0.0
+            return max(0.0, self._opened_at + self.cooldown_secs - self._clock())
+
+    # ----- outcomes -----------------------------------------------------------------
+
+    def record_success(self, admission: Admission) -> None:
+        """The admitted request succeeded: a probe closes the breaker."""
+        with self._lock:
+            self._successes += 1
+            if admission is Admission.PROBE:
+                self._probe_in_flight = False
+                self._close()
+            elif self._state is BreakerState.CLOSED:
+                self._consecutive_failures = 0
+                self._window.append(True)
+
+    def record_failure(self, admission: Admission) -> None:
+        """The admitted request failed: a probe reopens the breaker; enough failures open it."""
+        with self._lock:
+            self._failures += 1
+            if admission is Admission.PROBE:
+                self._probe_in_flight = False
+                self._open()
+                return
+            if self._state is not BreakerState.CLOSED:
+                return  # a request admitted before the breaker opened; it changes nothing now
+            self._consecutive_failures += 1
+            self._window.append(False)
+            if self._consecutive_failures >= self.failure_threshold or self._rate_tripped():
+                self._open()
+
+    def release(self, admission: Admission) -> None:
+        """The admitted request ended without a verdict (cancelled, closed early, not the member's fault)."""
+        with self._lock:
+            if admission is Admission.PROBE:
+                self._probe_in_flight = False
+
+    def reset(self) -> None:
+        """Close the breaker and forget the failure streak (the totals are kept)."""
+        with self._lock:
+            self._probe_in_flight = False
+            self._close()
+
+    # ----- introspection ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable view: state, failure streak, totals, when it opened."""
+        with self._lock:
+            state = self._state
+            if state is BreakerState.OPEN and self._cooldown_over():
+                state = BreakerState.HALF_OPEN
+            retry_in = 0.0
+            if self._state is BreakerState.OPEN and self._opened_at is not None:
+                retry_in = max(0.0, self._opened_at + self.cooldown_secs - self._clock())
+            return {
+                "state": state.value,
+                "consecutive_failures": self._consecutive_failures,
+                "successes": self._successes,
+                "failures": self._failures,
+                "times_opened": self._times_opened,
+                "opened_at": self._opened_at_wall,
+                "retry_in_secs": round(retry_in, 3),
+            }
+
+    # ----- internals (lock held) ----------------------------------------------------
+
+    def _cooldown_over(self) -> bool:
+        return self._opened_at is None or self._clock() - self._opened_at >= self.cooldown_secs
+
+    def _rate_tripped(self) -> bool:
+        if not self.window_size or len(self._window) < self.window_size:
+            return False
+        failed = sum(1 for ok in self._window if not ok)
+        return failed / len(self._window) >= self.failure_rate
+
+    def _open(self) -> None:
+        self._state = BreakerState.OPEN
+        self._opened_at = self._clock()
+        self._opened_at_wall = self._wall_clock()
+        self._times_opened += 1
+
+    def _close(self) -> None:
+        self._state = BreakerState.CLOSED
+        self._consecutive_failures = 0
+        self._window.clear()
+        self._opened_at = None
+        self._opened_at_wall = None
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker state={self.state.value} consecutive_failures={self._consecutive_failures}>"

@@ -1,0 +1,595 @@
+"""The `zeph-providers` command: list, check, chat, embed, config init/show, status.
+
+```
+zeph-providers list [--json]            providers: name, type, model, capabilities (no secrets)
+zeph-providers check                    validate the config offline; exit 1 with every problem
+zeph-providers chat NAME PROMPT         stream a reply (PROMPT "-" reads stdin)
+zeph-providers embed NAME TEXT...       print the vector(s) as JSON, or --dims for a summary
+zeph-providers config init [PATH]       write a commented starter config (default ./zeph.toml)
+zeph-providers config show              the loaded config as TOML (inline keys never written)
+zeph-providers status [--json]          each provider's state (and router health, when it has one)
+```
+
+The config comes from `--config PATH`, else `$ZEPH_PROVIDERS_CONFIG`, else `./zeph.toml`, else the
+built-in offline default. Exit codes: 0 ok, 1 a library error (one `error: ...` line on stderr),
+2 a usage error, 130 interrupted. Only the standard library is imported here at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from zeph_providers.config import LlmConfig, ProviderConfigBase
+    from zeph_providers.protocol import LlmProvider
+    from zeph_providers.registry import Registry
+
+__all__ = ["main"]
+
+log = logging.getLogger("zeph_providers.cli")
+
+PROG = "zeph-providers"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _UsageError(Exception):
+    """A mistake in how the command was called (exit 2)."""
+
+
+# ----- argument parsing ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {value:g}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $ZEPH_PROVIDERS_CONFIG, then ./zeph.toml, then the built-in offline default)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log more (-v info, -vv debug) to stderr",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Ollama, Claude, OpenAI-compatible and local models behind one provider protocol.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_list = commands.add_parser("list", parents=[common], help="list the configured providers")
+    p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_list.set_defaults(handler=_cmd_list)
+
+    p_check = commands.add_parser("check", parents=[common], help="validate the config (offline)")
+    p_check.set_defaults(handler=_cmd_check)
+
+    p_chat = commands.add_parser("chat", parents=[common], help="stream a reply from one provider")
+    p_chat.add_argument("name", metavar="NAME", help="provider name (see `list`)")
+    p_chat.add_argument("prompt", metavar="PROMPT", help='the user message; "-" reads it from stdin')
+    p_chat.add_argument("--system", metavar="TEXT", help="a system message")
+    p_chat.add_argument("--max-tokens", type=_positive_int, metavar="N")
+    p_chat.add_argument("--temperature", type=_temperature, metavar="T")
+    p_chat.add_argument("--timeout", type=_seconds, metavar="SECS", help="deadline for the whole reply")
+    p_chat.add_argument("--json", action="store_true", help="print the final response as JSON instead of streaming")
+    p_chat.set_defaults(handler=_cmd_chat)
+
+    p_embed = commands.add_parser("embed", parents=[common], help="embed text with one provider")
+    p_embed.add_argument("name", metavar="NAME", help="provider name (see `list`)")
+    p_embed.add_argument("texts", metavar="TEXT", nargs="+", help='text(s) to embed; "-" reads stdin')
+    p_embed.add_argument("--dims", action="store_true", help="print a summary (count, dimensions) only")
+    p_embed.set_defaults(handler=_cmd_embed)
+
+    p_config = commands.add_parser("config", parents=[common], help="write or show a config")
+    config_commands = p_config.add_subparsers(dest="config_command", metavar="ACTION")
+    p_init = config_commands.add_parser("init", parents=[common], help="write a commented starter config")
+    p_init.add_argument("path", metavar="PATH", nargs="?", default="zeph.toml", help="default: ./zeph.toml")
+    p_init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p_init.set_defaults(handler=_cmd_config_init)
+    p_show = config_commands.add_parser("show", parents=[common], help="print the loaded config as TOML")
+    p_show.set_defaults(handler=_cmd_config_show)
+    p_config.set_defaults(handler=None, subparser=p_config)
+
+    p_status = commands.add_parser("status", parents=[common], help="build every provider and show its state")
+    p_status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p_status.set_defaults(handler=_cmd_status)
+    return parser
+
+
+def _version() -> str:
+    from zeph_providers import __version__
+
+    return __version__
+
+
+# ----- shared helpers -----------------------------------------------------------------------
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    if verbosity < 2:
+        # Third-party chatter (httpx request lines, ...) only at -vv.
+        for noisy in ("httpx", "httpcore", "openai", "anthropic", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _RedactFilter(logging.Filter):
+    """Scrubs every known secret from a record before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from zeph_providers.errors import redact
+
+        message = redact(record.getMessage())
+        record.msg = message
+        record.args = None
+        return True
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    value = getattr(args, "config", None)
+    return str(value) if value else None
+
+
+def _open_registry(args: argparse.Namespace) -> Registry:
+    from zeph_providers.registry import Registry
+
+    registry = Registry.discover(_config_path(args))
+    _register_known_secrets(registry.config)
+    log.info("config: %s", registry.config.source)
+    return registry
+
+
+def _register_known_secrets(config: LlmConfig) -> None:
+    """Teach the redactor every key the config points at, so no output can echo one."""
+    from zeph_providers.errors import register_secret
+
+    for provider in config.providers:
+        inline = getattr(provider, "api_key", None)
+        if inline is not None:
+            register_secret(inline.get_secret_value())
+        env = getattr(provider, "key_env", None)
+        if isinstance(env, str) and env:
+            register_secret(os.environ.get(env))
+
+
+def _out(text: str = "", *, stream: TextIO | None = None, end: str = "\n") -> None:
+    target = stream or sys.stdout
+    target.write(text + end)
+    target.flush()
+
+
+def _err(text: str) -> None:
+    from zeph_providers.errors import redact
+
+    _out(redact(text), stream=sys.stderr)
+
+
+def _read_stdin_if_dash(value: str) -> str:
+    if value != "-":
+        return value
+    text = sys.stdin.read()
+    if not text.strip():
+        raise _UsageError("stdin was empty")
+    return text.rstrip("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    from zeph_providers.errors import redact
+
+    return redact(json.dumps(value, indent=2, default=_json_default))
+
+
+async def _close(registry: Registry) -> None:
+    try:
+        await registry.aclose()
+    except Exception as exc:  # closing must not hide the command's own result
+        from zeph_providers.errors import redact
+
+        log.warning("closing the providers failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+
+
+# ----- list / status ------------------------------------------------------------------------
+
+
+def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
+    """Build one provider (cheap: remote clients are lazy and local models load on first use)."""
+    from zeph_providers.errors import LlmError, redact
+
+    row: dict[str, Any] = {
+        "name": config.name,
+        "type": config.type,
+        "model": config.model_name,
+        "capabilities": None,
+        "default": registry.config.default == config.name,
+        "embedding": registry.config.embedding == config.name,
+        "note": None,
+    }
+    try:
+        provider = registry.get(config.name)
+    except LlmError as exc:
+        row["note"] = "not built: " + _short(exc.message)
+        return row
+    except Exception as exc:
+        row["note"] = "not built: " + _short(redact(f"{type(exc).__name__}: {exc}"))
+        return row
+    row["model"] = provider.model or row["model"]
+    row["capabilities"] = provider.capabilities.names()
+    row["provider"] = provider
+    return row
+
+
+def _short(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def _name_label(row: dict[str, Any]) -> str:
+    marks = [m for m, on in (("default", row["default"]), ("embedding", row["embedding"])) if on]
+    return row["name"] + (f" ({', '.join(marks)})" if marks else "")
+
+
+async def _list(args: argparse.Namespace) -> int:
+    registry = _open_registry(args)
+    try:
+        rows = [_describe(registry, config) for config in registry.config.providers]
+    finally:
+        await _close(registry)
+    if args.json:
+        payload = {
+            "source": registry.config.source,
+            "default": registry.config.default,
+            "embedding": registry.config.embedding,
+            "providers": [{k: v for k, v in row.items() if k != "provider"} for row in rows],
+        }
+        _out(_dumps(payload))
+        return EXIT_OK
+    table_rows = []
+    notes = []
+    for row in rows:
+        caps = ", ".join(row["capabilities"]) if row["capabilities"] is not None else "?"
+        table_rows.append([_name_label(row), row["type"], row["model"] or "-", caps or "-"])
+        if row["note"]:
+            notes.append(f"  {row['name']}: {row['note']}")
+    from zeph_providers.errors import redact
+
+    _out(redact(_table(["name", "type", "model", "capabilities"], table_rows)))
+    if notes:
+        _out()
+        _out(redact("notes:\n" + "\n".join(notes)))
+    _out(f"\n{len(rows)} provider{'s' if len(rows) != 1 else ''} from {registry.config.source}")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    return asyncio.run(_list(args))
+
+
+async def _provider_status(provider: LlmProvider) -> dict[str, Any] | None:
+    status: Callable[[], Any] | None = getattr(provider, "status", None)
+    if status is None or not callable(status):
+        return None
+    value = status()
+    if inspect.isawaitable(value):
+        value = await value
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        result = dump()
+        if isinstance(result, dict):
+            return result
+    return {"status": value}
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from zeph_providers.errors import redact
+
+    registry = _open_registry(args)
+    entries: list[dict[str, Any]] = []
+    try:
+        for config in registry.config.providers:
+            row = _describe(registry, config)
+            provider = row.pop("provider", None)
+            entry: dict[str, Any] = {"name": row["name"], "type": row["type"], "model": row["model"]}
+            if provider is None:
+                entry["state"] = row["note"]
+            else:
+                entry["state"] = "ready"
+                try:
+                    detail = await _provider_status(provider)
+                except Exception as exc:
+                    detail = {"error": _short(redact(f"{type(exc).__name__}: {exc}"))}
+                if detail is not None:
+                    entry["status"] = detail
+            entries.append(entry)
+    finally:
+        await _close(registry)
+    if args.json:
+        _out(_dumps({"source": registry.config.source, "providers": entries}))
+        return EXIT_OK
+    lines = []
+    for entry in entries:
+        lines.append(f"{entry['name']} ({entry['type']}, {entry['model'] or '-'}): {entry['state']}")
+        for key, value in (entry.get("status") or {}).items():
+            rendered = value if isinstance(value, str) else json.dumps(value, default=_json_default)
+            lines.append(f"    {key}: {rendered}")
+    _out(redact("\n".join(lines)))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
+
+
+# ----- check / config -----------------------------------------------------------------------
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from zeph_providers.registry import Registry
+
+    registry = Registry.discover(_config_path(args))
+    config = registry.config
+    _register_known_secrets(config)
+    names = config.names()
+    plural = "s" if len(names) != 1 else ""
+    _out(f"OK: {len(names)} provider{plural} ({', '.join(names)}) in {config.source}")
+    for provider in config.providers:
+        env = getattr(provider, "key_env", None)
+        needs_key = getattr(provider, "key_required", False) and getattr(provider, "api_key", None) is None
+        if needs_key and env and not os.environ.get(env):
+            _err(f"note: {provider.name!r} reads its API key from ${env}, which is not set")
+    return EXIT_OK
+
+
+def _cmd_config_init(args: argparse.Namespace) -> int:
+    from zeph_providers.defaults import STARTER_CONFIG_TOML
+    from zeph_providers.errors import ConfigError
+
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / "zeph.toml"
+    if path.exists() and not args.force:
+        raise ConfigError("already exists; pass --force to overwrite it", source=str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(STARTER_CONFIG_TOML, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the config: {exc.strerror or exc}", source=str(path)) from exc
+    _out(f"wrote {path}; check it with: {PROG} --config {path} check")
+    return EXIT_OK
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from zeph_providers.config import dump_toml
+    from zeph_providers.errors import redact
+
+    registry = _open_registry(args)
+    _out(f"# source: {registry.config.source}")
+    _out(redact(dump_toml(registry.config)), end="")
+    return EXIT_OK
+
+
+# ----- chat / embed -------------------------------------------------------------------------
+
+
+def _dim(text: str, stream: TextIO) -> str:
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty() and not os.environ.get("NO_COLOR"):
+        return f"\x1b[2m{text}\x1b[0m"
+    return text
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    from zeph_providers.types import ContentChunk, Message, ThinkingChunk, ToolUseChunk
+
+    prompt = _read_stdin_if_dash(args.prompt)
+    messages = []
+    if args.system:
+        messages.append(Message.system(args.system))
+    messages.append(Message.user(prompt))
+    options: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+
+    registry = _open_registry(args)
+    try:
+        provider = registry.get(args.name)
+        stream = provider.chat_stream(messages, **options)
+        wrote_text = False
+        in_thinking = False
+        async with stream:
+            async for chunk in stream:
+                if args.json:
+                    continue
+                if isinstance(chunk, ContentChunk):
+                    if in_thinking:
+                        sys.stderr.write("\n")
+                        sys.stderr.flush()
+                        in_thinking = False
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+                    wrote_text = wrote_text or bool(chunk.text)
+                elif isinstance(chunk, ThinkingChunk):
+                    sys.stderr.write(_dim(chunk.text, sys.stderr))
+                    sys.stderr.flush()
+                    in_thinking = in_thinking or bool(chunk.text)
+                elif isinstance(chunk, ToolUseChunk):
+                    call = chunk.tool_call
+                    line = f"[tool call {call.name}({json.dumps(call.arguments)}) id={call.id}]"
+                    _out(_dim(line, sys.stderr), stream=sys.stderr)
+        response = stream.response
+    finally:
+        await _close(registry)
+    if args.json:
+        _out(response.model_dump_json(indent=2))
+    else:
+        if in_thinking:
+            sys.stderr.write("\n")
+        if wrote_text:
+            _out()
+        if response.finish_reason == "length":
+            _err(f"note: the reply was cut at the token limit ({response.usage.output_tokens} tokens)")
+        log.info(
+            "finish=%s input_tokens=%d output_tokens=%d",
+            response.finish_reason,
+            response.usage.input_tokens,
+            response.usage.output_tokens,
+        )
+    return EXIT_OK
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    return asyncio.run(_chat(args))
+
+
+async def _embed(args: argparse.Namespace) -> int:
+    texts = [_read_stdin_if_dash(text) for text in args.texts]
+    registry = _open_registry(args)
+    try:
+        provider = registry.get(args.name)
+        vectors = await provider.embed_batch(texts)
+    finally:
+        await _close(registry)
+    if args.dims:
+        dims = sorted({len(v) for v in vectors})
+        shown = ", ".join(str(d) for d in dims)
+        _out(f"{len(vectors)} vector{'s' if len(vectors) != 1 else ''} of {shown} dimensions from {provider.name!r}")
+    elif len(vectors) == 1:
+        _out(json.dumps(vectors[0]))
+    else:
+        _out(json.dumps(vectors))
+    return EXIT_OK
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    return asyncio.run(_embed(args))
+
+
+# ----- entry point --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, --version and argparse's own usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _setup_logging(getattr(args, "verbose", 0) or 0)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        target = getattr(args, "subparser", parser)
+        target.print_help(sys.stderr)
+        return EXIT_USAGE
+    from zeph_providers.errors import LlmError, redact
+
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        _flush_quietly()
+        return EXIT_INTERRUPTED
+    except _UsageError as exc:
+        _err(f"{PROG}: error: {exc}")
+        return EXIT_USAGE
+    except LlmError as exc:
+        _flush_quietly()
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`| head`); stop quietly without a second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:
+        _flush_quietly()
+        log.debug("unexpected error", exc_info=False)
+        _err(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}")
+        return EXIT_ERROR
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.write("")
+        sys.stdout.flush()
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`LocalProvider`: a transformers model behind the provider protocol (config type "candle").
+
+Building is instant: the model loads on the worker thread at the first request, the encoder on
+the embedding thread at the first `embed()`. Generation streams token by token; closing the
+stream stops it. `aclose()` (called by `registry.aclose()`) stops both threads and frees the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from zeph_providers.errors import ConfigError, LlmError
+from zeph_providers.local.embed import Embedder
+from zeph_providers.local.generate import Engine, GenerationParams
+from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
+from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.config import CandleConfig
+    from zeph_providers.registry import Registry
+
+__all__ = ["LocalProvider", "build"]
+
+
+class LocalProvider(BaseProvider):
+    """A local model on one dedicated worker thread, fed through a bounded queue."""
+
+    backend = "candle"
+
+    def __init__(self, config: CandleConfig, *, load: Callable[[], Engine] | None = None) -> None:
+        if config.engine == "llama.cpp":
+            raise ConfigError(
+                'engine = "llama.cpp" is not built into this backend; run a llama.cpp server and use '
+                'type = "compatible" with its base_url',
+                provider=config.name,
+            )
+        super().__init__(
+            config.name,
+            config.model_name,
+            capabilities=Capabilities(
+                streaming=True,
+                embeddings=bool(config.embedding_repo),
+                tools=False,
+                vision=False,
+                structured_output=False,
+            ),
+            max_concurrent=config.max_concurrent,
+        )
+        self.config = config
+        self.worker = InferenceWorker(
+            config.name,
+            load or (lambda: Engine.load(config)),
+            capacity=config.queue_capacity,
+            timeout=config.inference_timeout_secs,
+        )
+        self.embedder: Embedder | None = None
+        if config.embedding_repo:
+            self.embedder = Embedder(
+                config.embedding_repo,
+                provider=config.name,
+                revision=config.embedding_revision,
+                token_env=config.hf_token_env,
+                device=config.device,
+                timeout=config.inference_timeout_secs,
+            )
+
+    async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        try:
+            params = GenerationParams.resolve(self.config.generation, options)
+        except LlmError as exc:
+            exc.provider = exc.provider or self.name
+            raise
+        job = Job(messages, params, asyncio.get_running_loop())
+        try:
+            await self.worker.submit(job)
+            while True:
+                event = await self.worker.next_event(job)
+                if isinstance(event, Text):
+                    yield ContentChunk(text=event.text)
+                elif isinstance(event, Done):
+                    usage = Usage(input_tokens=event.prompt_tokens, output_tokens=event.completion_tokens)
+                    yield UsageChunk(usage=usage)
+                    yield EndChunk(finish_reason=event.finish_reason, model=self.model)
+                    return
+                elif isinstance(event, Failed):
+                    raise event.error
+        finally:
+            job.cancel.set()  # closed, abandoned or cancelled: stop generating within one token
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        assert self.embedder is not None  # BaseProvider checks the capability first
+        return await self.embedder.embed_batch(texts)
+
+    async def aclose(self) -> None:
+        await self.worker.aclose()
+        if self.embedder is not None:
+            await self.embedder.aclose()
+
+
+def build(config: CandleConfig, registry: Registry) -> LocalProvider:
+    """Factory entry point for type "candle" (aliases "local", "transformers")."""
+    return LocalProvider(config)
