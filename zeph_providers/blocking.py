@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 import weakref
@@ -331,10 +332,9 @@ class BlockingChatStream:
             return
         self._closed = True
         if self._loop.alive and threading.current_thread() is not self._loop.thread:
-            try:
+            # Already failed, or the loop is stopping: nothing is left to cancel.
+            with contextlib.suppress(Exception):
                 self._loop.run(self._stream.aclose())
-            except Exception:  # already failed or the loop is stopping; nothing left to cancel
-                pass
 
     def __enter__(self) -> BlockingChatStream:
         return self
@@ -352,7 +352,5 @@ class BlockingChatStream:
             stream = getattr(self, "_stream", None)
             loop = getattr(self, "_loop", None)
             if stream is not None and loop is not None and loop.alive:
-                try:
+                with contextlib.suppress(RuntimeError):
                     asyncio.run_coroutine_threadsafe(stream.aclose(), loop.loop)
-                except RuntimeError:
-                    pass

@@ -154,14 +154,28 @@ def _version() -> str:
 # ----- shared helpers -----------------------------------------------------------------------
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever `sys.stderr` is at the time of the record (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)  # main() called again in the same process
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_RedactFilter())
-    root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(level)
+    if verbosity > 0 or root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
     if verbosity < 2:
         # Third-party chatter (httpx request lines, ...) only at -vv.
         for noisy in ("httpx", "httpcore", "openai", "anthropic", "urllib3", "filelock"):
@@ -222,7 +236,10 @@ def _err(text: str) -> None:
 def _read_stdin_if_dash(value: str) -> str:
     if value != "-":
         return value
-    text = sys.stdin.read()
+    try:
+        text = sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"cannot read stdin: {exc}") from exc
     if not text.strip():
         raise _UsageError("stdin was empty")
     return text.rstrip("\n")
@@ -295,7 +312,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _name_label(row: dict[str, Any]) -> str:
     marks = [m for m, on in (("default", row["default"]), ("embedding", row["embedding"])) if on]
-    return row["name"] + (f" ({', '.join(marks)})" if marks else "")
+    return str(row["name"]) + (f" ({', '.join(marks)})" if marks else "")
 
 
 async def _list(args: argparse.Namespace) -> int:

@@ -145,7 +145,7 @@ class ClaudeConfig(RemoteConfig):
     type_name: ClassVar[str] = "claude"
     default_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     type: Literal["claude"] = "claude"
-    model: Annotated[str, Field(min_length=1)] = "claude-sonnet-4-5"
+    model: Annotated[str, Field(min_length=1)] = "claude-sonnet-4-6"
     max_tokens: Annotated[int, Field(ge=1)] | None = 4096
     thinking_budget_tokens: Annotated[int, Field(ge=1024)] | None = None
 
@@ -446,7 +446,11 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
                 )
             )
             continue
-        model = _resolve_type(type_name)
+        try:
+            model = _resolve_type(type_name)
+        except ConfigError as exc:  # a plugin that fails to import: report it with the others
+            problems.append(ConfigProblem(exc.message, index=index, provider=name, field="type"))
+            continue
         if model is None:
             close = difflib.get_close_matches(type_name, _known_types(), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

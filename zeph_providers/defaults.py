@@ -59,7 +59,7 @@ seed = 42
 [[llm.providers]]
 name = "claude"
 type = "claude"
-model = "claude-sonnet-4-5"
+model = "claude-sonnet-4-6"
 
 # OpenAI; the key comes from OPENAI_API_KEY.
 [[llm.providers]]

@@ -78,10 +78,11 @@ def _import_builder(target: str, type_name: str, provider: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
-        extra = "local" if type_name == "candle" else "remote"
+        # The remote SDKs are core dependencies; only the local backend has an extra.
+        install = "pip install 'zeph-providers[local]'" if type_name == "candle" else "pip install zeph-providers"
         raise ConfigError(
             f"the {type_name!r} backend needs the package {missing!r}, which is not installed; "
-            f"install it with: pip install 'zeph-providers[{extra}]'",
+            f"install it with: {install}",
             provider=provider,
         ) from exc
     return getattr(module, attr)

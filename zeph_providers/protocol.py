@@ -121,9 +121,39 @@ class LlmProvider(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
-    async def chat(self, messages: Sequence[Message], **options: Any) -> ChatResponse: ...
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        tools: Sequence[ToolDefinition] | None = None,
+        tool_choice: str | None = None,
+        response_format: ResponseFormat | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResponse: ...
 
-    def chat_stream(self, messages: Sequence[Message], **options: Any) -> ChatStream: ...
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        tools: Sequence[ToolDefinition] | None = None,
+        tool_choice: str | None = None,
+        response_format: ResponseFormat | None = None,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatStream: ...
 
     async def embed(self, text: str) -> list[float]: ...
 
@@ -138,6 +168,7 @@ class ResponseAssembler:
     def __init__(self, *, provider: str, model: str) -> None:
         self._text: list[str] = []
         self._thinking: list[str] = []
+        self._thinking_signature: str | None = None
         self._tool_calls: list[ToolCall] = []
         self._usage: Usage | None = None
         self._finish: FinishReason | None = None
@@ -149,6 +180,8 @@ class ResponseAssembler:
             self._text.append(chunk.text)
         elif isinstance(chunk, ThinkingChunk):
             self._thinking.append(chunk.text)
+            if chunk.signature:
+                self._thinking_signature = chunk.signature
         elif isinstance(chunk, ToolUseChunk):
             self._tool_calls.append(chunk.tool_call)
         elif isinstance(chunk, UsageChunk):
@@ -172,6 +205,7 @@ class ResponseAssembler:
             text="".join(self._text),
             tool_calls=list(self._tool_calls),
             thinking="".join(self._thinking),
+            thinking_signature=self._thinking_signature,
             usage=self._usage or Usage(),
             finish_reason=finish,
             model=self._model,

@@ -207,6 +207,8 @@ class ChatResponse(BaseModel):
     text: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
     thinking: str = ""
+    thinking_signature: str | None = None
+    """Claude's signature over the thinking text, needed to send the thinking back next turn."""
     usage: Usage = Field(default_factory=Usage)
     finish_reason: FinishReason = "stop"
     model: str = ""
@@ -216,7 +218,13 @@ class ChatResponse(BaseModel):
 
     def to_message(self) -> Message:
         """The reply as an assistant message, to append to the conversation."""
-        return Message.assistant(self.text, tool_calls=self.tool_calls, thinking=self.thinking or None)
+        parts: list[Part] = []
+        if self.thinking:
+            parts.append(ThinkingPart(text=self.thinking, signature=self.thinking_signature))
+        if self.text:
+            parts.append(TextPart(text=self.text))
+        parts.extend(call.to_part() for call in self.tool_calls)
+        return Message(role=Role.ASSISTANT, parts=tuple(parts))
 
 
 class ContentChunk(_Frozen):

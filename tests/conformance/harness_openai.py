@@ -71,9 +71,7 @@ def chunk(
     }
 
 
-def usage_chunk(
-    prompt: int, completion: int, *, cached: int = 0, response_id: str = "chatcmpl-conf"
-) -> dict[str, Any]:
+def usage_chunk(prompt: int, completion: int, *, cached: int = 0, response_id: str = "chatcmpl-conf") -> dict[str, Any]:
     return {
         "id": response_id,
         "object": "chat.completion.chunk",
@@ -181,9 +179,7 @@ def scenario_response(scenario: Scenario) -> httpx2.Response:
         headers = {"x-request-id": "req_err"}
         if scenario.retry_after is not None:
             headers["retry-after"] = f"{scenario.retry_after:g}"
-        return httpx2.Response(
-            scenario.status, json=error_body(scenario.message, scenario.error_type), headers=headers
-        )
+        return httpx2.Response(scenario.status, json=error_body(scenario.message, scenario.error_type), headers=headers)
     if isinstance(scenario, BrokenStream):
         events = [sse(chunk({"role": "assistant", "content": ""}))]
         events.extend(sse(chunk({"content": piece})) for piece in scenario.chunks)
@@ -211,7 +207,7 @@ class ScriptedServer:
 
 
 def make_provider(
-    handler: Callable[[httpx2.Request], httpx2.Response],
+    handler: Callable[[httpx2.Request], Any],
     *,
     max_retries: int = 0,
     base_delay: float = 0.01,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
 import tomllib
@@ -495,7 +496,7 @@ def test_every_problem_is_listed_not_only_the_first(write_config: WriteConfig) -
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('[lm]\nx = 1\n[llm]\n', "unknown top-level table 'lm' (did you mean 'llm'?)"),
+        ("[lm]\nx = 1\n[llm]\n", "unknown top-level table 'lm' (did you mean 'llm'?)"),
         ("[other]\nx = 1\n", "missing the [llm] table"),
         ("llm = 3\n", "[llm] must be a table"),
         ('[llm]\nproviders = "x"\n', "`providers` must be an array of tables"),
@@ -544,7 +545,9 @@ def test_candle_without_source_rejected() -> None:
 # ----- aliases, interpolation, defaults ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("alias", "canonical"), [("local", "candle"), ("transformers", "candle"), ("candle", "candle")])
+@pytest.mark.parametrize(
+    ("alias", "canonical"), [("local", "candle"), ("transformers", "candle"), ("candle", "candle")]
+)
 def test_local_aliases(alias: str, canonical: str) -> None:
     config = parse_config({"llm": {"providers": [{"name": "x", "type": alias, "repo_id": "a/b"}]}})
     provider = config.providers[0]
@@ -618,7 +621,7 @@ def test_remote_defaults() -> None:
         }
     )
     claude, gpt, router, mock = config.providers
-    assert isinstance(claude, ClaudeConfig) and claude.model == "claude-sonnet-4-5" and claude.timeout_secs == 120
+    assert isinstance(claude, ClaudeConfig) and claude.model.startswith("claude-") and claude.timeout_secs == 120
     assert gpt.model_name == "gpt-4o-mini"
     assert isinstance(router, RouterConfig) and router.strategy == "fallback"
     assert router.model_name == "router(c,g)"
@@ -722,19 +725,17 @@ _VALUES = st.recursive(
 
 
 def _expect_only_config_error(call: Callable[[], Any]) -> None:
-    try:
+    with contextlib.suppress(ConfigError):
         call()
-    except ConfigError:
-        pass
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=200))
 def test_fuzz_random_text_only_raises_config_error(text: str) -> None:
     _expect_only_config_error(lambda: loads_config(text, source="fuzz.toml"))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.tuples(st.integers(min_value=0, max_value=len(VALID_DOCUMENT)), st.integers(0, 3), st.text(max_size=6)),
@@ -750,7 +751,7 @@ def test_fuzz_mutated_toml_only_raises_config_error(edits: list[tuple[int, int, 
     _expect_only_config_error(lambda: loads_config(text, source="fuzz.toml"))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(
         _VALUES,

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -239,14 +240,19 @@ class OllamaProvider(RemoteProvider):
                 timeout=self._timeout(deadline),
                 extensions={_META_KEY: meta},
             )
+        except ConnectionError as exc:
+            raise self._connection_error(exc) from _sdk_cause(exc)
         except ollama.ResponseError as exc:
             if exc.status_code in (405, 501):
                 # A proxy or server without /api/show: keep the defaults rather than refuse every call.
-                log.warning("provider %r: /api/show failed (%s); assuming default capabilities", self.name, exc)
+                log.warning("provider %r: /api/show failed (%s); not restricting requests", self.name, exc)
                 self._caps_known = True
-                self._capabilities = dataclasses.replace(self._capabilities, vision=False)
                 return
             raise self._response_error(exc, meta) from exc
+        except ValidationError as exc:
+            log.warning("provider %r: unexpected /api/show answer (%s); not restricting requests", self.name, exc)
+            self._caps_known = True
+            return
         names = shown.capabilities
         embeddings = self.config.embedding_model is not None
         if names is None:
@@ -447,6 +453,8 @@ class OllamaProvider(RemoteProvider):
                 timeout=self._timeout(deadline),
                 extensions={_META_KEY: meta},
             )
+        except ConnectionError as exc:
+            raise self._connection_error(exc) from _sdk_cause(exc)
         except ollama.ResponseError as exc:
             raise self._response_error(exc, meta, model=body["model"]) from exc
         vectors = [list(vector) for vector in result.embeddings]
@@ -479,6 +487,10 @@ class OllamaProvider(RemoteProvider):
             return ProviderUnavailableError(f"error in the stream: {message}", provider=self.name)
         return error_from_status(status, message, provider=self.name, headers=meta.headers)
 
+    def _connection_error(self, exc: ConnectionError) -> LlmError:
+        """The SDK turns httpx's ConnectError into a bare ConnectionError `from None`; type the original."""
+        return self._map_error(_sdk_cause(exc))
+
     def _map_error(self, exc: BaseException) -> LlmError:
         if isinstance(exc, _LineTooLongError):
             return BadResponseError(f"a streamed line exceeded {exc.limit} bytes; refusing it", provider=self.name)
@@ -509,10 +521,18 @@ class OllamaProvider(RemoteProvider):
         await self._client._client.aclose()
 
 
+def _sdk_cause(exc: BaseException) -> BaseException:
+    """The exception the SDK replaced (its `raise ... from None` keeps it only as `__context__`)."""
+    context = exc.__context__
+    return context if isinstance(context, Exception) else exc
+
+
 async def _aclose(source: AsyncIterator[Any]) -> None:
     aclose = getattr(source, "aclose", None)
     if aclose is not None:
-        await aclose()
+        # A broken connection may fail to close; the error that matters has already surfaced.
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def build(config: OllamaConfig, registry: Registry) -> OllamaProvider:

@@ -69,7 +69,6 @@ from zeph_providers.types import (
     TextPart,
     ThinkingChunk,
     ToolCall,
-    ToolResultPart,
     ToolUseChunk,
     ToolUsePart,
     Usage,
@@ -145,7 +144,10 @@ def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     """Our messages -> Chat Completions `messages` (tool results become role "tool" entries)."""
     out: list[dict[str, Any]] = []
     for message in messages:
-        results = [p for p in message.parts if isinstance(p, ToolResultPart)]
+        # Tool results answer the preceding assistant turn, so they come first (a user message
+        # may carry results and new text together, Claude-style).
+        for result in message.tool_results:
+            out.append({"role": "tool", "tool_call_id": result.tool_call_id, "content": tool_result_text(result)})
         if message.role == Role.SYSTEM:
             out.append({"role": "system", "content": message.text})
         elif message.role == Role.ASSISTANT:
@@ -168,8 +170,6 @@ def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             content = _user_content(message)
             if content is not None:
                 out.append({"role": "user", "content": content})
-        for result in results:
-            out.append({"role": "tool", "tool_call_id": result.tool_call_id, "content": tool_result_text(result)})
     return out
 
 
@@ -220,6 +220,7 @@ class _StreamState:
     usage: Usage | None = None
     calls: dict[int, _PendingCall] = field(default_factory=dict)
     last_index: int = -1
+    events: int = 0
 
 
 def _usage(raw: Any) -> Usage:
@@ -238,6 +239,12 @@ def _extra_text(delta: Any, *names: str) -> str:
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+def _error_code(exc: openai.APIError) -> str:
+    """The body's `code` and `type` (llama.cpp puts the HTTP status in `code`: left out)."""
+    parts = [str(v) for v in (exc.code, exc.type) if v and not str(v).isdigit()]
+    return " ".join(dict.fromkeys(parts))
 
 
 # ----- the provider -----------------------------------------------------------------------
@@ -379,6 +386,11 @@ class OpenAIProvider(RemoteProvider):
         finally:
             await stream.close()
         if state.finish is None:
+            if not state.events:
+                raise BadResponseError(
+                    "the server sent no stream events (is this an OpenAI-compatible streaming endpoint?)",
+                    provider=self.name,
+                )
             raise BadResponseError("the stream ended before the reply finished (no finish_reason)", provider=self.name)
         if state.calls:  # a server that finished without emitting them at the finish chunk
             for item in self._complete_calls(state):
@@ -389,6 +401,7 @@ class OpenAIProvider(RemoteProvider):
 
     def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
         out: list[StreamChunk] = []
+        state.events += 1
         if chunk.id and not state.response_id:
             state.response_id = str(chunk.id)
         if chunk.model:
@@ -459,9 +472,12 @@ class OpenAIProvider(RemoteProvider):
         model = self.openai_config.embedding_model
         if not model:
             raise UnsupportedCapabilityError("embeddings", provider=self.name, detail="set embedding_model")
-        response = await self._client.embeddings.create(
-            input=texts, model=model, encoding_format="float", timeout=self._timeout(deadline)
-        )
+        try:
+            response = await self._client.embeddings.create(
+                input=texts, model=model, encoding_format="float", timeout=self._timeout(deadline)
+            )
+        except ValueError as exc:  # the SDK's own post-parsing ("No embedding data received")
+            raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
         try:
             items = sorted(response.data, key=lambda item: int(item.index))
             vectors = [[float(v) for v in item.embedding] for item in items]
@@ -489,7 +505,7 @@ class OpenAIProvider(RemoteProvider):
         if isinstance(exc, openai.APIResponseValidationError):
             return BadResponseError(f"malformed response: {exc.message}", provider=self.name)
         if isinstance(exc, openai.APIError):  # an error event inside the stream
-            code = " ".join(str(v) for v in (exc.code, exc.type) if v)
+            code = _error_code(exc)
             message = f"the server reported an error mid-stream: {exc.message}" + (f" ({code})" if code else "")
             if any(hint in code for hint in _CONTEXT_CODES):
                 return ContextLengthError(message, provider=self.name)
@@ -508,7 +524,7 @@ class OpenAIProvider(RemoteProvider):
             message = body["message"]
         elif isinstance(body, str) and body.strip():
             message = body.strip()[:500]
-        code = " ".join(str(v) for v in (exc.code, exc.type) if v)
+        code = _error_code(exc)
         if code:
             message = f"{message} ({code})"
         status = exc.status_code

@@ -109,7 +109,7 @@ class RouterProvider(BaseProvider):
         cooldown_secs: float = 30.0,
         fallback_on_client_error: bool = False,
         max_concurrent: int | None = None,
-        window_size: int = 20,
+        window_size: int = 50,
         failure_rate: float = 0.5,
         explore_every: int = 20,
         clock: Clock = time.monotonic,

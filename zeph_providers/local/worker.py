@@ -121,6 +121,7 @@ class InferenceWorker:
         self._closed = False
         self._current: Job | None = None
         self.restarts = 0
+        self._died = False
         self.step_hook: Callable[[Job], None] | None = None
         """Called on the worker thread after every generated token (tests use it to stall or crash)."""
 
@@ -139,7 +140,8 @@ class InferenceWorker:
             if self._closed:
                 raise ProviderUnavailableError("the local provider is closed", provider=self.name)
             if self._thread is None or not self._thread.is_alive():
-                if self._thread is not None:
+                if self._thread is not None or self._died:
+                    self._died = False
                     self.restarts += 1
                     log.warning("restarting the local worker for %r (restart %d)", self.name, self.restarts)
                 self._queue = queue.Queue(self.capacity)
@@ -240,6 +242,7 @@ class InferenceWorker:
             with self._lock:
                 if self._thread is threading.current_thread():
                     self._thread = None  # the next submit starts a fresh thread and queue
+                    self._died = True
             if job is not None:
                 job.post(Failed(error))
                 job.done.set()
