@@ -594,8 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
     except Exception as exc:
+        # No traceback: it could quote a secret from a local's repr; the type and message suffice.
         _flush_quietly()
-        log.debug("unexpected error", exc_info=False)
         _err(f"error: unexpected {type(exc).__name__}: {redact(str(exc))}")
         return EXIT_ERROR
 

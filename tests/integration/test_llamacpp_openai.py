@@ -32,18 +32,32 @@ WEATHER = ToolDefinition(
 )
 
 
-@pytest.fixture(params=["compatible", "openai"])
-async def provider(
-    request: pytest.FixtureRequest, llamacpp_server: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[OpenAIProvider]:
+def _make(kind: str, llamacpp_server: str, monkeypatch: pytest.MonkeyPatch) -> OpenAIProvider:
     base_url = f"{llamacpp_server}/v1"
     config: OpenAIConfig
-    if request.param == "compatible":
+    if kind == "compatible":
         config = CompatibleConfig(name="llamacpp-compat", model="smollm2", base_url=base_url, timeout_secs=60)
     else:
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
         config = OpenAIConfig(name="llamacpp-openai", model="smollm2", base_url=base_url, timeout_secs=60)
-    built = OpenAIProvider(config)
+    return OpenAIProvider(config)
+
+
+@pytest.fixture(params=["compatible", "openai"])
+async def provider(
+    request: pytest.FixtureRequest, llamacpp_server: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[OpenAIProvider]:
+    """Both types: `compatible`, and `openai` with a base_url override."""
+    built = _make(str(request.param), llamacpp_server, monkeypatch)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+@pytest.fixture
+async def compat(llamacpp_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OpenAIProvider]:
+    built = _make("compatible", llamacpp_server, monkeypatch)
     try:
         yield built
     finally:
@@ -100,23 +114,23 @@ def _wire(messages: list[Message]) -> list[openai.types.chat.ChatCompletionMessa
     ]
 
 
-async def test_small_max_tokens_finishes_with_length(provider: OpenAIProvider) -> None:
-    resp = await provider.chat([Message.user("Count from one to one hundred in words.")], max_tokens=3, temperature=0)
+async def test_small_max_tokens_finishes_with_length(compat: OpenAIProvider) -> None:
+    resp = await compat.chat([Message.user("Count from one to one hundred in words.")], max_tokens=3, temperature=0)
     assert resp.finish_reason == "length"
     assert resp.usage.output_tokens == 3
 
 
-async def test_tools_are_accepted(provider: OpenAIProvider) -> None:
+async def test_tools_are_accepted(compat: OpenAIProvider) -> None:
     """SmolLM2's template has no tool syntax; llama.cpp still takes the request (generic tool format).
 
     Whether the tiny model actually calls the tool is up to it: either a well-formed tool call or
     plain text is a pass; a failure must be a typed error, never an SDK exception.
     """
     try:
-        resp = await provider.chat(
+        resp = await compat.chat(
             [Message.user("What is the weather in Paris? Use the tool.")],
             tools=[WEATHER],
-            max_tokens=64,
+            max_tokens=16,
             temperature=0,
         )
     except LlmError as exc:  # pragma: no cover - depends on the server's template support
@@ -128,32 +142,32 @@ async def test_tools_are_accepted(provider: OpenAIProvider) -> None:
         assert resp.finish_reason in ("stop", "length")
 
 
-async def test_tool_round_trip_history_is_accepted(provider: OpenAIProvider) -> None:
+async def test_tool_round_trip_history_is_accepted(compat: OpenAIProvider) -> None:
     """An assistant tool call and its result, in the real wire shape, are accepted by the server."""
     history = [
         Message.user("What is the weather in Paris?"),
         Message.assistant(tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})]),
         Message.tool_result("call_1", {"temp_c": 18, "sky": "clear"}),
     ]
-    resp = await provider.chat(history, tools=[WEATHER], max_tokens=16, temperature=0)
+    resp = await compat.chat(history, tools=[WEATHER], max_tokens=16, temperature=0)
     assert resp.usage.input_tokens > 0
     assert resp.finish_reason in ("stop", "length", "tool_use")
 
 
-async def test_prompt_over_the_context_window_is_context_length_error(provider: OpenAIProvider) -> None:
+async def test_prompt_over_the_context_window_is_context_length_error(compat: OpenAIProvider) -> None:
     with pytest.raises(ContextLengthError) as info:
-        await provider.chat([Message.user("hello " * 5000)], max_tokens=4)
-    assert info.value.provider == provider.name
+        await compat.chat([Message.user("hello " * 5000)], max_tokens=4)
+    assert info.value.provider == compat.name
 
 
-async def test_structured_output_is_constrained(provider: OpenAIProvider) -> None:
+async def test_structured_output_is_constrained(compat: OpenAIProvider) -> None:
     schema = {
         "type": "object",
         "properties": {"answer": {"type": "string", "maxLength": 16}},
         "required": ["answer"],
         "additionalProperties": False,
     }
-    resp = await provider.chat([Message.user("Say hi as JSON.")], response_format=schema, max_tokens=64, temperature=0)
+    resp = await compat.chat([Message.user("Say hi as JSON.")], response_format=schema, max_tokens=64, temperature=0)
     assert resp.finish_reason == "stop"
     assert isinstance(resp.parsed, dict)
     assert isinstance(resp.parsed["answer"], str)
