@@ -45,7 +45,7 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         cooldown_secs: float = 30.0,
         *,
-        window_size: int = 20,
+        window_size: int = 50,
         failure_rate: float = 0.5,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,

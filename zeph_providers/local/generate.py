@@ -8,6 +8,7 @@ appears (a `StoppingCriteria`). Everything here runs on the worker thread and bl
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -248,24 +249,29 @@ class Engine:
         return self.loaded.tokenizer(prompt, add_special_tokens=special, return_tensors="pt")
 
     def generation_kwargs(self, params: GenerationParams, max_new: int) -> dict[str, Any]:
+        """`generate()` settings: the model's own generation config, overridden by this request."""
         import transformers
 
+        base = getattr(self.loaded.model, "generation_config", None)
+        config: Any = copy.deepcopy(base) if base is not None else transformers.GenerationConfig()
         settings: dict[str, Any] = {
             "max_new_tokens": max_new,
-            "min_new_tokens": 0,
+            "max_length": None,
             "do_sample": not params.greedy,
             "eos_token_id": self.eos_ids or None,
             "pad_token_id": self.pad_id,
             "num_beams": 1,
+            "use_cache": True,
+            "repetition_penalty": params.repeat_penalty if params.repeat_penalty != 1.0 else None,
         }
-        if params.repeat_penalty != 1.0:
-            settings["repetition_penalty"] = params.repeat_penalty
-        if not params.greedy:
+        if params.greedy:  # the model's sampling defaults must not leak into (or warn about) greedy decoding
+            settings.update(temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
+        else:
             settings["temperature"] = params.temperature
             settings["top_p"] = params.top_p if params.top_p is not None else 1.0
             settings["top_k"] = params.top_k or 0
-        config_class: Any = transformers.GenerationConfig
-        return {"generation_config": config_class(**settings)}
+        config.update(**settings)
+        return {"generation_config": config}
 
     def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult:
         """Generate one reply, streaming text into `sink`; blocks until done or cancelled."""
