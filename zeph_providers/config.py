@@ -50,19 +50,28 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, hide_input_in_errors=True, use_attribute_docstrings=True
+    )
 
 
 class GenerationConfig(_Strict):
     """Sampling defaults for the local backend (zeph-llm's defaults)."""
 
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    """Most new tokens per reply."""
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    """Sampling temperature; 0 means greedy decoding."""
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches this."""
     top_k: Annotated[int, Field(ge=1)] | None = None
+    """Sample only among the k most likely tokens."""
     repeat_penalty: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
+    """Penalty for tokens already generated (1.0 = none)."""
     seed: Annotated[int, Field(ge=0)] = 42
+    """Random seed for sampling, so runs repeat."""
     stop: list[str] = Field(default_factory=list)
+    """Strings that end the reply (not included in it)."""
 
 
 class ProviderConfigBase(_Strict):
@@ -70,6 +79,7 @@ class ProviderConfigBase(_Strict):
 
     type_name: ClassVar[str] = ""
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    """Unique name used by `registry.get(name)`; letters, digits, `_.:-`."""
     type: str
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
     """At most this many calls in flight at once through this provider (a semaphore)."""
@@ -90,19 +100,29 @@ class RemoteConfig(ProviderConfigBase):
     key_required: ClassVar[bool] = True
 
     model: Annotated[str, Field(min_length=1)]
+    """The model name the API expects."""
     base_url: str | None = None
+    """Override the API's address (http or https)."""
     api_key: SecretStr | None = None
+    """Inline API key (prefer `api_key_env`); never printed, logged or dumped."""
     api_key_env: str | None = None
+    """Environment variable holding the API key (default per type: ANTHROPIC_API_KEY, OPENAI_API_KEY)."""
     timeout_secs: Annotated[float, Field(gt=0)] = 120.0
     """Total deadline for one call, across retries and the whole stream."""
     connect_timeout_secs: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds to establish a connection."""
     max_retries: Annotated[int, Field(ge=0, le=20)] = 2
+    """Retries after the first attempt for 429, 408, 5xx and connection failures."""
     max_connections: Annotated[int, Field(ge=1)] = 100
+    """Connection pool size of this provider's HTTP client."""
     allow_insecure_http: bool = False
     """Allow an API key over plain http to a non-loopback host (refused by default)."""
     embedding_model: str | None = None
+    """Model used by `embed`/`embed_batch`; embeddings are off without it."""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Default `max_tokens` for each call."""
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    """Default sampling temperature for each call."""
 
     @field_validator("base_url")
     @classmethod
@@ -147,7 +167,9 @@ class ClaudeConfig(RemoteConfig):
     type: Literal["claude"] = "claude"
     model: Annotated[str, Field(min_length=1)] = "claude-sonnet-4-6"
     max_tokens: Annotated[int, Field(ge=1)] | None = 4096
+    """Default `max_tokens` (Claude requires one)."""
     thinking_budget_tokens: Annotated[int, Field(ge=1024)] | None = None
+    """Enable extended thinking with this token budget."""
 
 
 class OpenAIConfig(RemoteConfig):
@@ -156,6 +178,7 @@ class OpenAIConfig(RemoteConfig):
     type: Literal["openai"] = "openai"
     model: Annotated[str, Field(min_length=1)] = "gpt-4o-mini"
     organization: str | None = None
+    """OpenAI organization id sent with each request."""
     use_max_completion_tokens: bool | None = None
     """Send `max_completion_tokens` instead of `max_tokens`; None decides from the model name."""
     vision: bool | None = None
@@ -179,7 +202,9 @@ class OllamaConfig(RemoteConfig):
     type: Literal["ollama"] = "ollama"
     base_url: str | None = "http://localhost:11434"
     keep_alive: str | None = None
+    """How long Ollama keeps the model loaded after a call (e.g. "5m")."""
     think: bool | None = None
+    """Ask thinking models to think (their thinking arrives as ThinkingChunks)."""
 
 
 Strategy = Literal["fallback", "round_robin", "latency"]
@@ -189,10 +214,15 @@ class RouterConfig(ProviderConfigBase):
     type_name: ClassVar[str] = "router"
     type: Literal["router"] = "router"
     providers: Annotated[list[str], Field(min_length=1)]
+    """Member provider names, declared in the same file."""
     strategy: Strategy = "fallback"
+    """fallback: in order; round_robin: rotate; latency: fastest healthy first (learned)."""
     timeout_secs: Annotated[float, Field(gt=0)] = 300.0
+    """One deadline across all attempts and members."""
     failure_threshold: Annotated[int, Field(ge=1)] = 3
+    """Consecutive failures that open a member's circuit breaker."""
     cooldown_secs: Annotated[float, Field(ge=0)] = 30.0
+    """How long an open breaker skips its member before one probe."""
     fallback_on_client_error: bool = False
     """Also try the next member after InvalidRequestError / AuthenticationError."""
 
@@ -212,22 +242,35 @@ class CandleConfig(ProviderConfigBase):
     type_name: ClassVar[str] = "candle"
     type: Literal["candle"] = "candle"
     repo_id: str | None = None
+    """A Hugging Face repo id (needs the model in the local cache when offline)."""
     revision: str | None = None
+    """Branch, tag or commit of `repo_id`."""
     model_path: str | None = None
     """A folder, a `.gguf` file, or `package:DIST_PACKAGE/relative/path` shipped by an installed package."""
     gguf_file: str | None = None
     """With `repo_id` or a folder `model_path`: the GGUF file inside it."""
     embedding_repo: str | None = None
+    """Encoder for embeddings (same source forms as the model); embeddings are off without it."""
     embedding_revision: str | None = None
+    """Revision of `embedding_repo`."""
     device: Device = "cpu"
+    """Where the model runs; auto picks cuda, then mps, then cpu."""
     dtype: DType = "auto"
+    """Weight dtype; auto is float32 on cpu."""
     chat_template: TemplateName = "auto"
+    """auto: the tokenizer's own template; or one of zeph-llm's built-in templates."""
     engine: Literal["auto", "transformers", "llama.cpp"] = "auto"
+    """Inference engine for the model."""
     inference_timeout_secs: Annotated[float, Field(gt=0)] = 120.0
+    """Bound on waiting for a queue slot, and separately on waiting for the reply."""
     queue_capacity: Annotated[int, Field(ge=1, le=10_000)] = 4
+    """Requests that may wait for the worker; more callers wait up to the timeout."""
     hf_token_env: str = "HF_TOKEN"
+    """Environment variable with a Hugging Face token for gated repos."""
     max_batch_size: Annotated[int, Field(ge=1, le=256)] = 8
+    """Most requests the worker generates for together."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """Sampling defaults, overridable per call."""
 
     @model_validator(mode="after")
     def _one_source(self) -> CandleConfig:
@@ -251,9 +294,13 @@ class MockConfig(ProviderConfigBase):
     type_name: ClassVar[str] = "mock"
     type: Literal["mock"] = "mock"
     model: str = "mock-1"
+    """Model name reported in responses."""
     responses: list[str] = Field(default_factory=lambda: ["Hello from the mock provider."])
+    """Replies in order; the last one repeats."""
     chunk_size: Annotated[int, Field(ge=1)] = 4
+    """Characters per streamed chunk."""
     delay_secs: Annotated[float, Field(ge=0)] = 0.0
+    """Pause before each chunk."""
     embedding_dim: Annotated[int, Field(ge=1, le=65536)] = 8
 
 

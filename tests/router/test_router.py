@@ -16,6 +16,7 @@ from zeph_providers import (
     AuthenticationError,
     BadResponseError,
     ContextLengthError,
+    InferenceError,
     InvalidRequestError,
     LlmError,
     Message,
@@ -25,7 +26,7 @@ from zeph_providers import (
     ToolDefinition,
     UnsupportedCapabilityError,
 )
-from zeph_providers.backends.mock import MockReply
+from zeph_providers.backends.mock import MockProvider, MockReply
 from zeph_providers.protocol import Capabilities
 from zeph_providers.types import ContentChunk, EndChunk, ImagePart
 
@@ -60,8 +61,9 @@ async def test_fallback_stops_at_the_first_success() -> None:
 async def test_timeouts_and_bad_responses_fall_back() -> None:
     a = mock("a", MockReply(error=ProviderTimeoutError("slow")))
     b = mock("b", MockReply(error=BadResponseError("garbled")))
-    c = mock("c")
-    assert (await router([a, b, c]).chat(USER)).provider == "c"
+    c = mock("c", MockReply(error=InferenceError("worker died")))
+    d = mock("d")
+    assert (await router([a, b, c, d]).chat(USER)).provider == "d"
 
 
 async def test_round_robin_rotates_evenly() -> None:
@@ -386,9 +388,10 @@ async def test_per_call_timeout_overrides_the_router_timeout() -> None:
     a = mock("a", MockReply(text="never", delay_secs=30))
     r = router([a, mock("b")], timeout_secs=300)
     started = time.monotonic()
-    with pytest.raises(ProviderTimeoutError):
+    with pytest.raises(ProviderTimeoutError) as caught:
         await r.chat(USER, timeout=0.2)
     assert time.monotonic() - started < 2.0
+    assert "a: ProviderTimeoutError" in str(caught.value)  # what each member did
     assert r.status()["a"]["failures"] == 1  # the hung member is charged for it
 
 
@@ -455,3 +458,26 @@ async def test_router_max_concurrent_bounds_all_members() -> None:
     assert Counter(resp.provider for resp in results) == {"a": 6, "b": 6}
     assert gauge.peak == 3
     assert gauge.in_flight == 0
+
+
+async def test_a_member_that_cannot_be_built_is_skipped_and_reported() -> None:
+    from zeph_providers import ConfigError
+    from zeph_providers.backends.router import RouterProvider
+
+    b = mock("b")
+
+    def resolve(name: str) -> MockProvider:
+        if name == "a":
+            raise ConfigError("no API key: set OPENAI_API_KEY", provider="a")
+        return b
+
+    r = RouterProvider("router", ["a", "b"], resolve)
+    assert (await r.chat(USER)).provider == "b"
+    assert r.status()["a"]["built"] is False
+
+    def nothing(name: str) -> MockProvider:
+        raise ConfigError("no API key", provider=name)
+
+    with pytest.raises(AllProvidersFailedError, match="no member could be built") as caught:
+        await RouterProvider("router", ["a", "b"], nothing).chat(USER)
+    assert [type(e) for e in caught.value.errors] == [ConfigError, ConfigError]
