@@ -92,7 +92,9 @@ class Result:
             ratio = "n/a" if row.ratio is None else f"{row.ratio:.3f}x"
             verdict = "" if row.met is None else ("  target met" if row.met else "  TARGET MISSED")
             target = f" (target {row.target})" if row.target else ""
-            print(f"{row.metric:<48} ours {ours:>12} {row.unit:<9} {row.peer:<22} {peer:>12}  ratio {ratio}{target}{verdict}")
+            print(
+                f"{row.metric:<48} ours {ours:>12} {row.unit:<9} {row.peer:<22} {peer:>12}  ratio {ratio}{target}{verdict}"
+            )
         for item in self.absolute:
             print(f"{item['label']:<48} {item['value']:,.2f} {item['unit']}")
         for peer, why in self.unavailable.items():
@@ -149,8 +151,21 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
     }
-    for dist in ("torch", "transformers", "openai", "anthropic", "ollama", "httpx", "httpx2", "litellm",
-                 "any-llm-sdk", "aisuite", "sentence-transformers", "xllamacpp", "zeph-providers"):
+    for dist in (
+        "torch",
+        "transformers",
+        "openai",
+        "anthropic",
+        "ollama",
+        "httpx",
+        "httpx2",
+        "litellm",
+        "any-llm-sdk",
+        "aisuite",
+        "sentence-transformers",
+        "xllamacpp",
+        "zeph-providers",
+    ):
         info[dist] = package_version(dist)
     try:
         with open("/proc/cpuinfo") as fh:

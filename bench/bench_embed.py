@@ -14,12 +14,65 @@ from typing import Any
 
 from _common import Result, Row, emit, has_module, median, parse_args
 
-WORDS = (
-    "the a model server request token stream batch cache latency answer question provider local remote "
-    "quickly slowly bright river mountain engineer writes reads config file network python library tests "
-    "benchmark embedding vector sentence meaning search index document small large fast careful simple "
-    "weather morning coffee city train garden music window history science ocean forest language"
-).split()
+WORDS = [
+    *[
+        "the",
+        "a",
+        "model",
+        "server",
+        "request",
+        "token",
+        "stream",
+        "batch",
+        "cache",
+        "latency",
+        "answer",
+        "question",
+        "provider",
+        "local",
+        "remote",
+        "quickly",
+        "slowly",
+        "bright",
+        "river",
+        "mountain",
+        "engineer",
+        "writes",
+        "reads",
+        "config",
+        "file",
+        "network",
+        "python",
+        "library",
+        "tests",
+        "benchmark",
+        "embedding",
+        "vector",
+        "sentence",
+        "meaning",
+        "search",
+        "index",
+        "document",
+        "small",
+        "large",
+        "fast",
+        "careful",
+        "simple",
+        "weather",
+        "morning",
+        "coffee",
+        "city",
+        "train",
+        "garden",
+        "music",
+        "window",
+        "history",
+        "science",
+        "ocean",
+        "forest",
+        "language",
+    ]
+]
 
 
 def sentences(n: int, seed: int = 7) -> list[str]:
@@ -90,17 +143,34 @@ async def run(args: Any, result: Result, folder: Path) -> None:
                 started = time.perf_counter()
                 theirs = st_model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
                 peer_rates.append(n / (time.perf_counter() - started))
-                max_diff = float(max(abs(a - b) for row, ref in zip(ours, theirs, strict=True)
-                                     for a, b in zip(row, ref.tolist(), strict=True)))
+                max_diff = float(
+                    max(
+                        abs(a - b)
+                        for row, ref in zip(ours, theirs, strict=True)
+                        for a, b in zip(row, ref.tolist(), strict=True)
+                    )
+                )
     ours_rate = median(ours_rates)
     peer_rate = median(peer_rates) if peer_rates else None
-    print(f"{n} sentences, torch threads {torch.get_num_threads()}: ours {ours_rate:.1f} texts/s"
-          + (f", sentence-transformers {peer_rate:.1f} texts/s, max |diff| {max_diff:.2e}" if peer_rate else ""))
-    result.add(Row(f"embed_batch, {n} sentences", "texts/s", ours_rate, "sentence-transformers encode", peer_rate,
-                   ">=0.95", note="batch size 32 both"))
+    print(
+        f"{n} sentences, torch threads {torch.get_num_threads()}: ours {ours_rate:.1f} texts/s"
+        + (f", sentence-transformers {peer_rate:.1f} texts/s, max |diff| {max_diff:.2e}" if peer_rate else "")
+    )
+    result.add(
+        Row(
+            f"embed_batch, {n} sentences",
+            "texts/s",
+            ours_rate,
+            "sentence-transformers encode",
+            peer_rate,
+            ">=0.95",
+            note="batch size 32 both",
+        )
+    )
     if max_diff is not None:
-        result.absolute.append({"label": "max |ours - sentence-transformers| per component", "value": max_diff,
-                                "unit": ""})
+        result.absolute.append(
+            {"label": "max |ours - sentence-transformers| per component", "value": max_diff, "unit": ""}
+        )
     result.series["embed"] = {
         "kind": "barh",
         "title": f"all-MiniLM-L6-v2, {n} sentences: texts/s (higher is better)",

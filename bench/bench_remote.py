@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,11 @@ def _raw_openai(url: str, stream_tokens: int) -> Client:
     async def stream() -> int:
         count = 0
         chunks = await client.chat.completions.create(
-            model=MODEL, messages=messages, max_tokens=stream_tokens, stream=True, stream_options={"include_usage": True}
+            model=MODEL,
+            messages=messages,
+            max_tokens=stream_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         async for chunk in chunks:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -152,8 +156,13 @@ def _litellm(url: str, stream_tokens: int) -> Client:
     litellm.telemetry = False
     litellm.suppress_debug_info = True
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
-    common: dict[str, Any] = {"model": f"openai/{MODEL}", "api_base": f"{url}/v1", "api_key": "sk-bench-dummy",
-                              "messages": messages, "num_retries": 0}
+    common: dict[str, Any] = {
+        "model": f"openai/{MODEL}",
+        "api_base": f"{url}/v1",
+        "api_key": "sk-bench-dummy",
+        "messages": messages,
+        "num_retries": 0,
+    }
 
     async def chat() -> int:
         response: Any = await litellm.acompletion(**common, max_tokens=CHAT_TOKENS)
@@ -215,17 +224,32 @@ async def drive(fn: Callable[[], Awaitable[int]], total: int, concurrency: int) 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    return {"wall_s": wall, "cpu_s": cpu, "calls": total, "per_s": total / wall, "units": units,
-            "units_per_s": units / wall, "cpu_us_per_call": cpu / total * 1e6}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "calls": total,
+        "per_s": total / wall,
+        "units": units,
+        "units_per_s": units / wall,
+        "cpu_us_per_call": cpu / total * 1e6,
+    }
 
 
 def scenarios(quick: bool) -> list[tuple[str, str, int, int]]:
     """(name, kind, concurrency, total calls)."""
     if quick:
-        return [("chat c1", "chat", 1, 5), ("chat c64", "chat", 8, 16), ("stream c1", "stream", 1, 2),
-                ("stream c64", "stream", 8, 8)]
-    return [("chat c1", "chat", 1, 600), ("chat c64", "chat", 64, 2000), ("stream c1", "stream", 1, 60),
-            ("stream c64", "stream", 64, 256)]
+        return [
+            ("chat c1", "chat", 1, 5),
+            ("chat c64", "chat", 8, 16),
+            ("stream c1", "stream", 1, 2),
+            ("stream c64", "stream", 8, 8),
+        ]
+    return [
+        ("chat c1", "chat", 1, 600),
+        ("chat c64", "chat", 64, 2000),
+        ("stream c1", "stream", 1, 60),
+        ("stream c64", "stream", 64, 256),
+    ]
 
 
 async def worker_main(name: str, url: str, quick: bool, stream_tokens: int, profile: str | None) -> dict[str, Any]:
@@ -326,8 +350,9 @@ def main() -> None:
         for r in range(rounds):
             for name in list(available):
                 try:
-                    data = run_worker(name, url, args.quick, stream_tokens,
-                                      args.profile if name.startswith("zeph") else None)
+                    data = run_worker(
+                        name, url, args.quick, stream_tokens, args.profile if name.startswith("zeph") else None
+                    )
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     if name.startswith("zeph"):
                         raise
@@ -360,8 +385,9 @@ def main() -> None:
             unit = "req/s" if label.startswith("chat") else "chunks/s"
             at64 = label.endswith("c64")
             peer_value = table[peer][label]["rate"] if peer in table else None
-            result.add(Row(f"{ours} {label}", unit, table[ours][label]["rate"], peer, peer_value,
-                           target if at64 else ""))
+            result.add(
+                Row(f"{ours} {label}", unit, table[ours][label]["rate"], peer, peer_value, target if at64 else "")
+            )
     for name in table:
         for label in table[name]:
             cpu = table[name][label]["cpu_us_per_call"]
@@ -374,7 +400,7 @@ def main() -> None:
         result.series[f"remote_{family}"] = {
             "kind": "grouped",
             "title": f"{'Requests/s (chat, ' + str(CHAT_TOKENS) + '-token reply)' if family == 'chat' else 'Streamed chunks/s'}"
-                     " against a loopback server, higher is better",
+            " against a loopback server, higher is better",
             "unit": "req/s" if family == "chat" else "chunks/s",
             "groups": picked,
             "lines": {name: [table[name][label]["rate"] for label in picked] for name in table},
