@@ -93,7 +93,8 @@ class Result:
             verdict = "" if row.met is None else ("  target met" if row.met else "  TARGET MISSED")
             target = f" (target {row.target})" if row.target else ""
             print(
-                f"{row.metric:<48} ours {ours:>12} {row.unit:<9} {row.peer:<22} {peer:>12}  ratio {ratio}{target}{verdict}"
+                f"{row.metric:<48} ours {ours:>12} {row.unit:<9} {row.peer:<22} {peer:>12}"
+                f"  ratio {ratio}{target}{verdict}"
             )
         for item in self.absolute:
             print(f"{item['label']:<48} {item['value']:,.2f} {item['unit']}")

@@ -220,7 +220,8 @@ def main() -> None:
         "values": [net[label] for label in net if label != "bare interpreter (pass)"],
     }
     result.notes.append(
-        f"`python -c pass` takes {base:.0f} ms here; net = median wall time minus that. Runs: {runs} per snippet, interleaved."
+        f"`python -c pass` takes {base:.0f} ms here; net = median wall time minus that. "
+        f"Runs: {runs} per snippet, interleaved."
     )
     emit(result, args.json)
 

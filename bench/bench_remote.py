@@ -399,8 +399,8 @@ def main() -> None:
         picked = [label for label in labels if label.startswith(family)]
         result.series[f"remote_{family}"] = {
             "kind": "grouped",
-            "title": f"{'Requests/s (chat, ' + str(CHAT_TOKENS) + '-token reply)' if family == 'chat' else 'Streamed chunks/s'}"
-            " against a loopback server, higher is better",
+            "title": (f"Requests/s (chat, {CHAT_TOKENS}-token reply)" if family == "chat" else "Streamed chunks/s")
+            + " against a loopback server, higher is better",
             "unit": "req/s" if family == "chat" else "chunks/s",
             "groups": picked,
             "lines": {name: [table[name][label]["rate"] for label in picked] for name in table},

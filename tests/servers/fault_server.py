@@ -783,7 +783,9 @@ class FaultServer:
         marker = b"\x00MARK\x00"
         template = wire.content_json(b'"' + marker + b'"')
         before, _, after = template.partition(marker)
-        writer.write(_chunked(events[0]))
+        first_content = next(i for i, e in enumerate(events) if b"echo:" in e)
+        for event in events[:first_content]:
+            writer.write(_chunked(event))
         writer.write(_chunked(before))
         block = b"x" * (1024 * 1024)
         sent = 0
@@ -793,7 +795,7 @@ class FaultServer:
             sent += len(piece)
             await writer.drain()
         writer.write(_chunked(after))
-        for event in events[1:]:
+        for event in events[first_content:]:
             writer.write(_chunked(event))
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -6,11 +6,12 @@ generator of chunks, raising typed errors) and `_map_error()` (its SDK's excepti
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,7 +28,9 @@ from zeph_providers.retry import RetryPolicy, retry_stream
 from zeph_providers.types import Message, StreamChunk
 
 __all__ = [
+    "MAX_STREAM_LINE_BYTES",
     "RemoteProvider",
+    "ResponseLineTooLongError",
     "check_url_safety",
     "httpx2_client",
     "httpx_client_kwargs",
@@ -76,7 +79,63 @@ def map_transport_error(exc: BaseException, provider: str) -> LlmError | None:
         return ProviderUnavailableError(f"the connection broke ({text})", provider=provider)
     if names & {"DecodingError", "JSONDecodeError", "UnicodeDecodeError"}:
         return BadResponseError(f"malformed response body ({text})", provider=provider)
+    if isinstance(exc, ResponseLineTooLongError):
+        return BadResponseError(f"a streamed line exceeded {exc.limit} bytes; refusing it", provider=provider)
+    if isinstance(exc, RecursionError):  # json.loads on hostile, deeply nested JSON
+        return BadResponseError(f"malformed response body: JSON nested too deeply ({text})", provider=provider)
     return None
+
+
+MAX_STREAM_LINE_BYTES = 8 * 1024 * 1024
+"""The longest line accepted in a streamed (SSE) response; one event never comes near it."""
+
+_UNLIMITED_PATHS = ("/embeddings", "/embed")
+"""One-line JSON bodies that may legitimately be large (a batch of vectors): not line-limited."""
+
+
+class ResponseLineTooLongError(Exception):
+    """A response line grew past the limit: refused before it is buffered whole."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"a response line exceeded {limit} bytes")
+
+
+@functools.cache
+def _line_limited_stream_type() -> type[Any]:
+    import httpx2
+
+    class LineLimitedStream(httpx2.AsyncByteStream):
+        """Passes the body through, raising once a line (bytes since the last newline) passes the limit."""
+
+        def __init__(self, inner: Any, limit: int) -> None:
+            self._inner = inner
+            self._limit = limit
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            pending = 0
+            async for chunk in self._inner:
+                newline = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                pending = len(chunk) - newline - 1 if newline >= 0 else pending + len(chunk)
+                if pending > self._limit:
+                    raise ResponseLineTooLongError(self._limit)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return LineLimitedStream
+
+
+def _line_limit_hook(limit: int) -> Callable[[Any], Awaitable[None]]:
+    """An httpx2 response hook bounding line length, so a runaway line cannot grow without limit."""
+
+    async def hook(response: Any) -> None:
+        if response.request.url.path.rstrip("/").endswith(_UNLIMITED_PATHS):
+            return
+        response.stream = _line_limited_stream_type()(response.stream, limit)
+
+    return hook
 
 
 def httpx2_client(config: RemoteConfig, *, transport: Any = None) -> Any:
@@ -90,6 +149,7 @@ def httpx2_client(config: RemoteConfig, *, transport: Any = None) -> Any:
             max_keepalive_connections=min(config.max_connections, 32),
         ),
         transport=transport,
+        event_hooks={"response": [_line_limit_hook(MAX_STREAM_LINE_BYTES)]},
     )
 
 

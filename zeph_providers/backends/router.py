@@ -386,11 +386,8 @@ class RouterProvider(BaseProvider):
             if isinstance(chunk, EndChunk):
                 ended = True
                 # A nested router already named its leaf member; keep the most precise name.
-                chunk = EndChunk(
-                    finish_reason=chunk.finish_reason,
-                    model=chunk.model or member.model,
-                    provider=chunk.provider or name,
-                )
+                stamp = {"model": chunk.model or member.model, "provider": chunk.provider or name}
+                chunk = chunk.model_copy(update=stamp)
             yield chunk
             try:
                 chunk = await _next_chunk(stream, deadline, name)
