@@ -121,7 +121,7 @@ def main() -> None:
             why = has_module(module)
             if why:
                 result.peer_unavailable(label.split(":")[0], why)
-                del todo[label]
+                todo.pop(label, None)
         # warm-up: byte-compile and page in every module once; drop snippets that fail
         for label, code in list(todo.items()):
             if args.quick and label not in PEER_MODULE:
@@ -131,7 +131,7 @@ def main() -> None:
             except RuntimeError as exc:
                 if label in PEER_MODULE:
                     result.peer_unavailable(label.split(":")[0], f"import failed: {exc}")
-                    del todo[label]
+                    todo.pop(label, None)
                 else:
                     raise
         times: dict[str, list[float]] = {label: [] for label in todo}

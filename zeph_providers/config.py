@@ -223,6 +223,10 @@ class RouterConfig(ProviderConfigBase):
     """Consecutive failures that open a member's circuit breaker."""
     cooldown_secs: Annotated[float, Field(ge=0)] = 30.0
     """How long an open breaker skips its member before one probe."""
+    failure_window: Annotated[int, Field(ge=0, le=10_000)] = 50
+    """Recent outcomes per member used for the failure-rate rule (0 turns the rule off)."""
+    failure_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """A member's breaker also opens when this share of its recent outcomes failed."""
     fallback_on_client_error: bool = False
     """Also try the next member after InvalidRequestError / AuthenticationError."""
 

@@ -324,7 +324,7 @@ class RouterProvider(BaseProvider):
                 break
             started = time.perf_counter()
             try:
-                stream = member.chat_stream(messages, **_member_kwargs(options, remaining))
+                stream = member.chat_stream(messages, **_member_kwargs(options, _member_timeout(member, remaining)))
             except LlmError as exc:
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
@@ -526,6 +526,18 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+def _member_timeout(member: LlmProvider, remaining: float | None) -> float | None:
+    """What is left of the router's deadline, capped by the member's own configured timeout.
+
+    Without the cap a member that hangs would use up the whole router deadline, leaving no time
+    to fall back to the next member.
+    """
+    own = member._default_timeout if isinstance(member, BaseProvider) else None
+    if own is None:
+        return remaining
+    return own if remaining is None else min(own, remaining)
+
+
 def _member_kwargs(options: ChatOptions, timeout: float | None) -> dict[str, Any]:
     """The router's per-call options, passed on to a member with what is left of the deadline."""
     return {
@@ -592,6 +604,8 @@ def build(config: RouterConfig, registry: Registry) -> RouterProvider:
         timeout_secs=config.timeout_secs,
         failure_threshold=config.failure_threshold,
         cooldown_secs=config.cooldown_secs,
+        window_size=config.failure_window,
+        failure_rate=config.failure_rate,
         fallback_on_client_error=config.fallback_on_client_error,
         max_concurrent=config.max_concurrent,
     )
