@@ -203,6 +203,17 @@ def main() -> None:
                 "<=0.1",
             )
         )
+    if "litellm: import litellm" in net:
+        result.add(
+            Row(
+                "import + from_toml (no client), net",
+                "ms",
+                net["zeph: import + from_toml"],
+                "litellm import",
+                net["litellm: import litellm"],
+                "<=0.1",
+            )
+        )
     if "any-llm: import any_llm" in net:
         result.add(
             Row("import + from_toml + get(openai), net", "ms", ours, "any-llm import", net["any-llm: import any_llm"])

@@ -17,9 +17,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from zeph_providers import Message, Registry  # noqa: E402
-from zeph_providers.local.provider import LocalProvider  # noqa: E402
-from zeph_providers.types import ContentChunk  # noqa: E402
+from zeph_providers import Message, Registry
+from zeph_providers.local.provider import LocalProvider
+from zeph_providers.types import ContentChunk
 
 PROMPT = [Message.user("Write a short story about a lighthouse keeper who finds a message in a bottle.")]
 

@@ -215,19 +215,39 @@ def main() -> None:
             ("--img-dir", {"type": Path, "default": None}),
             ("--only", {"help": "comma-separated subset, e.g. bench_import,bench_embed"}),
             ("--timeout", {"type": int, "default": 1800, "help": "seconds per benchmark script"}),
+            ("--results-dir", {"type": Path, "help": "keep each script's JSON here (default: a temp dir)"}),
+            (
+                "--reuse",
+                {"action": "store_true", "help": "with --results-dir: scripts not in --only keep their saved JSON"},
+            ),
+            ("--extra", {"action": "append", "default": [], "help": "SCRIPT=ARGS, e.g. bench_local='--tokens 64'"}),
         ],
     )
     img_dir: Path = args.img_dir or args.doc.parent / "img"
     scripts = [s for s in SCRIPTS if not args.only or s in args.only.split(",")]
+    reused = [s for s in SCRIPTS if s not in scripts] if args.reuse and args.results_dir else []
+    extra: dict[str, list[str]] = {}
+    for item in args.extra:
+        script, _, rest = item.partition("=")
+        extra[script] = shlex.split(rest)
     results: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for script in scripts:
-            out = Path(tmp) / f"{script}.json"
+        keep: Path = args.results_dir or Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
+        for script in SCRIPTS:
+            out = keep / f"{script}.json"
+            if script in reused:
+                if out.exists():
+                    results.append(json.loads(out.read_text()))
+                continue
+            if script not in scripts:
+                continue
             cmd = [sys.executable, str(BENCH_DIR / f"{script}.py"), "--json", str(out)]
             if args.quick:
                 cmd.append("--quick")
+            cmd += extra.get(script, [])
             print(f"\n>>> {' '.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
             try:
@@ -242,8 +262,10 @@ def main() -> None:
             results.append(json.loads(out.read_text()))
     elapsed = time.perf_counter() - started
     command = "python bench/run_all.py" + (" --quick" if args.quick else "")
-    if args.only:
+    if args.only and not reused:  # a partial rerun over saved results documents the full command
         command += f" --only {shlex.quote(args.only)}"
+    for item in args.extra:
+        command += f" --extra {shlex.quote(item)}"
     text = render(results, failures, machine_info(), command, args.doc, img_dir, args.quick, elapsed)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(text)

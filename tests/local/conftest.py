@@ -49,7 +49,7 @@ def build_tiny_model(folder: Path, *, eos_only: bool = False) -> Path:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast: Any = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")  # type: ignore[no-untyped-call]
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(str(folder))
     config = LlamaConfig(

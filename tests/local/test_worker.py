@@ -114,10 +114,17 @@ async def test_cancelling_the_task_stops_generation(make_provider: ProviderFacto
     jobs: list[Job] = []
     after_cancel: list[int] = []
     provider.worker.step_hook = _slow_recorder(jobs, after_cancel)  # type: ignore[assignment]
+    recorder = provider.worker.step_hook
+    going = threading.Event()
+
+    def hook(job: Job) -> None:
+        recorder(job)  # type: ignore[misc]
+        if job.steps >= 3:
+            going.set()
+
+    provider.worker.step_hook = hook
     task = asyncio.create_task(provider.chat([Message.user("go on")], max_tokens=400))
-    deadline = time.monotonic() + HANG_GUARD
-    while not (jobs and jobs[0].steps >= 3) and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
+    await _wait_thread_event(going)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -142,6 +142,7 @@ class _Wire:
 
     kind = "chat"
     stream_type = "text/event-stream"
+    path = ""
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
@@ -332,9 +333,7 @@ class _Anthropic(_Wire):
 
     def content_json(self, text_json: bytes) -> bytes:
         return self.raw_event(
-            b'{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": '
-            + text_json
-            + b"}}"
+            b'{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ' + text_json + b"}}"
         )
 
     def error_body(self, status: int, message: str) -> Any:
@@ -520,16 +519,24 @@ class FaultServer:
         with self._lock:
             self._script = list(plans)
 
-    def requests(self, request_id: str | None = None, *, kind: str = "chat") -> list[Seen]:
+    def requests(self, request_id: str | None = None, *, kind: str = "chat", model: str | None = None) -> list[Seen]:
+        """The requests seen of this kind (chat, embed, show), for this id and model when given."""
         with self._lock:
-            return [s for s in self.seen if s.kind == kind and (request_id is None or s.request_id == request_id)]
+            return [
+                s
+                for s in self.seen
+                if s.kind == kind
+                and (request_id is None or s.request_id == request_id)
+                and (model is None or s.model == model)
+            ]
 
-    def attempts(self, request_id: str, *, kind: str = "chat") -> int:
-        """How many `kind` requests (chat, embed, show) carried this id."""
-        return len(self.requests(request_id, kind=kind))
+    def attempts(self, request_id: str, *, kind: str = "chat", model: str | None = None) -> int:
+        """How many `kind` requests carried this id (sent to this model, when given)."""
+        return len(self.requests(request_id, kind=kind, model=model))
 
-    def attempt_times(self, request_id: str, *, kind: str = "chat") -> list[float]:
-        return [s.at for s in self.requests(request_id, kind=kind)]
+    def attempt_times(self, request_id: str, *, kind: str = "chat", model: str | None = None) -> list[float]:
+        """When each of those requests arrived (`time.monotonic()`)."""
+        return [s.at for s in self.requests(request_id, kind=kind, model=model)]
 
     def clear(self) -> None:
         with self._lock:
@@ -560,7 +567,9 @@ class FaultServer:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0, limit=_MAX_HEADER_BYTES, backlog=1024)
+        self._server = await asyncio.start_server(
+            self._connection, "127.0.0.1", 0, limit=_MAX_HEADER_BYTES, backlog=1024
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close_all(self) -> None:
@@ -596,7 +605,7 @@ class FaultServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         with self._lock:
             self.open_connections += 1
             self.peak_connections = max(self.peak_connections, self.open_connections)
@@ -614,7 +623,7 @@ class FaultServer:
         finally:
             with self._lock:
                 self.open_connections -= 1
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             if reset:
                 _abort_with_reset(writer)
             else:
@@ -629,7 +638,7 @@ class FaultServer:
         except asyncio.IncompleteReadError:
             return False
         lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+        method, path, _ = [*lines[0].split(" ", 2), "", ""][:3]
         headers: dict[str, str] = {}
         for line in lines[1:]:
             if ":" in line:
@@ -655,6 +664,7 @@ class FaultServer:
             await self._send(writer, 400, {"error": "invalid JSON in the request body"})
             return keep_alive
         wire = wire_type(body if isinstance(body, dict) else {})
+        wire.path = path
         step = self._plan(wire, headers)
         return await self._serve(wire, step, reader, writer) and keep_alive
 
@@ -680,7 +690,7 @@ class FaultServer:
     def _note(self, wire: _Wire, attempt: int, step: Step) -> None:
         with self._lock:
             self.seen.append(
-                Seen(wire.kind, "", wire.model, wire.request_id, attempt, step.mode, time.monotonic())
+                Seen(wire.kind, wire.path, wire.model, wire.request_id, attempt, step.mode, time.monotonic())
             )
 
     # ----- replies ----------------------------------------------------------------------------

@@ -86,8 +86,8 @@ def map_transport_error(exc: BaseException, provider: str) -> LlmError | None:
     return None
 
 
-MAX_STREAM_LINE_BYTES = 8 * 1024 * 1024
-"""The longest line accepted in a streamed (SSE) response; one event never comes near it."""
+MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
+"""The longest line accepted in a streamed (SSE) response: a 10 MB event still passes, an endless one is cut."""
 
 _UNLIMITED_PATHS = ("/embeddings", "/embed")
 """One-line JSON bodies that may legitimately be large (a batch of vectors): not line-limited."""

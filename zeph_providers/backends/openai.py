@@ -478,6 +478,9 @@ class OpenAIProvider(RemoteProvider):
             )
         except ValueError as exc:  # the SDK's own post-parsing ("No embedding data received")
             raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
+        if not isinstance(response.data, list):
+            # Checked first: sorting a hostile string `data` would build a list of every character.
+            raise BadResponseError("malformed embeddings response (`data` is not a list)", provider=self.name)
         try:
             items = sorted(response.data, key=lambda item: int(item.index))
             vectors = [[float(v) for v in item.embedding] for item in items]

@@ -253,7 +253,8 @@ class Engine:
         import transformers
 
         base = getattr(self.loaded.model, "generation_config", None)
-        config: Any = copy.deepcopy(base) if base is not None else transformers.GenerationConfig()
+        fresh: Any = transformers.GenerationConfig
+        config: Any = copy.deepcopy(base) if base is not None else fresh()
         settings: dict[str, Any] = {
             "max_new_tokens": max_new,
             "max_length": None,

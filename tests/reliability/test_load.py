@@ -1,0 +1,178 @@
+"""A bounded load test over real loopback HTTP: 2,000 requests at concurrency 200 through one registry.
+
+One router over three members of different backends (compatible, claude, ollama), each pointed at
+the fault server with a `chaos:` model: every attempt fails with probability 0.3, with a fault drawn
+from 500 / 503 / 429 / bad JSON / close mid-body / reset before the reply / reset after the first
+chunk, deterministically from (seed, member, request id, attempt), so the run does not depend on
+scheduling. Checked: every request gets exactly its own answer (the id the server echoes) or a
+typed error; the server served each answered id exactly once, by the member that answered, and no
+failed id at all; client sockets, file descriptors and threads return to their starting counts
+after `registry.aclose()`; memory growth stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import psutil  # type: ignore[import-untyped]
+
+from tests.reliability.helpers import fast_retries, provider_entry, registry_of
+from tests.servers.fault_server import FaultServer, echo_text
+from zeph_providers import Message, Registry
+from zeph_providers.errors import (
+    AllProvidersFailedError,
+    LlmError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
+from zeph_providers.types import ChatResponse
+
+TOTAL = 2000
+CONCURRENCY = 200
+FAIL_RATE = 0.3
+MEMBERS = {
+    "m1": ("compatible", f"chaos:p={FAIL_RATE}:seed=1"),
+    "m2": ("claude", f"chaos:p={FAIL_RATE}:seed=2"),
+    "m3": ("ollama", f"chaos:p={FAIL_RATE}:seed=3"),
+}
+RSS_GROWTH_LIMIT = 200 * 1024 * 1024
+WALL_LIMIT = 60.0
+
+
+def _registry(url: str) -> Registry:
+    entries = [
+        provider_entry(backend, url, model, name=name, timeout_secs=15, max_retries=1)
+        for name, (backend, model) in MEMBERS.items()
+    ]
+    router = {
+        "name": "r",
+        "type": "router",
+        "providers": list(MEMBERS),
+        "strategy": "round_robin",
+        "timeout_secs": 30,
+        # Random faults, not a sick member: keep the breakers closed so every request is routed.
+        "failure_threshold": 10_000,
+        "failure_window": 0,
+        "cooldown_secs": 0.01,
+    }
+    registry = registry_of(*entries, router)
+    for name in MEMBERS:
+        fast_retries(registry.get(name))
+    return registry
+
+
+def _client_sockets(port: int) -> int:
+    """This process's TCP connections to the server's port (the client side only)."""
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _settle(check: Callable[[], bool], *, secs: float = 5.0) -> None:
+    """Poll (bounded) until `check()` is true: the server closes its side once the client has."""
+    for _ in range(int(secs / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None:
+    with FaultServer() as server:
+        # Warm up (lazy SDK imports, the loop's executor) with a registry of its own, then measure.
+        warm = _registry(server.url)
+        await asyncio.gather(
+            *(warm.get("r").chat([Message.user(f"warm-{i}")]) for i in range(30)), return_exceptions=True
+        )
+        await warm.aclose()
+        await _settle(lambda: _client_sockets(server.port) == 0)
+        server.clear()
+        # The loop's default executor (it runs getaddrinfo for the HTTP stack) grows up to its
+        # max_workers on demand and lives as long as the loop: start all its threads now.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.05) for _ in range(64)))
+        threads_before = threading.active_count()
+        sockets_before = _client_sockets(server.port)
+        process = psutil.Process()
+        rss_before = process.memory_info().rss
+        fds_before = _fds()
+
+        registry = _registry(server.url)
+        router = registry.get("r")
+        results: list[ChatResponse | BaseException | None] = [None] * TOTAL
+        pending: collections.deque[int] = collections.deque(range(TOTAL))
+        peak_sockets = 0
+
+        async def worker() -> None:
+            nonlocal peak_sockets
+            while pending:
+                i = pending.popleft()
+                try:
+                    results[i] = await router.chat([Message.user(f"req-{i}")])
+                except Exception as exc:
+                    results[i] = exc
+                if i % 250 == 0:
+                    peak_sockets = max(peak_sockets, _client_sockets(server.port))
+
+        started = time.monotonic()
+        async with asyncio.timeout(WALL_LIMIT):
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.monotonic() - started
+        sockets_during = _client_sockets(server.port)
+        await registry.aclose()
+        await _settle(lambda: _client_sockets(server.port) == sockets_before and _fds() <= fds_before)
+        rss_growth = process.memory_info().rss - rss_before
+
+        # Every request has exactly one outcome: its own answer, or a typed error.
+        assert all(r is not None for r in results)
+        answered: dict[int, ChatResponse] = {}
+        failed: dict[int, LlmError] = {}
+        for i, result in enumerate(results):
+            if isinstance(result, ChatResponse):
+                assert result.text == echo_text(f"req-{i}"), (i, result.text)
+                assert result.provider in MEMBERS
+                answered[i] = result
+            else:
+                assert isinstance(result, LlmError), f"request {i}: untyped {result!r}"
+                failed[i] = result
+        assert len(answered) + len(failed) == TOTAL
+        assert {type(e) for e in failed.values()} <= {
+            AllProvidersFailedError,
+            ProviderUnavailableError,  # a stream reset after its first chunk: no fallback by design
+            ProviderTimeoutError,
+        }
+
+        # The server's view: each answered id was served exactly once, by the member that answered;
+        # a failed id never got a complete answer; no request was lost before reaching the server.
+        served = collections.Counter(s.request_id for s in server.requests() if s.mode == "ok")
+        server_ids = {s.request_id for s in server.requests()}
+        for i in range(TOTAL):
+            assert f"req-{i}" in server_ids, f"request {i} never reached the server"
+        for i, response in answered.items():
+            assert served[f"req-{i}"] == 1, (i, served[f"req-{i}"])
+            ok_models = {s.model for s in server.requests(f"req-{i}") if s.mode == "ok"}
+            assert ok_models == {MEMBERS[response.provider][1]}
+        for i in failed:
+            assert served[f"req-{i}"] == 0, (i, served[f"req-{i}"])
+        assert len(answered) > TOTAL * 0.8  # fallback and retries hide most of a 30% fault rate
+        assert failed  # and the seed does produce some end-to-end failures
+
+        # Resources: back to the start after aclose(); memory bounded.
+        assert sockets_during <= 3 * 100  # at most max_connections per member
+        assert _client_sockets(server.port) == sockets_before == 0
+        assert _fds() <= fds_before
+        assert threading.active_count() == threads_before, [t.name for t in threading.enumerate()]
+        assert rss_growth < RSS_GROWTH_LIMIT, f"RSS grew {rss_growth / 1e6:.0f} MB"
+        print(
+            f"\nload: {TOTAL} requests at concurrency {CONCURRENCY} in {elapsed:.1f}s; "
+            f"{len(answered)} answered, {len(failed)} typed errors "
+            f"({collections.Counter(type(e).__name__ for e in failed.values())}); "
+            f"server saw {len(server.requests())} attempts; peak client sockets {peak_sockets}; "
+            f"RSS growth {rss_growth / 1e6:.0f} MB"
+        )
