@@ -323,11 +323,21 @@ def _progress_bars() -> Iterator[None]:
     if _on_terminal() or not hf_logging.is_progress_bar_enabled():
         yield
         return
+    # The GGUF converter calls tqdm directly rather than through transformers' switch.
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
         hf_logging.enable_progress_bar()
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
 
 
 # ----- loading -------------------------------------------------------------------------------
