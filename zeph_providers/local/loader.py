@@ -325,9 +325,9 @@ def _progress_bars() -> Iterator[None]:
         return
     # The GGUF converter calls tqdm directly rather than through transformers' switch.
     import functools
+    import importlib
 
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
+    gguf_utils: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
     gguf_tqdm = getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
     if gguf_tqdm is not None:
