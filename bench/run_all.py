@@ -195,6 +195,9 @@ def render(
                     out += [f"![{series['title']}]({rel.as_posix()})", ""]
         elif res["series"]:
             out += ["_(plots skipped: matplotlib is not installed in this environment)_", ""]
+    findings = BENCH_DIR / "findings.md"
+    if findings.is_file() and not quick:
+        out += [findings.read_text().strip(), ""]
     if summary:
         out += [
             "## Targets at a glance",

@@ -264,7 +264,9 @@ class CandleConfig(ProviderConfigBase):
     chat_template: TemplateName = "auto"
     """auto: the tokenizer's own template; or one of zeph-llm's built-in templates."""
     engine: Literal["auto", "transformers", "llama.cpp"] = "auto"
-    """Inference engine for the model."""
+    """auto: llama.cpp (xllamacpp) for a GGUF file, transformers otherwise; llama.cpp needs a GGUF source."""
+    n_ctx: Annotated[int, Field(ge=0)] | None = None
+    """llama.cpp engine: context window in tokens (default 4096; 0 = the model's training context)."""
     inference_timeout_secs: Annotated[float, Field(gt=0)] = 120.0
     """Bound on waiting for a queue slot, and separately on waiting for the reply."""
     queue_capacity: Annotated[int, Field(ge=1, le=10_000)] = 4

@@ -40,11 +40,12 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) 
 
 @pytest.fixture
 async def smollm2(smollm2_cache: Path) -> Iterator[LocalProvider]:  # type: ignore[misc]
-    registry = Registry.from_default()
-    provider = registry.get("local")
-    assert isinstance(provider, LocalProvider)
+    # The transformers engine on the GGUF ("auto" would pick llama.cpp; see test_llamacpp_engine.py).
+    config = Registry.from_default().config.provider("local").model_copy(update={"engine": "transformers"})
+    provider = LocalProvider(config)  # type: ignore[arg-type]
+    assert provider.engine_name == "transformers"
     yield provider
-    await registry.aclose()
+    await provider.aclose()
 
 
 def test_the_gguf_cache_is_complete_and_reused(smollm2_cache: Path, smollm2_gguf: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -225,8 +226,10 @@ def _halt_class() -> type:
 class Engine:
     """A loaded model, its template and end tokens; runs one request at a time on the worker thread."""
 
-    def __init__(self, loaded: LoadedModel, template: ChatTemplate) -> None:
+    def __init__(self, loaded: LoadedModel, template: ChatTemplate, *, max_batch_size: int = 8) -> None:
         self.loaded = loaded
+        self.max_batch_size = max_batch_size
+        """Most requests `run_batch` decodes together (config `max_batch_size`)."""
         self.template = template
         tokenizer = loaded.tokenizer
         self.eos_ids = eos_token_ids(tokenizer, template, getattr(loaded.model, "generation_config", None))
@@ -235,13 +238,15 @@ class Engine:
         self.context = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
         self._streamer_cls = _streamer_class()
         self._halt_cls = _halt_class()
+        self._batchable: bool | None = None
 
     @classmethod
     def load(cls, config: CandleConfig) -> Engine:
         from zeph_providers.local.loader import load_causal_lm
 
         loaded = load_causal_lm(config)
-        return cls(loaded, select_template(config.chat_template, loaded.tokenizer))
+        template = select_template(config.chat_template, loaded.tokenizer)
+        return cls(loaded, template, max_batch_size=config.max_batch_size)
 
     def encode(self, messages: list[Message]) -> Any:
         prompt = self.template.render(messages)
@@ -310,3 +315,32 @@ class Engine:
         if not (streamer.saw_eos or streamer.matcher.hit) and streamer.count >= max_new:
             finish = "length"
         return GenerationResult(prompt_tokens, streamer.count, finish)
+
+    def run_batch(
+        self,
+        jobs: Sequence[Any],
+        admit: Callable[[int], list[Any]],
+        finish: Callable[[Any, GenerationResult | Exception], None],
+        *,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """Generate for several jobs at once (continuous batching, see `local.batch`); blocks until all end.
+
+        Each job is a `TokenSink` with `messages` and `params`; `admit(room)` hands over jobs that
+        arrived meanwhile; `finish(job, result_or_error)` is called once per job. Models the
+        batch loop cannot pad (sliding-window or recurrent caches), or `max_batch_size = 1`, run
+        the jobs one after another through `run`, admitting nothing extra.
+        """
+        from zeph_providers.local import batch
+
+        if self._batchable is None:
+            self._batchable = batch.batchable(self.loaded.model)
+        if not self._batchable or self.max_batch_size <= 1:
+            for job in jobs:
+                try:
+                    outcome: GenerationResult | Exception = self.run(job.messages, job.params, job)
+                except Exception as exc:
+                    outcome = exc
+                finish(job, outcome)
+            return
+        batch.run_batch(self, jobs, admit, finish, limit=self.max_batch_size, on_step=on_step)

@@ -1,4 +1,8 @@
-"""`LocalProvider`: a transformers model behind the provider protocol (config type "candle").
+"""`LocalProvider`: a local model behind the provider protocol (config type "candle").
+
+Two engines share the worker, queue, timeouts and streaming: llama.cpp (in-process through
+`xllamacpp`; the default for GGUF files) and transformers (folders and hub repos; the fallback for
+GGUF when xllamacpp is missing). `config.engine` forces one; embeddings always use transformers.
 
 Building is instant: the model loads on the worker thread at the first request, the encoder on
 the embedding thread at the first `embed()`. Generation streams token by token; closing the
@@ -11,11 +15,12 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from zeph_providers.errors import ConfigError, LlmError
+from zeph_providers.errors import LlmError
 from zeph_providers.local.embed import Embedder
 from zeph_providers.local.generate import Engine, GenerationParams
+from zeph_providers.local.llamacpp import EngineName, select_engine
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
 from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
 from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
@@ -33,12 +38,7 @@ class LocalProvider(BaseProvider):
     backend = "candle"
 
     def __init__(self, config: CandleConfig, *, load: Callable[[], Engine] | None = None) -> None:
-        if config.engine == "llama.cpp":
-            raise ConfigError(
-                'engine = "llama.cpp" is not built into this backend; run a llama.cpp server and use '
-                'type = "compatible" with its base_url',
-                provider=config.name,
-            )
+        self.engine_name: EngineName = select_engine(config)  # ConfigError for llama.cpp on a non-GGUF source
         super().__init__(
             config.name,
             config.model_name,
@@ -53,9 +53,11 @@ class LocalProvider(BaseProvider):
         )
         self.config = config
         _prefer_passive_openmp()
+        if load is None:
+            load = _loader(config, self.engine_name)
         self.worker = InferenceWorker(
             config.name,
-            load or (lambda: Engine.load(config)),
+            load,
             capacity=config.queue_capacity,
             timeout=config.inference_timeout_secs,
         )
@@ -98,9 +100,24 @@ class LocalProvider(BaseProvider):
         return await self.embedder.embed_batch(texts)
 
     async def aclose(self) -> None:
+        # llama.cpp: free the model as soon as the worker has stopped, not at garbage collection.
+        close: Callable[[], None] | None = getattr(self.worker.engine, "close", None)
         await self.worker.aclose()
+        thread = self.worker.thread
+        if close is not None and (thread is None or not thread.is_alive()):
+            close()
         if self.embedder is not None:
             await self.embedder.aclose()
+
+
+def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], Engine]:
+    """The engine's `load`, bound to the config (called on the worker thread at the first request)."""
+    if engine == "llama.cpp":
+        from zeph_providers.local.llamacpp import LlamaCppEngine
+
+        # The worker needs only `run` (and `loaded.device`), which LlamaCppEngine provides.
+        return cast("Callable[[], Engine]", lambda: LlamaCppEngine.load(config))
+    return lambda: Engine.load(config)
 
 
 def _prefer_passive_openmp() -> None:

@@ -10,8 +10,11 @@
 - A worker thread that dies fails its in-flight and queued jobs with `InferenceError` and is
   replaced by a fresh thread (reusing the loaded model) at the next request.
 
-A job is self-contained (messages, params, its own event queue), so a later batching worker can
-take several queued jobs at once without changing the caller side.
+Batching: when the engine has `run_batch` (the transformers engine), the worker hands it the job
+it took plus every job already waiting (up to `max_batch_size`), and lets it take more from the
+queue between decode steps (continuous batching); each job still streams, finishes, fails and is
+cancelled on its own. Engines without `run_batch` run one job at a time. A failed forward pass
+fails every job of that batch; a dying thread fails them all and the queue too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,7 +35,7 @@ from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
 from zeph_providers.types import FinishReason, Message
 
 if TYPE_CHECKING:
-    from zeph_providers.local.generate import Engine, GenerationParams
+    from zeph_providers.local.generate import Engine, GenerationParams, GenerationResult
 
 __all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
 
@@ -108,6 +112,7 @@ class InferenceWorker:
         *,
         capacity: int = 4,
         timeout: float = 120.0,
+        max_batch_size: int | None = None,
     ) -> None:
         self.name = name
         self._load = load
@@ -119,7 +124,13 @@ class InferenceWorker:
         self._engine: Engine | None = None
         self._loading = False
         self._closed = False
-        self._current: Job | None = None
+        self.max_batch_size = max_batch_size
+        """Most jobs decoded together; None takes the engine's own `max_batch_size` (from the config)."""
+        self._current: list[Job] = []
+        """The jobs in hand on the worker thread: one, or every row of the running batch."""
+        self._stopping = False
+        self.step_rows: Counter[int] = Counter()
+        """How many decode steps ran with each live batch size (observability and tests)."""
         self.restarts = 0
         self._died = False
         self.step_hook: Callable[[Job], None] | None = None
@@ -132,6 +143,11 @@ class InferenceWorker:
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting in the queue (not yet taken by the worker thread)."""
+        return self._queue.qsize()
 
     # ----- caller side (event loop) -------------------------------------------------------
 
@@ -216,23 +232,62 @@ class InferenceWorker:
             return exc
         return InferenceError(f"generation failed: {type(exc).__name__}: {exc}", provider=self.name)
 
+    def _finish(self, job: Job, outcome: GenerationResult | Exception) -> None:
+        """Deliver a job's outcome (a result, or the error that failed it alone) and mark it done."""
+        if isinstance(outcome, Exception):
+            job.post(Failed(self._error(outcome)))
+        else:
+            job.post(Done(outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason))
+        job.done.set()
+
+    def _take(self, jobs: queue.Queue[Job | None], room: int) -> list[Job]:
+        """Up to `room` jobs already waiting in the queue (never blocks); cancelled ones are let go."""
+        taken: list[Job] = []
+        while len(taken) < room and not self._stopping:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # aclose: finish the batch in hand (its jobs are cancelled), then stop
+                self._stopping = True
+            elif job.cancel.is_set():
+                job.done.set()
+            else:
+                taken.append(job)
+        self._current.extend(taken)
+        return taken
+
+    def _count_step(self, rows: int) -> None:
+        self.step_rows[rows] += 1
+
+    def _serve(self, job: Job, jobs: queue.Queue[Job | None]) -> None:
+        """Run `job`, batched with whatever else waits (and arrives) when the engine can batch."""
+        engine = self._engine_or_load()
+        run_batch = getattr(engine, "run_batch", None)
+        limit = self.max_batch_size or int(getattr(engine, "max_batch_size", 1))
+        if run_batch is None or limit <= 1:  # engines without batching (llama.cpp): one job at a time
+            self._finish(job, engine.run(job.messages, job.params, job))
+            return
+        first = [job, *self._take(jobs, limit - 1)]
+        run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
+
     def _run(self, jobs: queue.Queue[Job | None]) -> None:
-        job: Job | None = None
         try:
-            while True:
+            while not self._stopping:
                 job = jobs.get()
                 if job is None:
                     return
-                self._current = job
+                self._current = [job]
                 try:
                     if not job.cancel.is_set():
-                        engine = self._engine_or_load()
-                        result = engine.run(job.messages, job.params, job)
-                        job.post(Done(result.prompt_tokens, result.completion_tokens, result.finish_reason))
-                except Exception as exc:  # this request failed; the worker carries on
-                    job.post(Failed(self._error(exc)))
-                job.done.set()
-                self._current = job = None
+                        self._serve(job, jobs)
+                except Exception as exc:  # this request (or this batch's forward pass) failed; the worker carries on
+                    for failed in self._current:
+                        if not failed.done.is_set():
+                            self._finish(failed, exc)
+                for settled in self._current:
+                    settled.done.set()
+                self._current = []
         except BaseException as exc:  # the thread itself is dying (killed, interpreter exit...)
             error = InferenceError(
                 f"the local worker thread died ({type(exc).__name__}); it restarts on the next request",
@@ -243,12 +298,13 @@ class InferenceWorker:
                 if self._thread is threading.current_thread():
                     self._thread = None  # the next submit starts a fresh thread and queue
                     self._died = True
-            if job is not None:
-                job.post(Failed(error))
-                job.done.set()
+            for job in self._current:  # every row of the batch in flight
+                if not job.done.is_set():
+                    job.post(Failed(error))
+                    job.done.set()
             self._drain(jobs, error)
         finally:
-            self._current = None
+            self._current = []
 
     @staticmethod
     def _drain(jobs: queue.Queue[Job | None], error: LlmError) -> None:
@@ -268,8 +324,7 @@ class InferenceWorker:
         with self._lock:
             self._closed = True
             thread, jobs = self._thread, self._queue
-        current = self._current
-        if current is not None:
+        for current in list(self._current):
             current.cancel.set()
         self._drain(jobs, ProviderUnavailableError("the local provider was closed", provider=self.name))
         with contextlib.suppress(queue.Full):

@@ -1,0 +1,323 @@
+"""The llama.cpp engine: GGUF models run in-process through `xllamacpp` (llama.cpp's own server code).
+
+`LlamaCppEngine` has the interface the worker uses for `generate.Engine` (`load(config)`,
+`run(messages, params, sink)`), so queueing, timeouts, streaming and cancellation are the same
+for both engines. Requests go straight into llama.cpp's server core with
+`Server.handle_chat_completions` / `handle_completions` and a per-chunk callback; no HTTP is
+involved. The callback returns True to abort: llama.cpp then cancels the task within one token.
+
+xllamacpp's `Server` always opens a listener as well. It is put on a Unix socket inside a private
+temporary folder (mode 0700) and guarded by a random API key, so nothing else can use it; it is
+removed with the engine.
+
+Chat template: llama.cpp's own rendering of the GGUF's template by default (the chat endpoint);
+an explicit `chat_template` is rendered by `templates.py` and sent to the completion endpoint.
+
+`xllamacpp` is imported only when a model loads; `import zeph_providers` never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from zeph_providers.errors import ConfigError, ContextLengthError, InferenceError, InvalidRequestError, LlmError
+from zeph_providers.local.generate import GenerationResult
+from zeph_providers.local.templates import ChatTemplate, select_template, to_turns
+
+if TYPE_CHECKING:
+    from zeph_providers.config import CandleConfig
+    from zeph_providers.local.generate import GenerationParams, TokenSink
+    from zeph_providers.types import Message
+
+__all__ = ["DEFAULT_N_CTX", "EngineName", "LlamaCppEngine", "names_gguf", "select_engine", "xllamacpp_installed"]
+
+log = logging.getLogger("zeph_providers.local")
+
+DEFAULT_N_CTX = 4096
+"""Context window (tokens) when the config sets none."""
+
+EngineName = Literal["transformers", "llama.cpp"]
+
+_INSTALL_HINT = "pip install xllamacpp (or pip install 'zeph-providers[local]')"
+
+
+# ----- engine selection (no imports, no file access) -------------------------------------------
+
+
+def names_gguf(config: CandleConfig) -> bool:
+    """Whether the config's chat model is a GGUF file (`gguf_file`, or a `model_path` ending in .gguf)."""
+    if config.gguf_file:
+        return True
+    path = (config.model_path or "").strip()
+    return path.lower().endswith(".gguf")
+
+
+def xllamacpp_installed() -> bool:
+    """Whether `xllamacpp` can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("xllamacpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def select_engine(config: CandleConfig) -> EngineName:
+    """The engine a config runs on: llama.cpp for GGUF sources (when installed), transformers otherwise.
+
+    `engine = "llama.cpp"` on a non-GGUF source, or without `xllamacpp`, is a `ConfigError`.
+    `engine = "auto"` picks llama.cpp for a GGUF file and falls back to transformers (which
+    de-quantises the file) when `xllamacpp` is not installed.
+    """
+    gguf = names_gguf(config)
+    if config.engine == "transformers":
+        return "transformers"
+    if config.engine == "llama.cpp":
+        if not gguf:
+            source = config.model_path or config.repo_id
+            raise ConfigError(
+                f'engine = "llama.cpp" runs GGUF files only, and {source!r} is not one: set model_path to a .gguf '
+                'file (or gguf_file), use engine = "transformers", or serve the model with a llama.cpp server '
+                'and a type = "compatible" provider',
+                provider=config.name,
+            )
+        if not xllamacpp_installed():
+            raise ConfigError(
+                f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=config.name
+            )
+        return "llama.cpp"
+    if gguf and xllamacpp_installed():
+        return "llama.cpp"
+    return "transformers"
+
+
+# ----- the engine --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedGguf:
+    """What the worker may inspect about a loaded model (mirrors `loader.LoadedModel`'s device/label)."""
+
+    path: str
+    label: str
+    device: str = "cpu"
+    n_ctx: int = DEFAULT_N_CTX
+
+
+class _Stream:
+    """Receives llama.cpp's streamed chunks on the worker thread; its return value aborts the request."""
+
+    def __init__(self, sink: TokenSink, chat: bool) -> None:
+        self.sink = sink
+        self.chat = chat
+        self.steps = 0
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.timings: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.raised: BaseException | None = None
+        self.cancelled = False
+
+    def __call__(self, data: Any) -> bool:
+        # xllamacpp swallows exceptions raised here (and a BaseException would be lost): keep it
+        # and stop the request; `run` re-raises it on the worker thread.
+        try:
+            return self._handle(data)
+        except BaseException as exc:
+            self.raised = exc
+            return True
+
+    def _handle(self, data: Any) -> bool:
+        if not isinstance(data, dict):
+            self.error = {"message": f"unexpected reply from llama.cpp: {data!r:.200}"}
+            return True
+        if "error" in data or ("code" in data and "message" in data and "choices" not in data):
+            error = data.get("error", data)
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+            return True
+        for choice in data.get("choices") or ():
+            if self.chat:
+                delta = choice.get("delta") or {}
+                text = (delta.get("reasoning_content") or "") + (delta.get("content") or "")
+            else:
+                text = choice.get("text") or ""
+            if text and not self.cancelled:
+                self.sink.on_text(text)
+            if choice.get("finish_reason"):
+                self.finish = str(choice["finish_reason"])
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        timings = data.get("timings")
+        if isinstance(timings, dict):  # sent with every chunk (timings_per_token)
+            self.timings = timings
+            predicted = int(timings.get("predicted_n") or 0)
+            while self.steps < predicted:  # one step per generated token, even if its text is held back
+                self.steps += 1
+                self.sink.on_step()
+        if self.sink.is_cancelled():
+            self.cancelled = True
+            return True
+        return False
+
+
+class LlamaCppEngine:
+    """A GGUF model inside llama.cpp's server core; runs one request at a time on the worker thread."""
+
+    def __init__(
+        self,
+        server: Any,
+        loaded: LoadedGguf,
+        *,
+        template: ChatTemplate | None = None,
+        socket_dir: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        self.server: Any = server
+        self.loaded = loaded
+        self.template = template
+        """None: llama.cpp renders the GGUF's own chat template; else ours, via the completion endpoint."""
+        self.provider = provider
+        self._socket_dir = socket_dir
+
+    @classmethod
+    def load(cls, config: CandleConfig) -> LlamaCppEngine:
+        """Resolve the GGUF file (path, package file or hub download) and start llama.cpp on it (blocking)."""
+        from zeph_providers.local.loader import config_source, materialize
+
+        provider = config.name
+        source = materialize(config_source(config), provider=provider, token_env=config.hf_token_env)
+        if source.kind != "gguf" or source.path is None:
+            raise ConfigError(
+                f'engine = "llama.cpp" runs GGUF files only; {source.label!r} is a {source.kind}: '
+                'give a .gguf model_path (or gguf_file) or use engine = "transformers"',
+                provider=provider,
+            )
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise ConfigError(
+                f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=provider
+            ) from exc
+        template = None if config.chat_template == "auto" else select_template(config.chat_template, None)
+        n_ctx = config.n_ctx if config.n_ctx is not None else DEFAULT_N_CTX
+        threads = os.cpu_count() or 1
+        params: Any = xllamacpp.CommonParams()
+        params.model.path = str(source.path)
+        params.n_ctx = n_ctx
+        params.n_parallel = 1  # the worker runs one request at a time
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE  # text stays text
+        params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else params.verbosity
+        if config.device == "cpu":
+            params.n_gpu_layers = 0
+        # The server always listens somewhere: a Unix socket in a private folder, behind a random key.
+        socket_dir = tempfile.mkdtemp(prefix="zeph-llamacpp-")
+        params.hostnames = [os.path.join(socket_dir, "llama.sock")]
+        params.port = 0
+        params.api_keys = [secrets.token_urlsafe(32)]
+        params.n_threads_http = 1
+        with contextlib.suppress(AttributeError):
+            params.ui = False
+        started = time.monotonic()
+        try:
+            server = xllamacpp.Server(params)
+        except Exception as exc:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            raise ConfigError(
+                f"llama.cpp could not load {str(source.path)!r} (n_ctx={n_ctx}): {type(exc).__name__}: {exc}",
+                provider=provider,
+            ) from exc
+        log.info("loaded %s with llama.cpp (%d threads) in %.1fs", source.label, threads, time.monotonic() - started)
+        loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
+        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider)
+
+    # ----- requests ------------------------------------------------------------------------------
+
+    @staticmethod
+    def sampling(params: GenerationParams) -> dict[str, Any]:
+        """llama.cpp request fields for our sampling settings (unset filters are off, as in the transformers engine)."""
+        body: dict[str, Any] = {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,  # 0: greedy
+            "top_p": params.top_p if params.top_p is not None else 1.0,
+            "top_k": params.top_k or 0,
+            "min_p": 0.0,
+            "repeat_penalty": params.repeat_penalty,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    def request(self, messages: list[Message], params: GenerationParams) -> tuple[bool, dict[str, Any]]:
+        """(chat endpoint?, request body) for one generation."""
+        body = self.sampling(params)
+        body.update(stream=True, stream_options={"include_usage": True}, timings_per_token=True, cache_prompt=True)
+        if self.template is None:
+            body["messages"] = [{"role": role, "content": text} for role, text in to_turns(messages)]
+            return True, body
+        body["prompt"] = self.template.render(messages)
+        stops = list(body.get("stop", []))
+        body["stop"] = stops + [t for t in self.template.end_tokens if t not in stops]
+        if not body["stop"]:
+            del body["stop"]
+        return False, body
+
+    def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult:
+        """Generate one reply, streaming text into `sink`; blocks until done or cancelled."""
+        server = self.server
+        if server is None:
+            raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
+        chat, body = self.request(messages, params)
+        stream = _Stream(sink, chat)
+        if chat:
+            server.handle_chat_completions(body, stream)
+        else:
+            server.handle_completions(body, stream)
+        if stream.raised is not None:
+            raise stream.raised
+        if stream.error is not None:
+            raise self._error(stream.error)
+        usage, timings = stream.usage or {}, stream.timings or {}
+        prompt = usage.get("prompt_tokens")
+        if prompt is None:
+            prompt = int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0)
+        completion = usage.get("completion_tokens")
+        if completion is None:
+            completion = int(timings.get("predicted_n") or stream.steps)
+        finish: Literal["stop", "length"] = "length" if stream.finish == "length" else "stop"
+        return GenerationResult(int(prompt), int(completion), finish)
+
+    def _error(self, error: dict[str, Any]) -> LlmError:
+        message = str(error.get("message") or error)
+        kind = str(error.get("type") or "")
+        code = error.get("code")
+        if "context" in kind or "context size" in message:
+            return ContextLengthError(f"llama.cpp: {message}", provider=self.provider)
+        if code == 400 or kind == "invalid_request_error":
+            return InvalidRequestError(f"llama.cpp refused the request: {message}", provider=self.provider)
+        return InferenceError(f"llama.cpp failed: {message}", provider=self.provider)
+
+    # ----- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the model (stops llama.cpp's threads) and remove the socket folder. Safe to call twice."""
+        server, self.server = self.server, None
+        del server  # the last reference: xllamacpp's destructor stops the server and frees the model
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
