@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import itertools
 import sys
 from pathlib import Path
 from types import UnionType
@@ -10,6 +12,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from zeph_providers import config as config_module
 from zeph_providers.config import BUILTIN_TYPES, TYPE_ALIASES, GenerationConfig
 
 HEADER = """# Configuration reference
@@ -81,12 +84,42 @@ def _default_text(info: FieldInfo) -> str:
     return f"`{default!r}`"
 
 
+def _attribute_docs() -> dict[tuple[str, str], str]:
+    """(class, field) -> the docstring under the field in config.py (read from source, not at import)."""
+    tree = ast.parse(Path(config_module.__file__ or "").read_text(encoding="utf-8"))
+    docs: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for field, following in itertools.pairwise(node.body):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[(node.name, field.target.id)] = " ".join(following.value.value.split())
+    return docs
+
+
+_DOCS = _attribute_docs()
+
+
+def _field_doc(model: Any, name: str) -> str:
+    for cls in model.__mro__:
+        doc = _DOCS.get((cls.__name__, name))
+        if doc:
+            return doc
+    return ""
+
+
 def _table(model: Any) -> list[str]:
     rows = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, info in model.model_fields.items():
         if name == "type":
             continue
-        meaning = (info.description or "").replace("\n", " ")
+        meaning = _field_doc(model, name)
         type_text = _type_text(info).replace("|", "\\|")  # a pipe would break the table
         rows.append(f"| `{name}` | {type_text} | {_default_text(info)} | {meaning} |")
     return rows

@@ -51,7 +51,10 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", validate_default=True, hide_input_in_errors=True, use_attribute_docstrings=True
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
+        defer_build=True,  # schemas are built at first validation, keeping `import` cheap
     )
 
 
@@ -241,7 +244,7 @@ TemplateName = Literal["auto", "chatml", "llama3", "mistral", "phi3", "raw"]
 
 
 class CandleConfig(ProviderConfigBase):
-    """The local transformers backend (zeph-llm's "candle" provider)."""
+    """The local backend (zeph-llm's "candle" provider): llama.cpp for GGUF files, transformers otherwise."""
 
     type_name: ClassVar[str] = "candle"
     type: Literal["candle"] = "candle"
@@ -329,7 +332,7 @@ TYPE_ALIASES: dict[str, str] = {"local": "candle", "transformers": "candle", "an
 class LlmConfig(BaseModel):
     """The whole `[llm]` table, validated."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     default: str | None = None
     embedding: str | None = None

@@ -44,7 +44,7 @@ class Role(enum.StrEnum):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class TextPart(_Frozen):
@@ -202,7 +202,7 @@ FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error"]
 class ChatResponse(BaseModel):
     """One complete assistant reply; `stream.response` and `chat()` return equal ones."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     text: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
