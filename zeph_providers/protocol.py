@@ -85,6 +85,10 @@ class ChatOptions:
     """Seconds for the whole call, stream included, across retries."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    stream: bool = True
+    """Whether the caller consumes a stream. `chat()` sets it to False; a backend may then make one
+    non-streamed request, provided it yields the same chunk vocabulary (so the assembled reply is
+    the same). Backends that cannot ignore it."""
 
     def json_schema(self) -> dict[str, Any] | None:
         """The response_format as a JSON schema dict (pydantic classes converted)."""
@@ -382,9 +386,18 @@ class BaseProvider:
             tools=tuple(tools or ()),
             tool_choice=tool_choice,
             response_format=response_format,
-            timeout=timeout if timeout is not None else self._default_timeout,
+            timeout=timeout,
             extra=dict(extra or {}),
         )
+        return self.open_stream(messages, options)
+
+    def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream:
+        """`chat_stream()` with ready-made options (`options.stream` False: the caller wants one reply).
+
+        What `chat()` and the router use; a `None` timeout takes the provider's default.
+        """
+        if options.timeout is None and self._default_timeout is not None:
+            options = replace(options, timeout=self._default_timeout)
         message_list = list(messages)
         self._check_request(message_list, options)
         return ChatStream(self._guarded_stream(message_list, options), provider=self, options=options)
@@ -405,21 +418,27 @@ class BaseProvider:
         timeout: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> ChatResponse:
-        """One complete reply: the same chunks as `chat_stream`, assembled."""
-        stream = self.chat_stream(
-            messages,
+        """One complete reply: the same chunks as `chat_stream`, assembled.
+
+        The options carry `stream=False`, so a remote backend may fetch the reply with one
+        non-streamed request; it still yields the same chunk vocabulary, which the same
+        `ResponseAssembler` folds, so the result equals `chat_stream(...).response`.
+        """
+        options = ChatOptions(
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             seed=seed,
-            stop=stop,
-            tools=tools,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+            tools=tuple(tools or ()),
             tool_choice=tool_choice,
             response_format=response_format,
             timeout=timeout,
-            extra=extra,
+            extra=dict(extra or {}),
+            stream=False,
         )
+        stream = self.open_stream(messages, options)
         async with stream:
             return await stream.collect()
 

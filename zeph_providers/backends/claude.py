@@ -1,7 +1,11 @@
-"""Anthropic Claude through the official `anthropic` SDK (the Messages API, always streamed).
+"""Anthropic Claude through the official `anthropic` SDK (the Messages API).
 
-Every call streams on the wire (`messages.create(stream=True)`); `chat()` is assembled by the base
-class from the very same chunks, so `stream.response == await chat(...)` by construction.
+`chat_stream()` streams on the wire (`messages.create(stream=True)`). `chat()` (options.stream False)
+makes one non-streamed request through the SDK's `with_raw_response` (request building, auth and
+transport stay the SDK's; the `message` JSON is parsed here) and replays that message object as the
+equivalent event sequence through the same translator, so `stream.response == await chat(...)`.
+A stream is read to its end after `message_stop` (a few trailing events at most), so the
+keep-alive connection goes back to the pool instead of being closed half-read.
 
 Decisions worth knowing:
 
@@ -126,6 +130,9 @@ _ERROR_TYPE_STATUS: dict[str, int] = {
 
 _TOOL_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_ERROR_TEXT = 500
+_MAX_EVENTS_AFTER_STOP = 16
+"""Events read (and ignored) after `message_stop` to reach the end of the body and keep the
+connection reusable; a server that keeps sending past this gets its connection closed instead."""
 
 
 # ----- request conversion (pure functions) ------------------------------------------------------
@@ -387,6 +394,38 @@ class _StreamTranslator:
         return [ToolUseChunk(tool_call=ToolCall(id=block.id, name=block.name, arguments=arguments))]
 
 
+def message_events(message: Any) -> list[dict[str, Any]]:
+    """A non-streamed `message` object -> the stream events that would have carried it.
+
+    Text and thinking blocks arrive whole in `content_block_start`; a tool_use block carries its
+    complete `input` there (no `input_json_delta`), which the translator takes as the arguments.
+    """
+    if not isinstance(message, dict):
+        raise TypeError("the response body is not a JSON object")
+    if message.get("type") == "error":
+        raise _ErrorBody(message)
+    content = message.get("content")
+    if message.get("type") != "message" or not isinstance(content, list):
+        raise TypeError("the response is not a `message` object with a `content` list")
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"model": message.get("model"), "usage": message.get("usage")}}
+    ]
+    for index, block in enumerate(content):
+        events.append({"type": "content_block_start", "index": index, "content_block": block})
+        events.append({"type": "content_block_stop", "index": index})
+    events.append({"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason")}})
+    events.append({"type": "message_stop"})
+    return events
+
+
+class _ErrorBody(Exception):
+    """A 200 response whose body is an `{"type": "error", ...}` object."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        super().__init__(str(body))
+
+
 def _trailing_json(text: str) -> Any:
     """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
     stripped = text.strip()
@@ -489,18 +528,50 @@ class ClaudeProvider(RemoteProvider):
             model=self.model,
             structured=structured[0] if structured is not None else None,
         )
+        if not options.stream:
+            # One request, converted whole before the first chunk (so the retry loop can retry it).
+            for chunk in await self._complete(params, translator, deadline):
+                yield chunk
+            return
         create: Any = self._client.messages.create
         stream = await create(**params, stream=True, timeout=self.remaining(deadline))
         try:
+            after_stop = 0
             async for event in stream:
+                if translator.stopped:
+                    # Read on to the end of the body (normally nothing is left) so the connection
+                    # returns to the pool; closing a half-read response discards it.
+                    after_stop += 1
+                    if after_stop > _MAX_EVENTS_AFTER_STOP:
+                        break
+                    continue
                 for chunk in translator.feed(event):
                     yield chunk
-                if translator.stopped:
-                    break
         finally:
             await stream.close()
         if not translator.stopped:
             raise BadResponseError("the stream ended before message_stop (truncated reply)", provider=self.name)
+
+    async def _complete(self, params: dict[str, Any], translator: _StreamTranslator, deadline: float) -> list[StreamChunk]:
+        create: Any = self._client.messages.with_raw_response.create
+        raw = await create(**params, timeout=self.remaining(deadline))
+        body = json.loads(raw.http_response.content)
+        try:
+            events = message_events(body)
+        except _ErrorBody as exc:
+            error = _get(exc.body, "error", {})
+            error_type = str(_get(error, "type", "") or "")
+            message = str(_get(error, "message", "") or "")[:_MAX_ERROR_TEXT]
+            status = _ERROR_TYPE_STATUS.get(error_type, 500)
+            raise error_from_status(
+                status, f"error in the response body: {error_type}: {message}", provider=self.name
+            ) from exc
+        except TypeError as exc:
+            raise BadResponseError(f"malformed response ({exc})", provider=self.name) from exc
+        out: list[StreamChunk] = []
+        for event in events:
+            out.extend(translator.feed(event))
+        return out
 
     def _map_error(self, exc: BaseException) -> LlmError:
         if isinstance(exc, anthropic.APIStatusError):

@@ -1,6 +1,8 @@
 """The Ollama backend, on the official `ollama` SDK's `AsyncClient`.
 
-- Chat always streams on the wire (`/api/chat`, NDJSON); `chat()` assembles the same chunks.
+- `chat_stream()` streams on the wire (`/api/chat`, NDJSON). `chat()` (options.stream False) asks
+  for one non-streamed reply (`"stream": false`: one JSON object, the final message whole) and
+  converts it with the same code as a stream's parts, so `chat()` equals `chat_stream().response`.
   `message.content` deltas become `ContentChunk`s, `message.thinking` `ThinkingChunk`s, and the
   complete `tool_calls` Ollama sends (without ids) `ToolUseChunk`s with deterministic ids.
 - The request body is built here in Ollama's documented shape and posted through the SDK's
@@ -301,6 +303,10 @@ class OllamaProvider(RemoteProvider):
         self._check_request(messages, options)  # again, now that the model's capabilities are known
         payload = self._chat_payload(messages, options)
         meta = _ResponseMeta()
+        if not options.stream:
+            for chunk in await self._complete(payload, meta, deadline):
+                yield chunk
+            return
         try:
             parts = await self._client._request(
                 ollama.ChatResponse,
@@ -318,6 +324,30 @@ class OllamaProvider(RemoteProvider):
                 await _aclose(parts)
         except ollama.ResponseError as exc:
             raise self._response_error(exc, meta) from exc
+
+    async def _complete(self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float) -> list[StreamChunk]:
+        """One non-streamed `/api/chat` request, converted whole before the first chunk (retryable)."""
+        try:
+            reply = await self._client._request(
+                ollama.ChatResponse,
+                "POST",
+                "/api/chat",
+                json=payload,
+                stream=False,
+                timeout=self._timeout(deadline),
+                extensions={_META_KEY: meta},
+            )
+        except ConnectionError as exc:
+            raise self._connection_error(exc) from _sdk_cause(exc)
+        except ollama.ResponseError as exc:
+            raise self._response_error(exc, meta) from exc
+        except TypeError as exc:  # `ChatResponse(**body)` on a body that is not a JSON object
+            raise BadResponseError(f"malformed response ({exc})", provider=self.name) from exc
+
+        async def one() -> AsyncIterator[ollama.ChatResponse]:
+            yield reply
+
+        return [chunk async for chunk in self._chunks(one())]
 
     async def _chunks(self, parts: AsyncIterator[ollama.ChatResponse]) -> AsyncIterator[StreamChunk]:
         index = 0
@@ -353,7 +383,7 @@ class OllamaProvider(RemoteProvider):
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(messages),
-            "stream": True,
+            "stream": options.stream,
         }
         if options.tools and options.tool_choice != "none":
             payload["tools"] = [

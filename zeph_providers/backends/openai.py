@@ -1,9 +1,12 @@
 """OpenAI Chat Completions (type "openai") and any OpenAI-compatible server (type "compatible").
 
 Built on the official `openai` SDK with its own retries switched off (`max_retries=0`): the shared
-policy in `zeph_providers.retry` retries instead, within the call's deadline. Every request streams
-on the wire (`stream=True`, `stream_options.include_usage`); `chat()` is assembled by the base from
-the very same chunks, so `chat()` and `chat_stream().response` are equal by construction.
+policy in `zeph_providers.retry` retries instead, within the call's deadline. `chat_stream()` streams
+on the wire (`stream=True`, `stream_options.include_usage`). `chat()` (options.stream False) makes
+one non-streamed request through the SDK's `with_raw_response` (the SDK still builds the request,
+authenticates and sends it; the one JSON body is parsed here with `json`, skipping the SDK's pydantic
+model construction) and converts the `chat.completion` object into the same chunk vocabulary, in
+the same order, with the same tool-call ids, so `chat()` equals `chat_stream().response`.
 
 Wire mapping, in short:
 
@@ -14,7 +17,8 @@ Wire mapping, in short:
 - usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
   `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
   `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
-- a stream that ends without a finish reason raises `BadResponseError` after what it delivered.
+- a stream that ends without a finish reason raises `BadResponseError` after what it delivered;
+  a complete non-streamed body without one is taken as "stop" (its body is whole by definition).
 """
 
 from __future__ import annotations
@@ -223,19 +227,24 @@ class _StreamState:
     events: int = 0
 
 
+def _field(obj: Any, name: str) -> Any:
+    """A field of an SDK model or of a plain JSON dict (the non-streamed body is parsed here)."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def _usage(raw: Any) -> Usage:
-    details = getattr(raw, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    details = _field(raw, "prompt_tokens_details")
+    cached = _field(details, "cached_tokens") if details is not None else None
     return Usage(
-        input_tokens=int(getattr(raw, "prompt_tokens", 0) or 0),
-        output_tokens=int(getattr(raw, "completion_tokens", 0) or 0),
+        input_tokens=int(_field(raw, "prompt_tokens") or 0),
+        output_tokens=int(_field(raw, "completion_tokens") or 0),
         cache_read_tokens=int(cached or 0),
     )
 
 
 def _extra_text(delta: Any, *names: str) -> str:
     for name in names:
-        value = getattr(delta, name, None)
+        value = _field(delta, name)
         if isinstance(value, str) and value:
             return value
     return ""
@@ -369,6 +378,12 @@ class OpenAIProvider(RemoteProvider):
         self, messages: list[Message], options: ChatOptions, deadline: float
     ) -> AsyncIterator[StreamChunk]:
         params = self.build_request(messages, options)
+        if not options.stream:
+            # Everything is fetched and converted before the first chunk, so the retry loop can
+            # still retry any failure of this one request.
+            for item in await self._complete(params, deadline):
+                yield item
+            return
         stream = await self._client.chat.completions.create(**params, stream=True, timeout=self._timeout(deadline))
         state = _StreamState(model=self.model)
         try:
@@ -398,6 +413,71 @@ class OpenAIProvider(RemoteProvider):
         finish: FinishReason = map_finish_reason(state.finish)
         yield UsageChunk(usage=state.usage or Usage())
         yield EndChunk(finish_reason=finish, model=state.model)
+
+    # ----- one non-streamed request ----------------------------------------------------
+
+    async def _complete(self, params: dict[str, Any], deadline: float) -> list[StreamChunk]:
+        """`chat()`'s request: one `chat.completion` body -> the chunks a stream would have given."""
+        params = {key: value for key, value in params.items() if key != "stream_options"}  # stream-only
+        raw = await self._client.chat.completions.with_raw_response.create(**params, timeout=self._timeout(deadline))
+        body = json.loads(raw.http_response.content)
+        try:
+            return self._from_completion(body)
+        except LlmError:
+            raise
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise BadResponseError(f"malformed response ({type(exc).__name__}: {exc})", provider=self.name) from exc
+
+    def _from_completion(self, body: Any) -> list[StreamChunk]:
+        if not isinstance(body, dict):
+            raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
+        error = body.get("error")
+        if error and not body.get("choices"):  # an error object in a 200 body
+            message = str(_field(error, "message") or error) if isinstance(error, dict) else str(error)
+            code = " ".join(str(_field(error, k)) for k in ("code", "type") if isinstance(error, dict) and _field(error, k))
+            text = f"the server reported an error: {message}" + (f" ({code})" if code else "")
+            if any(hint in code for hint in _CONTEXT_CODES):
+                raise ContextLengthError(text, provider=self.name)
+            raise ProviderUnavailableError(text, provider=self.name)
+        state = _StreamState(model=self.model, response_id=str(body.get("id") or ""))
+        if body.get("model"):
+            state.model = str(body["model"])
+        if body.get("usage") is not None:
+            state.usage = _usage(body["usage"])
+        choices = body.get("choices")
+        if not isinstance(choices, list):
+            raise BadResponseError(
+                "the response has no `choices` (is this an OpenAI-compatible chat endpoint?)", provider=self.name
+            )
+        choice = next((c for c in choices if isinstance(c, dict) and (c.get("index") or 0) == 0), None)
+        if choice is None:
+            raise BadResponseError("the response has no choice", provider=self.name)
+        out: list[StreamChunk] = []
+        message = choice.get("message") or {}
+        thinking = _extra_text(message, "reasoning_content", "reasoning")
+        if thinking:
+            out.append(ThinkingChunk(text=thinking))
+        if message.get("content"):
+            out.append(ContentChunk(text=str(message["content"])))
+        if message.get("refusal"):
+            out.append(ContentChunk(text=str(message["refusal"])))
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            index = call.get("index")
+            self._add_fragment(
+                state,
+                int(index) if isinstance(index, int) else position,
+                call.get("id"),
+                function.get("name"),
+                function.get("arguments"),
+            )
+        legacy = message.get("function_call")
+        if legacy:  # the deprecated single-function shape
+            self._add_fragment(state, 0, None, legacy.get("name"), legacy.get("arguments"))
+        out.extend(self._complete_calls(state))
+        out.append(UsageChunk(usage=state.usage or Usage()))
+        out.append(EndChunk(finish_reason=map_finish_reason(str(choice.get("finish_reason") or "stop")), model=state.model))
+        return out
 
     def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
         out: list[StreamChunk] = []

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.breaker import Admission, CircuitBreaker
@@ -324,7 +324,7 @@ class RouterProvider(BaseProvider):
                 break
             started = time.perf_counter()
             try:
-                stream = member.chat_stream(messages, **_member_kwargs(options, _member_timeout(member, remaining)))
+                stream = _open_member_stream(member, messages, options, _member_timeout(member, remaining))
             except LlmError as exc:
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
@@ -536,6 +536,17 @@ def _member_timeout(member: LlmProvider, remaining: float | None) -> float | Non
     if own is None:
         return remaining
     return own if remaining is None else min(own, remaining)
+
+
+def _open_member_stream(
+    member: LlmProvider, messages: list[Message], options: ChatOptions, timeout: float | None
+) -> ChatStream:
+    """The member's stream for this call: the router's options (the `stream` flag included, so a
+    `chat()` through the router lets the member use its non-streamed request) with the member's timeout.
+    A plugin member that is not a `BaseProvider` gets the public `chat_stream()`."""
+    if isinstance(member, BaseProvider):
+        return member.open_stream(messages, replace(options, timeout=timeout))
+    return member.chat_stream(messages, **_member_kwargs(options, timeout))
 
 
 def _member_kwargs(options: ChatOptions, timeout: float | None) -> dict[str, Any]:
