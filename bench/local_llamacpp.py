@@ -5,7 +5,14 @@ whole streamed request) and time to the first content chunk, through
 - our provider with engine = "llama.cpp" (xllamacpp in-process, behind the worker thread);
 - xllamacpp's HTTP server on the same file, streamed /v1/chat/completions read with httpx;
 - our provider with engine = "transformers" (skip with --no-transformers; its first load converts the GGUF).
-Target: ours >= 0.9x the server. Run: python bench/local_llamacpp.py [--tokens 128] [--runs 5]
+Target: ours >= 0.9x the server.
+
+Concurrency (--levels, default 1,4,8): aggregate tokens/s (all completion tokens / wall time) of k
+concurrent streamed requests, through our provider (max_batch_size = --parallel: llama.cpp's
+parallel slots, one helper thread per request) vs the same k streams against the server (started
+with the same n_parallel and n_ctx per slot), interleaved, median of --runs.
+
+Run: python bench/local_llamacpp.py [--tokens 128] [--runs 5] [--levels 1,4,8] [--parallel 8]
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -35,9 +44,17 @@ Run = tuple[float, float, int]
 """(seconds to first content chunk, total seconds, completion tokens)."""
 
 
-def provider(engine: str) -> LocalProvider:
+def provider(engine: str, parallel: int = 8) -> LocalProvider:
     config = CandleConfig.model_validate(
-        {"name": f"bench-{engine}", "type": "candle", "model_path": GGUF, "engine": engine, "queue_capacity": 4}
+        {
+            "name": f"bench-{engine}",
+            "type": "candle",
+            "model_path": GGUF,
+            "engine": engine,
+            "queue_capacity": 16,
+            "max_batch_size": parallel,
+            "inference_timeout_secs": 600,
+        }
     )
     return LocalProvider(config)
 
@@ -53,7 +70,7 @@ async def through_provider(local: LocalProvider, tokens: int) -> Run:
     return first, time.perf_counter() - started, s.response.usage.output_tokens
 
 
-def start_server(path: str) -> tuple[object, str]:
+def start_server(path: str, parallel: int) -> tuple[object, str]:
     import xllamacpp
 
     params = xllamacpp.CommonParams()
@@ -62,8 +79,9 @@ def start_server(path: str) -> tuple[object, str]:
     params.hostnames = ["127.0.0.1"]
     params.cpuparams.n_threads = os.cpu_count() or 1
     params.cpuparams_batch.n_threads = os.cpu_count() or 1
-    params.n_ctx = 4096
-    params.n_parallel = 1
+    params.n_ctx = 4096 * parallel  # 4096 per slot, as ours
+    params.n_parallel = parallel
+    params.kv_unified = False
     params.verbosity = -1
     server = xllamacpp.Server(params)
     address = server.listening_address
@@ -95,6 +113,13 @@ async def through_server(client: httpx.AsyncClient, tokens: int) -> Run:
     return first, time.perf_counter() - started, completion
 
 
+async def aggregate(one: Callable[[], Awaitable[Run]], k: int) -> float:
+    """Aggregate tokens/s of `k` concurrent requests made by `one()`."""
+    started = time.perf_counter()
+    runs = await asyncio.gather(*(one() for _ in range(k)))
+    return sum(n for _, _, n in runs) / (time.perf_counter() - started)
+
+
 def summary(name: str, runs: list[Run]) -> tuple[float, float]:
     rate = statistics.median(n / total for _, total, n in runs)
     first = statistics.median(f for f, _, _ in runs)
@@ -108,12 +133,17 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--levels", default="1,4,8", help="concurrency levels for aggregate tokens/s ('' skips)")
+    parser.add_argument("--parallel", type=int, default=8, help="llama.cpp slots, ours and the server's")
     args = parser.parse_args()
+    levels = [int(k) for k in args.levels.split(",") if k]
 
     path = str(parse_source(GGUF, provider="bench").path)
-    ours = provider("llama.cpp")
-    server, base = start_server(path)
-    async with httpx.AsyncClient(base_url=base, timeout=300) as client:
+    ours = provider("llama.cpp", args.parallel)
+    server, base = start_server(path, args.parallel)
+    concurrent: dict[int, tuple[list[float], list[float]]] = {k: ([], []) for k in levels}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
         await through_provider(ours, 8)  # load + warm up both
         await through_server(client, 8)
         mine: list[Run] = []
@@ -121,6 +151,12 @@ async def main() -> None:
         for _ in range(args.runs):  # interleaved, so machine noise hits both alike
             mine.append(await through_provider(ours, args.tokens))
             theirs.append(await through_server(client, args.tokens))
+        for k in levels:
+            for _ in range(args.runs):
+                concurrent[k][0].append(await aggregate(lambda: through_provider(ours, args.tokens), k))
+                concurrent[k][1].append(await aggregate(lambda: through_server(client, args.tokens), k))
+    engine: Any = ours.worker.engine
+    peak = getattr(engine, "peak_rows", None)
     await ours.aclose()
     del server
 
@@ -134,6 +170,15 @@ async def main() -> None:
         f"ratio tokens/s ours/server: {rate / peer_rate:.2f}x (target >= 0.9x); "
         f"first chunk ours/server: {first / peer_first:.2f}x"
     )
+    if levels:
+        print(
+            f"\naggregate tokens/s, k concurrent streams, {args.parallel} slots both sides, "
+            f"median of {args.runs} (most rows seen generating at once: {peak})"
+        )
+        print(f"{'concurrency':>11} {'ours tok/s':>11} {'server tok/s':>13} {'ours/server':>12}")
+        for k, (ours_rates, server_rates) in concurrent.items():
+            o, t = statistics.median(ours_rates), statistics.median(server_rates)
+            print(f"{k:>11} {o:>11.1f} {t:>13.1f} {o / t:>11.2f}x")
 
     if not args.no_transformers:
         slow = provider("transformers")

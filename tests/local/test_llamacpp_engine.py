@@ -273,24 +273,31 @@ async def test_stuck_worker_times_out(smollm2_gguf: Path, fresh: list[Any]) -> N
 
 @slow
 async def test_full_queue_times_out(smollm2_gguf: Path, fresh: list[Any]) -> None:
-    provider = LocalProvider(gguf_config(smollm2_gguf, inference_timeout_secs=0.5, queue_capacity=1))
+    # Two slots: the queue fills once both are busy (the worker admits into a free slot at once).
+    config = gguf_config(smollm2_gguf, inference_timeout_secs=0.5, queue_capacity=1, max_batch_size=2)
+    provider = LocalProvider(config)
     fresh.append(provider)
-    release, entered = threading.Event(), threading.Event()
+    release, both = threading.Event(), threading.Event()
+    inside: set[int] = set()
+    lock = threading.Lock()
 
     def block(job: Job) -> None:
-        entered.set()
+        with lock:
+            inside.add(id(job))
+            if len(inside) == 2:
+                both.set()
         release.wait(HANG_GUARD)
 
     provider.worker.step_hook = block
     try:
-        running = asyncio.create_task(provider.chat([Message.user("a")]))
-        assert await asyncio.to_thread(entered.wait, HANG_GUARD)  # the worker is busy (or loading)
-        queued = asyncio.create_task(provider.chat([Message.user("b")]))  # fills the queue
+        running = [asyncio.create_task(provider.chat([Message.user(p)])) for p in ("a", "b")]
+        assert await asyncio.to_thread(both.wait, HANG_GUARD)  # both slots are busy
+        queued = asyncio.create_task(provider.chat([Message.user("c")]))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(ProviderTimeoutError) as info:
-            await asyncio.wait_for(provider.chat([Message.user("c")]), HANG_GUARD)
+            await asyncio.wait_for(provider.chat([Message.user("d")]), HANG_GUARD)
         assert "queue_capacity" in str(info.value) and info.value.provider == "gguf"
-        for task in (running, queued):
+        for task in (*running, queued):
             with pytest.raises(ProviderTimeoutError):
                 await asyncio.wait_for(task, HANG_GUARD)
     finally:

@@ -10,6 +10,15 @@ xllamacpp's `Server` always opens a listener as well. It is put on a Unix socket
 temporary folder (mode 0700) and guarded by a random API key, so nothing else can use it; it is
 removed with the engine.
 
+Concurrency: llama.cpp serves up to `max_batch_size` requests at once in its own parallel slots
+(`n_parallel`), decoding them together in one batch per step. `run_batch` (the worker's continuous
+batching contract, as for the transformers engine) runs each job's blocking
+`handle_chat_completions` call on a helper thread of a pool the engine owns (one thread per slot,
+created at load, joined at close): each job streams, finishes, fails and is cancelled on its own,
+and newly queued jobs are admitted as soon as a slot frees up. The context is split evenly across
+slots (`kv_unified` off), so the total is `n_ctx * max_batch_size` and every slot keeps the
+configured `n_ctx`.
+
 Chat template: llama.cpp's own rendering of the GGUF's template by default (the chat endpoint);
 an explicit `chat_template` is rendered by `templates.py` and sent to the completion endpoint.
 
@@ -25,7 +34,10 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +60,11 @@ DEFAULT_N_CTX = 4096
 EngineName = Literal["transformers", "llama.cpp"]
 
 _INSTALL_HINT = "pip install xllamacpp (or pip install 'zeph-providers[local]')"
+
+_ADMIT_POLL_SECS = 0.005
+"""While a slot is free, how often `run_batch` looks for newly queued jobs (the queue has no wake-up)."""
+_IDLE_POLL_SECS = 0.25
+"""While every slot is busy, how often `run_batch` wakes anyway (so the worker thread stays killable)."""
 
 
 # ----- engine selection (no imports, no file access) -------------------------------------------
@@ -111,12 +128,40 @@ class LoadedGguf:
     n_ctx: int = DEFAULT_N_CTX
 
 
-class _Stream:
-    """Receives llama.cpp's streamed chunks on the worker thread; its return value aborts the request."""
+class _Rows:
+    """What one `run_batch` shares with its helper threads: the abort flag and the rows now generating."""
 
-    def __init__(self, sink: TokenSink, chat: bool) -> None:
+    def __init__(self, engine: LlamaCppEngine, on_step: Callable[[int], None] | None) -> None:
+        self.engine = engine
+        self.on_step = on_step
+        self.abort = threading.Event()
+        """Set when the batch dies: every row stops within one token."""
+        self._lock = threading.Lock()
+        self._generating: dict[_Stream, None] = {}
+        """Rows that produced a token and have not returned yet, in the order they started."""
+
+    def token(self, row: _Stream) -> None:
+        """A row produced a token (called on its helper thread, before its sink's `on_step`)."""
+        with self._lock:
+            if row not in self._generating:
+                self._generating[row] = None
+                self.engine.peak_rows = max(self.engine.peak_rows, len(self._generating))
+            # llama.cpp decodes every generating slot once per step: the oldest row's tokens count the steps.
+            if self.on_step is not None and next(iter(self._generating)) is row:
+                self.on_step(len(self._generating))
+
+    def leave(self, row: _Stream) -> None:
+        with self._lock:
+            self._generating.pop(row, None)
+
+
+class _Stream:
+    """Receives llama.cpp's streamed chunks on the calling thread; its return value aborts the request."""
+
+    def __init__(self, sink: TokenSink, chat: bool, rows: _Rows | None = None) -> None:
         self.sink = sink
         self.chat = chat
+        self.rows = rows
         self.steps = 0
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -161,15 +206,17 @@ class _Stream:
             predicted = int(timings.get("predicted_n") or 0)
             while self.steps < predicted:  # one step per generated token, even if its text is held back
                 self.steps += 1
+                if self.rows is not None:
+                    self.rows.token(self)
                 self.sink.on_step()
-        if self.sink.is_cancelled():
+        if self.sink.is_cancelled() or (self.rows is not None and self.rows.abort.is_set()):
             self.cancelled = True
             return True
         return False
 
 
 class LlamaCppEngine:
-    """A GGUF model inside llama.cpp's server core; runs one request at a time on the worker thread."""
+    """A GGUF model inside llama.cpp's server core: `run` serves one request, `run_batch` several at once."""
 
     def __init__(
         self,
@@ -179,13 +226,23 @@ class LlamaCppEngine:
         template: ChatTemplate | None = None,
         socket_dir: str | None = None,
         provider: str | None = None,
+        max_batch_size: int = 1,
     ) -> None:
         self.server: Any = server
         self.loaded = loaded
         self.template = template
         """None: llama.cpp renders the GGUF's own chat template; else ours, via the completion endpoint."""
         self.provider = provider
+        self.max_batch_size = max(1, max_batch_size)
+        """llama.cpp's parallel slots (`n_parallel`): the most requests `run_batch` serves at once."""
+        self.peak_rows = 0
+        """The most rows seen generating at the same time (observability and tests)."""
         self._socket_dir = socket_dir
+        self._pool: futures.ThreadPoolExecutor | None = None
+        if self.max_batch_size > 1:  # one helper thread per slot, each blocked in one request
+            self._pool = futures.ThreadPoolExecutor(self.max_batch_size, thread_name_prefix="zeph-llamacpp-row")
+        self._batches: set[_Rows] = set()
+        self._batches_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: CandleConfig) -> LlamaCppEngine:
@@ -208,11 +265,15 @@ class LlamaCppEngine:
             ) from exc
         template = None if config.chat_template == "auto" else select_template(config.chat_template, None)
         n_ctx = config.n_ctx if config.n_ctx is not None else DEFAULT_N_CTX
+        slots = max(1, config.max_batch_size)
         threads = os.cpu_count() or 1
         params: Any = xllamacpp.CommonParams()
         params.model.path = str(source.path)
-        params.n_ctx = n_ctx
-        params.n_parallel = 1  # the worker runs one request at a time
+        # One slot per request served at once. Without a unified KV cache llama.cpp gives each slot
+        # n_ctx / n_parallel tokens: ask for n_ctx per slot.
+        params.n_parallel = slots
+        params.kv_unified = False
+        params.n_ctx = n_ctx * slots
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE  # text stays text
@@ -233,12 +294,20 @@ class LlamaCppEngine:
         except Exception as exc:
             shutil.rmtree(socket_dir, ignore_errors=True)
             raise ConfigError(
-                f"llama.cpp could not load {str(source.path)!r} (n_ctx={n_ctx}): {type(exc).__name__}: {exc}",
+                f"llama.cpp could not load {str(source.path)!r} (n_ctx={n_ctx} x {slots} slots): "
+                f"{type(exc).__name__}: {exc}",
                 provider=provider,
             ) from exc
-        log.info("loaded %s with llama.cpp (%d threads) in %.1fs", source.label, threads, time.monotonic() - started)
+        log.info(
+            "loaded %s with llama.cpp (%d threads, %d slots of %d tokens) in %.1fs",
+            source.label,
+            threads,
+            slots,
+            n_ctx,
+            time.monotonic() - started,
+        )
         loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
-        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider)
+        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots)
 
     # ----- requests ------------------------------------------------------------------------------
 
@@ -275,15 +344,92 @@ class LlamaCppEngine:
 
     def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult:
         """Generate one reply, streaming text into `sink`; blocks until done or cancelled."""
+        return self._generate(messages, params, sink, None)
+
+    def run_batch(
+        self,
+        jobs: Sequence[Any],
+        admit: Callable[[int], list[Any]],
+        finish: Callable[[Any, GenerationResult | Exception], None],
+        *,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """Serve several jobs at once in llama.cpp's parallel slots; blocks until all of them end.
+
+        Each job is a `TokenSink` with `messages` and `params`, run on its own helper thread (its
+        sink is called there). `admit(room)` hands over jobs that arrived meanwhile (called on this
+        thread whenever a slot is free); `finish(job, result_or_error)` is called once per job, on
+        this thread, after its last text. An error in one job fails that job alone. Anything that
+        kills the batch itself (the pool is gone, a fatal `BaseException` in a row or here) stops
+        every row within one token, waits for their threads, and propagates: the worker fails every
+        job it handed over that has no outcome yet. `on_step(rows)` reports the number of rows
+        generating, once per decode step of the oldest one.
+        """
+        pool = self._pool
+        if pool is None or self.max_batch_size <= 1:  # one slot: one job after another
+            for job in jobs:
+                try:
+                    outcome: GenerationResult | Exception = self.run(job.messages, job.params, job)
+                except Exception as exc:
+                    outcome = exc
+                finish(job, outcome)
+            return
+        rows = _Rows(self, on_step)
+        with self._batches_lock:
+            self._batches.add(rows)
+        running: dict[futures.Future[GenerationResult], Any] = {}
+        waiting = list(jobs)
+        try:
+            while True:
+                while waiting and len(running) < self.max_batch_size:
+                    job = waiting.pop(0)
+                    running[pool.submit(self._generate, job.messages, job.params, job, rows)] = job
+                room = self.max_batch_size - len(running)
+                if room > 0 and not waiting:
+                    waiting = admit(room)
+                    if waiting:
+                        continue
+                if not running:
+                    return
+                done, _ = futures.wait(
+                    running,
+                    timeout=_ADMIT_POLL_SECS if room > 0 else _IDLE_POLL_SECS,
+                    return_when=futures.FIRST_COMPLETED,
+                )
+                for future in done:
+                    job = running.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        finish(job, future.result())
+                    elif isinstance(error, Exception):  # this job alone failed
+                        finish(job, error)
+                    else:  # a fatal error on a helper thread kills the batch, as it would the worker thread
+                        raise error
+        except BaseException:
+            rows.abort.set()
+            futures.wait(running)  # every row stops within one token
+            raise
+        finally:
+            with self._batches_lock:
+                self._batches.discard(rows)
+
+    def _generate(
+        self, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
+    ) -> GenerationResult:
+        """One request through llama.cpp (blocking), on the worker thread or a `run_batch` helper."""
         server = self.server
         if server is None:
             raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
         chat, body = self.request(messages, params)
-        stream = _Stream(sink, chat)
-        if chat:
-            server.handle_chat_completions(body, stream)
-        else:
-            server.handle_completions(body, stream)
+        stream = _Stream(sink, chat, rows)
+        try:
+            if chat:
+                server.handle_chat_completions(body, stream)
+            else:
+                server.handle_completions(body, stream)
+        finally:
+            if rows is not None:
+                rows.leave(stream)
         if stream.raised is not None:
             raise stream.raised
         if stream.error is not None:
@@ -311,7 +457,15 @@ class LlamaCppEngine:
     # ----- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the model (stops llama.cpp's threads) and remove the socket folder. Safe to call twice."""
+        """Stop and join the helper threads, free the model (stops llama.cpp's threads) and remove the
+        socket folder. Safe to call twice."""
+        with self._batches_lock:
+            for rows in self._batches:  # rows still running (the worker normally ends them first)
+                rows.abort.set()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            on_a_helper = threading.current_thread().name.startswith("zeph-llamacpp-row")
+            pool.shutdown(wait=not on_a_helper, cancel_futures=True)
         server, self.server = self.server, None
         del server  # the last reference: xllamacpp's destructor stops the server and frees the model
         if self._socket_dir is not None:
