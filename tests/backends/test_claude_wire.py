@@ -107,14 +107,25 @@ async def test_basic_request_payload_and_headers() -> None:
         "max_tokens": 4096,  # ClaudeConfig's default
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
         "system": "Be brief.",
-        "stream": True,
-    }
+    }  # chat(): one unstreamed request
     request = server.raw_requests[0]
     assert request.url == "https://api.anthropic.com/v1/messages"
     assert request.headers["authorization"] == f"Bearer {TEST_KEY}"  # anthropic 2.x sends the key as a bearer token
     assert "anthropic-version" in request.headers
     assert resp.text == "Hello, world!"
     assert resp.model == SERVED_MODEL  # the model the server reports in message_start
+
+
+async def test_chat_is_unstreamed_and_chat_stream_streams_the_same_request() -> None:
+    server = FakeAnthropic([TextReply()])
+    async with provider_for(server) as provider:
+        chat = await provider.chat(HELLO)
+        async with provider.chat_stream(HELLO) as stream:
+            streamed = await stream.collect()
+    unstreamed, live = server.bodies
+    assert "stream" not in unstreamed
+    assert live == {**unstreamed, "stream": True}
+    assert chat == streamed
 
 
 async def test_max_tokens_per_call_then_config() -> None:
@@ -361,8 +372,10 @@ async def test_finish_reasons(stop_reason: str, finish: str) -> None:
 async def test_invalid_tool_arguments_are_bad_response() -> None:
     events = [message_start(input_tokens=3), *tool_block(0, "t", "get_weather", ['{"city": ', "Par"])]
     events += [message_delta("tool_use", 3), message_stop()]
-    with pytest.raises(BadResponseError, match="invalid JSON arguments"):
-        await chat_once(sse_response(events), tools=[WEATHER])
+    server = FakeAnthropic([sse_response(events)])
+    async with provider_for(server) as provider:
+        with pytest.raises(BadResponseError, match="invalid JSON arguments"):  # fragments only stream
+            await provider.chat_stream(HELLO, tools=[WEATHER]).collect()
 
 
 # ----- faults -------------------------------------------------------------------------------------

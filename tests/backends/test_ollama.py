@@ -110,7 +110,7 @@ async def test_messages_tool_results_and_images_on_the_wire(server: OllamaServer
     await p.aclose()
     sent = server.chat_requests[0]
     assert sent["model"] == "llava:7b"
-    assert sent["stream"] is True
+    assert sent["stream"] is False  # chat(): one unstreamed reply (chat_stream() sends True)
     assert sent["messages"] == [
         {"role": "system", "content": "Be brief."},
         {

@@ -24,6 +24,7 @@ from tests.conformance.harness_openai import (
     TEST_KEY,
     EventStream,
     ScriptedServer,
+    answering_unstreamed,
     chunk,
     error_body,
     make_provider,
@@ -94,8 +95,6 @@ async def test_basic_request_payload_and_headers() -> None:
     assert body == {
         "model": "gpt-4o-mini",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
         "max_tokens": 50,
         "temperature": 0.2,
         "top_p": 0.9,
@@ -105,6 +104,75 @@ async def test_basic_request_payload_and_headers() -> None:
     request = server.raw[0]
     assert request.url == "https://api.openai.test/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {TEST_KEY}"
+
+
+async def test_chat_is_unstreamed_and_chat_stream_streams_the_same_request() -> None:
+    server = server_of(ok)
+    async with make_provider(server) as provider:
+        chat = await provider.chat(HELLO, max_tokens=50)
+        async with provider.chat_stream(HELLO, max_tokens=50) as stream:
+            streamed = await stream.collect()
+    unstreamed, live = server.requests
+    assert "stream" not in unstreamed and "stream_options" not in unstreamed
+    assert live == {**unstreamed, "stream": True, "stream_options": {"include_usage": True}}
+    assert chat == streamed
+
+
+async def test_unstreamed_completion_maps_every_field() -> None:
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me check.",
+                    "reasoning_content": "The user wants weather.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        },
+                        {"type": "function", "function": {"name": "get_weather", "arguments": ""}},
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4}},
+    }
+    server = server_of(lambda _req: httpx2.Response(200, json=completion))
+    async with make_provider(server) as provider:
+        resp = await provider.chat(HELLO, tools=[WEATHER])
+    assert resp.text == "Let me check."
+    assert resp.thinking == "The user wants weather."
+    first = resp.tool_calls[0]
+    assert (first.id, first.name, first.arguments) == ("call_1", "get_weather", {"city": "Paris"})
+    assert resp.tool_calls[1].id and resp.tool_calls[1].arguments == {}  # a stable generated id
+    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (12, 5, 4)
+    assert resp.finish_reason == "tool_use"
+    assert resp.model == "gpt-4o-mini-2024-07-18"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"error": {"message": "too long", "code": "context_length_exceeded"}}, ContextLengthError),
+        ({"error": {"message": "boom", "type": "server_error"}}, ProviderUnavailableError),
+        ({"id": "x", "object": "chat.completion"}, BadResponseError),
+        ({"id": "x", "choices": "bad"}, BadResponseError),
+        ([1, 2], BadResponseError),
+    ],
+)
+async def test_unstreamed_error_or_malformed_bodies_are_typed(body: Any, error: type[LlmError]) -> None:
+    server = server_of(lambda _req: httpx2.Response(200, json=body))
+    async with make_provider(server) as provider:
+        with pytest.raises(error):
+            await provider.chat(HELLO)
 
 
 async def test_config_defaults_and_per_call_overrides() -> None:
@@ -201,7 +269,8 @@ async def test_plain_json_body_instead_of_a_stream_is_bad_response() -> None:
     server = server_of(lambda _req: httpx2.Response(200, json=completion))
     async with make_provider(server) as provider:
         with pytest.raises(BadResponseError, match="no stream events"):
-            await provider.chat(HELLO)
+            await provider.chat_stream(HELLO).collect()
+        assert (await provider.chat(HELLO)).text == "hi"  # what chat() asks for: one JSON body
 
 
 async def test_assistant_tool_call_without_text_sends_null_content() -> None:
@@ -301,7 +370,7 @@ async def test_top_k_refused_on_openai_sent_on_compatible() -> None:
     assert server.requests == []
     compat = OpenAIProvider(
         CompatibleConfig(name="local", model="smol", base_url="http://127.0.0.1:8080/v1"),
-        transport=httpx2.MockTransport(server),
+        transport=httpx2.MockTransport(answering_unstreamed(server)),
     )
     async with compat:
         await compat.chat(HELLO, top_k=40, extra={"min_p": 0.05})
@@ -317,7 +386,7 @@ async def test_compatible_without_key_sends_placeholder_and_no_openai_env(monkey
     server = server_of(ok)
     provider = OpenAIProvider(
         CompatibleConfig(name="local", model="smol", base_url="http://127.0.0.1:8080/v1"),
-        transport=httpx2.MockTransport(server),
+        transport=httpx2.MockTransport(answering_unstreamed(server)),
     )
     async with provider:
         await provider.chat(HELLO)
@@ -446,8 +515,10 @@ async def test_in_stream_error_event_is_typed() -> None:
     ]
     async with make_provider(server_of(events)) as provider:
         with pytest.raises(ProviderUnavailableError, match="server had an error") as info:
+            await provider.chat_stream(HELLO).collect()
+        assert info.value.__cause__ is not None
+        with pytest.raises(ProviderUnavailableError, match="server had an error"):  # unstreamed: an error body
             await provider.chat(HELLO)
-    assert info.value.__cause__ is not None
 
 
 async def test_malformed_chunk_shape_is_bad_response() -> None:

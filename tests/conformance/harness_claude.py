@@ -6,6 +6,11 @@ content_block_stop, message_delta, message_stop: the shapes of Anthropic's strea
 bodies in Anthropic's `{"type": "error", "error": {...}}` shape with their status and headers, and
 broken streams that die with `httpx2.ReadError`. The helpers here are reused by
 `tests/backends/test_claude_wire.py`.
+
+A request without `"stream": true` (what `chat()` sends) gets the API's unstreamed answer: the same
+reply as one `message` object, folded from the scripted events (`fold_message`); an `error` event
+becomes the error status and body the API would have sent; a stream that breaks or is malformed
+gives a body that breaks or is malformed the same way (see `harness_openai.non_streamed`).
 """
 
 from __future__ import annotations
@@ -233,6 +238,96 @@ def scenario_response(scenario: Scenario) -> httpx2.Response:
     raise TypeError(scenario)
 
 
+_ERROR_TYPE_TO_STATUS = {kind: status for status, kind in reversed(list(_STATUS_ERROR_TYPE.items()))}
+
+
+class ErrorEventBody(Exception):
+    """The scripted stream carries an `error` event: unstreamed, the API answers with that error."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+def _sse_events(raw: bytes) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
+        name = ""
+        data: list[str] = []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        if name or data:
+            out.append((name, "\n".join(data)))
+    return out
+
+
+def fold_message(raw: bytes) -> dict[str, Any]:
+    """A Messages API event stream -> the `message` object the API returns unstreamed.
+
+    Raises ValueError (a JSON error included) when no complete message can be built (no
+    message_stop, an unparseable event), `ErrorEventBody` for an `error` event.
+    """
+    message: dict[str, Any] | None = None
+    blocks: dict[int, dict[str, Any]] = {}
+    partial: dict[int, str] = {}
+    stopped = False
+    for name, data in _sse_events(raw):
+        if name == "ping" or not data:
+            continue
+        event = json.loads(data)
+        kind = event.get("type")
+        if kind == "error" or name == "error":
+            raise ErrorEventBody(event.get("error") or {})
+        if kind == "message_start":
+            message = dict(event["message"])
+            message["usage"] = dict(message.get("usage") or {})
+        elif kind == "content_block_start":
+            blocks[event["index"]] = dict(event["content_block"])
+        elif kind == "content_block_delta":
+            block, delta = blocks[event["index"]], event["delta"]
+            if delta.get("type") == "text_delta":
+                block["text"] = block.get("text", "") + delta["text"]
+            elif delta.get("type") == "thinking_delta":
+                block["thinking"] = block.get("thinking", "") + delta["thinking"]
+            elif delta.get("type") == "signature_delta":
+                block["signature"] = delta["signature"]
+            elif delta.get("type") == "input_json_delta":
+                partial[event["index"]] = partial.get(event["index"], "") + delta["partial_json"]
+        elif kind == "content_block_stop":
+            index = event["index"]
+            if index in partial:
+                blocks[index]["input"] = json.loads(partial.pop(index)) if partial[index].strip() else {}
+        elif kind == "message_delta" and message is not None:
+            message.update({k: v for k, v in (event.get("delta") or {}).items()})
+            message["usage"].update(event.get("usage") or {})
+        elif kind == "message_stop":
+            stopped = True
+            break
+    if message is None or not stopped:
+        raise ValueError("the scripted stream has no message_stop: no complete message to return")
+    message["content"] = [blocks[index] for index in sorted(blocks)]
+    return message
+
+
+def unstreamed(response: httpx2.Response) -> Any:
+    """`harness_openai.non_streamed` for the Messages API (an `error` event -> its error response)."""
+    from tests.conformance.harness_openai import non_streamed
+
+    async def convert() -> httpx2.Response:
+        try:
+            return await non_streamed(response, fold_message)
+        except ErrorEventBody as exc:
+            kind = str(exc.error.get("type") or "api_error")
+            return error_response(
+                _ERROR_TYPE_TO_STATUS.get(kind, 500), str(exc.error.get("message") or ""), error_type=kind
+            )
+
+    return convert()
+
+
 class FakeAnthropic:
     """Answers the i-th `POST /v1/messages` with the i-th responder (the last one repeats)."""
 
@@ -258,8 +353,16 @@ class FakeAnthropic:
             return responder(request)
         return scenario_response(responder)
 
+    async def handle(self, request: httpx2.Request) -> httpx2.Response:
+        from tests.conformance.harness_openai import wants_stream
+
+        response = self.handler(request)
+        if wants_stream(request):
+            return response
+        return await unstreamed(response)  # type: ignore[no-any-return]
+
     def transport(self) -> httpx2.MockTransport:
-        return httpx2.MockTransport(self.handler)
+        return httpx2.MockTransport(self.handle)
 
 
 def make_provider(

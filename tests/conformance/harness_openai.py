@@ -4,6 +4,11 @@ Each scenario becomes a real Chat Completions wire reply: `data: {chat.completio
 ending in `data: [DONE]`, error bodies shaped `{"error": {"message", "type", "param", "code"}}`,
 `Retry-After` headers, and broken streams that raise `httpx2.ReadError` mid-body, all served by an
 `httpx2.MockTransport` behind the official SDK.
+
+A request without `"stream": true` (what `chat()` sends) gets what the API answers then: the same
+reply as one `chat.completion` object (`non_streamed()` folds the scripted events into it, as the
+server would have built it). A scripted stream that breaks, or is malformed, gives a body that
+breaks, or is malformed, the same way.
 """
 
 from __future__ import annotations
@@ -187,6 +192,118 @@ def scenario_response(scenario: Scenario) -> httpx2.Response:
     raise TypeError(scenario)
 
 
+# ----- non-streamed replies ------------------------------------------------------------------
+
+
+def _sse_data(raw: bytes) -> list[str]:
+    """The `data:` payloads of an SSE body, in order."""
+    out: list[str] = []
+    for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
+        data = [line[5:].lstrip() for line in block.split("\n") if line.startswith("data:")]
+        if data:
+            out.append("\n".join(data))
+    return out
+
+
+def fold_completion(raw: bytes) -> dict[str, Any]:
+    """A `chat.completion.chunk` SSE body -> the `chat.completion` object the API returns unstreamed.
+
+    Raises ValueError (or a JSON error) for a body no complete reply can be built from: cut before
+    its finish_reason, or carrying an unparseable event. An `{"error": ...}` event becomes the body.
+    """
+    completion: dict[str, Any] = {"id": "", "object": "chat.completion", "created": 0, "model": "", "choices": []}
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    calls: dict[int, dict[str, Any]] = {}
+    finish: str | None = None
+    for data in _sse_data(raw):
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        if "error" in event:
+            return {"error": event["error"]}
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if event.get(key) and not completion.get(key):
+                completion[key] = event[key]
+        if event.get("usage"):
+            completion["usage"] = event["usage"]
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") or {}
+            for key in ("content", "refusal", "reasoning_content", "reasoning"):
+                if delta.get(key):
+                    message[key] = (message.get(key) or "") + delta[key]
+            for position, call in enumerate(delta.get("tool_calls") or ()):
+                empty = {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                pending = calls.setdefault(call.get("index", position), empty)
+                pending["id"] = call.get("id") or pending["id"]
+                function = call.get("function") or {}
+                pending["function"]["name"] += function.get("name") or ""
+                pending["function"]["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    if finish is None:
+        raise ValueError("the scripted stream has no finish_reason: no complete reply to return")
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+    completion["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+    return completion
+
+
+async def non_streamed(response: httpx2.Response, fold: Callable[[bytes], Any]) -> httpx2.Response:
+    """The scripted event-stream response as the unstreamed reply a server would give instead.
+
+    Not an event stream (an error, a JSON body): unchanged. A stream that fails mid-way: a body
+    that fails the same way after its first bytes. One that cannot be folded: a truncated body.
+    """
+    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+    received = bytearray()
+    failure: BaseException | None = None
+    try:
+        async for part in response.stream:  # type: ignore[union-attr]
+            received.extend(part)
+    except Exception as exc:
+        failure = exc
+    try:
+        body = json.dumps(fold(bytes(received))).encode()
+    except (ValueError, TypeError, KeyError, AttributeError):  # malformed events: a malformed body
+        body = b'{"id": "truncated", "choices": [{"index": 0, "message": {"content": "'
+    if failure is not None:
+        broken = failure
+
+        async def breaks() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+            raise broken
+
+        return httpx2.Response(
+            response.status_code, headers={**headers, "content-type": "application/json"}, stream=EventStream(breaks)
+        )
+    return httpx2.Response(response.status_code, headers={**headers, "content-type": "application/json"}, content=body)
+
+
+def wants_stream(request: httpx2.Request) -> bool:
+    try:
+        return json.loads(request.content or b"{}").get("stream") is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def answering_unstreamed(
+    handler: Callable[[httpx2.Request], Any], fold: Callable[[bytes], Any] = fold_completion
+) -> Callable[[httpx2.Request], Any]:
+    """Wrap a scripted handler: requests without `stream: true` get `non_streamed()` replies."""
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        response = handler(request)
+        if hasattr(response, "__await__"):
+            response = await response
+        if wants_stream(request):
+            return response  # type: ignore[no-any-return]
+        return await non_streamed(response, fold)
+
+    return handle
+
+
 class ScriptedServer:
     """Answers the i-th request with the i-th response factory (the last repeats); records bodies."""
 
@@ -221,7 +338,8 @@ def make_provider(
         "max_retries": max_retries,
     }
     settings.update(config)
-    provider = OpenAIProvider(OpenAIConfig(**settings), transport=httpx2.MockTransport(handler))
+    transport = httpx2.MockTransport(answering_unstreamed(handler))
+    provider = OpenAIProvider(OpenAIConfig(**settings), transport=transport)
     provider.retry_policy = RetryPolicy(max_retries=max_retries, base_delay=base_delay)
     return provider
 

@@ -71,7 +71,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("hang", ProviderTimeoutError, 1, HANG_TIMEOUT),  # the deadline is spent: no time to retry
     Scenario("close", ProviderUnavailableError, ALL_ATTEMPTS),  # no complete event arrived: retried
     Scenario("reset0", ProviderUnavailableError, ALL_ATTEMPTS),  # RST before any byte: retried
-    Scenario("reset", ProviderUnavailableError, 1),  # RST after the first chunk: never retried
+    # chat() makes one non-streamed request: a RST halfway through its body comes before any chunk
+    # reached the caller, so it is retried (test_broken_stream_... covers the streamed case: never retried).
+    Scenario("reset", ProviderUnavailableError, ALL_ATTEMPTS),
     Scenario("badjson", BadResponseError, ALL_ATTEMPTS),
     Scenario("bigline:mb=20", BadResponseError, ALL_ATTEMPTS),  # refused at the line limit (16 MiB; Ollama 8)
     Scenario("nested:depth=100000", BadResponseError, ALL_ATTEMPTS),
@@ -191,8 +193,10 @@ ROUTER_SCENARIOS: tuple[RouterScenario, ...] = (
     RouterScenario("reset0", True, None, MEMBER_RETRIES + 1),
     RouterScenario("badjson", True, None, MEMBER_RETRIES + 1),
     RouterScenario("nested", True, None, MEMBER_RETRIES + 1),
-    RouterScenario("reset", False, ProviderUnavailableError, 1),  # after the first chunk: no fallback
-    RouterScenario("forever", False, ProviderTimeoutError, 1),  # chunks arrived, then the member's deadline
+    # chat() is non-streamed on the wire: nothing reached the caller when these fail, so the router
+    # falls back (test_router_does_not_fall_back_after_the_first_chunk covers streams: no fallback).
+    RouterScenario("reset", True, None, MEMBER_RETRIES + 1),
+    RouterScenario("forever", True, None, 1),  # the member's own deadline, then the next member
     RouterScenario("400", False, InvalidRequestError, 1),  # the request's fault: raised at once
 )
 
@@ -238,16 +242,28 @@ async def test_router_scenario(fault_server: FaultServer, scenario: RouterScenar
 
 
 @pytest.mark.parametrize("backend", REMOTE_BACKENDS)
-async def test_router_does_not_fall_back_after_the_first_chunk(fault_server: FaultServer, backend: str) -> None:
-    registry = _router_registry(backend, fault_server.url, "reset")
+@pytest.mark.parametrize(
+    ("plan", "error"),
+    [("reset", ProviderUnavailableError), ("forever", ProviderTimeoutError)],
+    ids=["reset", "forever"],
+)
+async def test_router_does_not_fall_back_after_the_first_chunk(
+    fault_server: FaultServer, backend: str, plan: str, error: type[LlmError]
+) -> None:
+    registry = _router_registry(backend, fault_server.url, plan)
     request_id = new_id(f"router-{backend}")
     try:
         outcome = await timed_chat(registry.get("r"), request_id, stream=True)
     finally:
         await registry.aclose()
-    assert isinstance(assert_typed(outcome.error), ProviderUnavailableError)
-    assert [c.text for c in outcome.chunks if isinstance(c, ContentChunk)] == ["echo:"]
+    typed = assert_typed(outcome.error)
+    assert type(typed) is error, repr(typed)
+    assert typed.provider == "bad"
+    texts = [c.text for c in outcome.chunks if isinstance(c, ContentChunk)]
+    assert texts[:1] == (["echo:"] if plan == "reset" else ["tick "])
+    assert fault_server.attempts(request_id, model=f"fault:{plan}") == 1
     assert fault_server.attempts(request_id, model=GOOD_MODEL) == 0
+    assert outcome.elapsed <= ROUTER_TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("backend", REMOTE_BACKENDS)

@@ -34,7 +34,7 @@ close           headers with the full Content-Length, part of the body (no compl
 reset           a normal stream up to its first content event, then a TCP reset (SO_LINGER 0)
 reset0          a TCP reset right after the request, before any response byte
 badjson         200 and the first event / the body is invalid JSON
-bigline         one line of `mb=10` megabytes (a valid event whose text is that long)
+bigline         one line of `mb=10` megabytes (a valid event, or non-streamed chat body, whose text is that long)
 forever         a content event every `ms=5` milliseconds, never finishing (`secs=60` bound)
 nested          JSON nested `depth=100000` levels deep, as the body (`where=body`) or as the text
                 field (`where=content`)
@@ -507,6 +507,8 @@ class FaultServer:
         self.port = 0
         self.open_connections = 0
         self.peak_connections = 0
+        self.total_connections = 0
+        """Connections accepted since start: with keep-alive, sequential requests share one."""
 
     # ----- inspection and scripting -----------------------------------------------------------
 
@@ -608,6 +610,7 @@ class FaultServer:
         self._tasks.add(task)
         with self._lock:
             self.open_connections += 1
+            self.total_connections += 1
             self.peak_connections = max(self.peak_connections, self.open_connections)
         reset = False
         try:
@@ -747,6 +750,9 @@ class FaultServer:
             if wire.streaming:
                 await self._big_event(wire, writer, size)
                 return True
+            if wire.kind == "chat":  # a valid reply whose text is that long, as the stream's would be
+                await self._big_body(wire, writer, size)
+                return True
             await self._send_raw(writer, 200, b'{"data": "' + b"x" * size + b'"}', "application/json")
             return True
         if mode == "forever":
@@ -807,6 +813,22 @@ class FaultServer:
         writer.write(_chunked(after))
         for event in events[first_content:]:
             writer.write(_chunked(event))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def _big_body(self, wire: _Wire, writer: asyncio.StreamWriter, size: int) -> None:
+        """The non-streamed reply, its text `size` bytes of "x" then the echo, sent in 1 MiB chunks."""
+        before, _, after = json.dumps(wire.json_body()).encode().partition(b'"echo:')
+        writer.write(_head(200, {"content-type": "application/json", "transfer-encoding": "chunked"}))
+        writer.write(_chunked(before + b'"'))
+        block = b"x" * (1024 * 1024)
+        sent = 0
+        while sent < size:
+            piece = block[: min(len(block), size - sent)]
+            writer.write(_chunked(piece))
+            sent += len(piece)
+            await writer.drain()
+        writer.write(_chunked(b"echo:" + after))
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 

@@ -552,7 +552,9 @@ class ClaudeProvider(RemoteProvider):
         if not translator.stopped:
             raise BadResponseError("the stream ended before message_stop (truncated reply)", provider=self.name)
 
-    async def _complete(self, params: dict[str, Any], translator: _StreamTranslator, deadline: float) -> list[StreamChunk]:
+    async def _complete(
+        self, params: dict[str, Any], translator: _StreamTranslator, deadline: float
+    ) -> list[StreamChunk]:
         create: Any = self._client.messages.with_raw_response.create
         raw = await create(**params, timeout=self.remaining(deadline))
         body = json.loads(raw.http_response.content)
@@ -578,6 +580,12 @@ class ClaudeProvider(RemoteProvider):
             return self._status_error(exc)
         if isinstance(exc, anthropic.APIResponseValidationError):
             return BadResponseError(f"unexpected response shape: {exc.message}", provider=self.name)
+        if isinstance(exc, anthropic.APIConnectionError) and exc.__cause__ is not None:
+            # The SDK wraps what failed while reading a (non-streamed) body: type the original
+            # (e.g. the line limit -> BadResponseError, a reset -> ProviderUnavailableError).
+            mapped = map_transport_error(exc.__cause__, self.name)
+            if mapped is not None:
+                return mapped
         mapped = map_transport_error(exc, self.name)
         if mapped is not None:
             return mapped

@@ -83,6 +83,10 @@ log = logging.getLogger("zeph_providers.ollama")
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 """The longest NDJSON line accepted from `/api/chat` (a token or one tool call per line)."""
 
+_MAX_LINES_AFTER_DONE = 16
+"""Lines read (and ignored) after the done line to reach the end of the body and keep the
+connection reusable; a server that keeps sending gets its connection closed instead."""
+
 _META_KEY = "zeph_providers.ollama.meta"
 _TOP_LEVEL_EXTRA = ("think", "keep_alive")
 """`extra` keys sent as top-level request fields; every other key goes into `options`."""
@@ -320,20 +324,30 @@ class OllamaProvider(RemoteProvider):
             try:
                 async for chunk in self._chunks(parts):
                     yield chunk
+                # Read on to the end of the body (normally nothing follows the done line), so the
+                # connection returns to the pool; closing a half-read response discards it.
+                after_done = 0
+                async for _ in parts:
+                    after_done += 1
+                    if after_done > _MAX_LINES_AFTER_DONE:
+                        break
             finally:
                 await _aclose(parts)
         except ollama.ResponseError as exc:
             raise self._response_error(exc, meta) from exc
 
     async def _complete(self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float) -> list[StreamChunk]:
-        """One non-streamed `/api/chat` request, converted whole before the first chunk (retryable)."""
+        """One non-streamed `/api/chat` request, converted whole before the first chunk (retryable).
+
+        The body is one JSON object; a server that streams NDJSON anyway is read line by line, the
+        same as a stream. An `{"error": ...}` object is typed as the same error line in a stream.
+        """
         try:
-            reply = await self._client._request(
-                ollama.ChatResponse,
+            request_raw: Any = self._client._request_raw  # the SDK leaves it untyped
+            response = await request_raw(
                 "POST",
                 "/api/chat",
                 json=payload,
-                stream=False,
                 timeout=self._timeout(deadline),
                 extensions={_META_KEY: meta},
             )
@@ -341,13 +355,24 @@ class OllamaProvider(RemoteProvider):
             raise self._connection_error(exc) from _sdk_cause(exc)
         except ollama.ResponseError as exc:
             raise self._response_error(exc, meta) from exc
-        except TypeError as exc:  # `ChatResponse(**body)` on a body that is not a JSON object
-            raise BadResponseError(f"malformed response ({exc})", provider=self.name) from exc
+        content = response.content
+        try:
+            bodies = [json.loads(content)]
+        except json.JSONDecodeError:
+            bodies = [json.loads(line) for line in content.splitlines() if line.strip()]
+        parts: list[ollama.ChatResponse] = []
+        for body in bodies:
+            if not isinstance(body, dict):
+                raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
+            if error := body.get("error"):
+                raise self._response_error(ollama.ResponseError(str(error)), meta)
+            parts.append(ollama.ChatResponse(**body))
 
-        async def one() -> AsyncIterator[ollama.ChatResponse]:
-            yield reply
+        async def replay() -> AsyncIterator[ollama.ChatResponse]:
+            for part in parts:
+                yield part
 
-        return [chunk async for chunk in self._chunks(one())]
+        return [chunk async for chunk in self._chunks(replay())]
 
     async def _chunks(self, parts: AsyncIterator[ollama.ChatResponse]) -> AsyncIterator[StreamChunk]:
         index = 0

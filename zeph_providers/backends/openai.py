@@ -433,9 +433,10 @@ class OpenAIProvider(RemoteProvider):
             raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
         error = body.get("error")
         if error and not body.get("choices"):  # an error object in a 200 body
-            message = str(_field(error, "message") or error) if isinstance(error, dict) else str(error)
-            code = " ".join(str(_field(error, k)) for k in ("code", "type") if isinstance(error, dict) and _field(error, k))
-            text = f"the server reported an error: {message}" + (f" ({code})" if code else "")
+            detail = str(error.get("message") or error) if isinstance(error, dict) else str(error)
+            fields = (error.get("code"), error.get("type")) if isinstance(error, dict) else ()
+            code = " ".join(dict.fromkeys(str(v) for v in fields if v and not str(v).isdigit()))
+            text = f"the server reported an error: {detail}" + (f" ({code})" if code else "")
             if any(hint in code for hint in _CONTEXT_CODES):
                 raise ContextLengthError(text, provider=self.name)
             raise ProviderUnavailableError(text, provider=self.name)
@@ -476,7 +477,8 @@ class OpenAIProvider(RemoteProvider):
             self._add_fragment(state, 0, None, legacy.get("name"), legacy.get("arguments"))
         out.extend(self._complete_calls(state))
         out.append(UsageChunk(usage=state.usage or Usage()))
-        out.append(EndChunk(finish_reason=map_finish_reason(str(choice.get("finish_reason") or "stop")), model=state.model))
+        finish: FinishReason = map_finish_reason(str(choice.get("finish_reason") or "stop"))
+        out.append(EndChunk(finish_reason=finish, model=state.model))
         return out
 
     def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:

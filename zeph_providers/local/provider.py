@@ -115,7 +115,7 @@ def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], Engine]:
     if engine == "llama.cpp":
         from zeph_providers.local.llamacpp import LlamaCppEngine
 
-        # The worker needs only `run` (and `loaded.device`), which LlamaCppEngine provides.
+        # The worker uses `run`, `run_batch`, `max_batch_size` and `loaded.device`; LlamaCppEngine has them all.
         return cast("Callable[[], Engine]", lambda: LlamaCppEngine.load(config))
     return lambda: Engine.load(config)
 
