@@ -165,8 +165,17 @@ async def run(args: Any, result: Result) -> None:
             f"raw {raw_tps:.1f} tok/s ({raw_first:.0f} ms first)",
             flush=True,
         )
-        result.add(Row("single stream tokens/s", "tok/s", ours_tps, "raw model.generate", raw_tps, ">=0.9"))
-        result.add(Row("time to first chunk", "ms", ours_first, "raw model.generate", raw_first, "<=1.1"))
+        result.add(Row("single stream tokens/s", "tok/s", ours_tps, "raw model.generate", raw_tps, ">=0.95"))
+        result.add(
+            Row(
+                "time to first chunk",
+                "ms",
+                ours_first,
+                "raw model.generate (≈ the prefill time)",
+                raw_first,
+                "<=1.2",
+            )
+        )
 
         ours_agg: dict[int, float] = {}
         raw_agg: dict[int, float] = {}
@@ -185,6 +194,19 @@ async def run(args: Any, result: Result) -> None:
                     ours_agg[k],
                     f"raw batch generate ({k})",
                     raw_agg[k],
+                )
+            )
+
+        if 1 in ours_agg and 8 in ours_agg:
+            result.add(
+                Row(
+                    "dynamic batching: aggregate tokens/s at concurrency 8",
+                    "tok/s",
+                    ours_agg[8],
+                    "ours at concurrency 1",
+                    ours_agg[1],
+                    ">=4",
+                    note=f"raw batch-8 generate reached {raw_agg[8] / raw_agg[1]:.2f}x its batch 1 in the same run",
                 )
             )
 
