@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from zeph_providers.types import (
@@ -24,6 +24,7 @@ from zeph_providers.types import (
 )
 
 __all__ = [
+    "iter_sse",
     "image_data_url",
     "json_arguments",
     "map_finish_reason",
@@ -165,3 +166,62 @@ def map_finish_reason(reason: str | None, *, aliases: Sequence[tuple[str, Finish
 def text_only(message: Message) -> bool:
     """True when the message carries nothing but text parts."""
     return all(isinstance(part, TextPart) for part in message.parts)
+
+
+async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncGenerator[tuple[str | None, str], None]:
+    """Raw SSE body bytes -> `(event, data)` per dispatched event, as the SDKs' own decoders do.
+
+    Lines end at CR, LF or CRLF (only those: U+2028 inside a JSON string is data); `:` comments
+    and unknown fields are skipped; several `data:` lines join with newlines; a blank line
+    dispatches an event that has an `event`, some data, an `id` or a `retry`; an unterminated
+    final event is dropped. `id` and `retry` are read and ignored.
+    """
+    event: str | None = None
+    data: list[str] = []
+    has_id = False
+    has_retry = False
+    pending: list[bytes] = []
+    tail_cr = False  # the previous chunk ended in CR: a LF opening this one ends no new line
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        if tail_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        tail_cr = False
+        if b"\n" not in chunk and b"\r" not in chunk:
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
+            pending = []
+        lines = chunk.splitlines(keepends=True)
+        last = lines[-1]
+        if not last.endswith((b"\n", b"\r")):
+            pending.append(lines.pop())
+        elif last.endswith(b"\r"):
+            tail_cr = True
+        for raw in lines:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+            if not line:
+                if event is None and not data and not has_id and not has_retry:
+                    continue
+                yield event, "\n".join(data)
+                event, data, has_retry = None, [], False
+                continue
+            if line[0] == ":":
+                continue
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+            elif name == "id":
+                if "\0" not in value:
+                    has_id = True
+            elif name == "retry":
+                has_retry = value.isdigit()
+    if pending:
+        b"".join(pending).decode("utf-8")  # a final unterminated line is decoded (and dropped)

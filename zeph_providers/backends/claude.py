@@ -1,6 +1,7 @@
 """Anthropic Claude through the official `anthropic` SDK (the Messages API).
 
-`chat_stream()` streams on the wire (`messages.create(stream=True)`). `chat()` (options.stream False)
+`chat_stream()` streams on the wire (`messages.create(stream=True)` through the SDK's
+`with_streaming_response`: the SSE events are parsed here with `json`). `chat()` (options.stream False)
 makes one non-streamed request through the SDK's `with_raw_response` (request building, auth and
 transport stay the SDK's; the `message` JSON is parsed here) and replays that message object as the
 equivalent event sequence through the same translator, so `stream.response == await chat(...)`.
@@ -38,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anthropic
+import httpx2
 
+from zeph_providers.backends._convert import iter_sse
 from zeph_providers.backends._remote import (
     RemoteProvider,
     check_url_safety,
@@ -418,6 +421,17 @@ def message_events(message: Any) -> list[dict[str, Any]]:
     return events
 
 
+def _stream_error(data: str, response: httpx2.Response) -> anthropic.APIStatusError:
+    """An `event: error` inside the stream -> the `APIStatusError` the SDK raised for it."""
+    body: Any = data
+    try:
+        body = json.loads(data)
+        message = f"{body}"
+    except (ValueError, RecursionError):
+        message = data or f"Error code: {response.status_code}"
+    return anthropic.APIStatusError(message, response=response, body=body)
+
+
 class _ErrorBody(Exception):
     """A 200 response whose body is an `{"type": "error", ...}` object."""
 
@@ -533,22 +547,34 @@ class ClaudeProvider(RemoteProvider):
             for chunk in await self._complete(params, translator, deadline):
                 yield chunk
             return
-        create: Any = self._client.messages.create
-        stream = await create(**params, stream=True, timeout=self.remaining(deadline))
-        try:
-            after_stop = 0
-            async for event in stream:
-                if translator.stopped:
-                    # Read on to the end of the body (normally nothing is left) so the connection
-                    # returns to the pool; closing a half-read response discards it.
-                    after_stop += 1
-                    if after_stop > _MAX_EVENTS_AFTER_STOP:
-                        break
-                    continue
-                for chunk in translator.feed(event):
-                    yield chunk
-        finally:
-            await stream.close()
+        # The raw SSE body through `with_streaming_response` (the SDK still builds, authenticates
+        # and sends the request, and raises APIStatusError for an HTTP error status); each event's
+        # JSON is parsed here into a plain dict, skipping the SDK's per-event model construction.
+        create: Any = self._client.messages.with_streaming_response.create
+        async with create(**params, stream=True, timeout=self.remaining(deadline)) as raw:
+            response = raw.http_response
+            events = iter_sse(response.aiter_bytes())
+            try:
+                after_stop = 0
+                async for name, data in events:
+                    if name == "ping" or name is None:
+                        continue
+                    if name == "error":
+                        raise _stream_error(data, response)
+                    if not data:
+                        continue
+                    event = json.loads(data)
+                    if translator.stopped:
+                        # Read on to the end of the body (normally nothing is left) so the connection
+                        # returns to the pool; closing a half-read response discards it.
+                        after_stop += 1
+                        if after_stop > _MAX_EVENTS_AFTER_STOP:
+                            break
+                        continue
+                    for chunk in translator.feed(event):
+                        yield chunk
+            finally:
+                await events.aclose()
         if not translator.stopped:
             raise BadResponseError("the stream ended before message_stop (truncated reply)", provider=self.name)
 

@@ -8,7 +8,9 @@
 - The request body is built here in Ollama's documented shape and posted through the SDK's
   request machinery (`AsyncClient._request`): the SDK's public `chat()` re-validates tools through
   a narrow pydantic model that drops nested object schemas, `anyOf` and `additionalProperties`,
-  which would silently change what the model is told.
+  which would silently change what the model is told. A stream is read the way the SDK's
+  `_request(stream=True)` reads it (same httpx client, status check, `error` lines), but each NDJSON
+  line is parsed into a plain dict and shape-checked here, without a `ChatResponse` model per line.
 - Capabilities come from `/api/show` (`capabilities`: completion, tools, vision, thinking,
   embedding), fetched once before the first chat and cached; `refresh_capabilities()` re-reads them.
 - The provider owns the httpx client: its timeouts, pool limits and transport (tests pass one).
@@ -312,15 +314,7 @@ class OllamaProvider(RemoteProvider):
                 yield chunk
             return
         try:
-            parts = await self._client._request(
-                ollama.ChatResponse,
-                "POST",
-                "/api/chat",
-                json=payload,
-                stream=True,
-                timeout=self._timeout(deadline),
-                extensions={_META_KEY: meta},
-            )
+            parts = self._stream_parts(payload, meta, deadline)
             try:
                 async for chunk in self._chunks(parts):
                     yield chunk
@@ -360,40 +354,89 @@ class OllamaProvider(RemoteProvider):
             bodies = [json.loads(content)]
         except json.JSONDecodeError:
             bodies = [json.loads(line) for line in content.splitlines() if line.strip()]
-        parts: list[ollama.ChatResponse] = []
+        parts: list[dict[str, Any]] = []
         for body in bodies:
             if not isinstance(body, dict):
                 raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
             if error := body.get("error"):
                 raise self._response_error(ollama.ResponseError(str(error)), meta)
-            parts.append(ollama.ChatResponse(**body))
+            parts.append(body)
 
-        async def replay() -> AsyncIterator[ollama.ChatResponse]:
+        async def replay() -> AsyncIterator[dict[str, Any]]:
             for part in parts:
                 yield part
 
         return [chunk async for chunk in self._chunks(replay())]
 
-    async def _chunks(self, parts: AsyncIterator[ollama.ChatResponse]) -> AsyncIterator[StreamChunk]:
+    async def _stream_parts(
+        self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The SDK's streamed `/api/chat` request (its own `_request(stream=True)`, line for line),
+        yielding each NDJSON line as a plain dict instead of building a `ChatResponse` model."""
+        async with self._client._client.stream(
+            "POST", "/api/chat", json=payload, timeout=self._timeout(deadline), extensions={_META_KEY: meta}
+        ) as response:
+            try:
+                response.raise_for_status()
+            except httpx.HTTPStatusError as exc:
+                await exc.response.aread()
+                raise ollama.ResponseError(exc.response.text, exc.response.status_code) from None
+            async for line in response.aiter_lines():
+                part = json.loads(line)
+                if not isinstance(part, dict):
+                    raise BadResponseError("the server sent a line that is not a JSON object", provider=self.name)
+                if err := part.get("error"):
+                    raise ollama.ResponseError(err)
+                yield part
+
+    def _shape_error(self, what: str) -> BadResponseError:
+        return BadResponseError(f"the server sent a message of an unexpected shape ({what})", provider=self.name)
+
+    async def _chunks(self, parts: AsyncIterator[dict[str, Any]]) -> AsyncIterator[StreamChunk]:
+        """`/api/chat` message objects (plain dicts, checked as the SDK's model would) -> chunks."""
         index = 0
         async for part in parts:
-            message = part.message
-            if message.thinking:
-                yield ThinkingChunk(text=message.thinking)
-            if message.content:
-                yield ContentChunk(text=message.content)
-            for call in message.tool_calls or ():
-                name = call.function.name
-                arguments = dict(call.function.arguments or {})
+            message = part.get("message")
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise self._shape_error("`message` is not a message object with a `role`")
+            thinking = message.get("thinking")
+            content = message.get("content")
+            if not isinstance(thinking, str | None) or not isinstance(content, str | None):
+                raise self._shape_error("`message.content` / `message.thinking` is not text")
+            if thinking:
+                yield ThinkingChunk(text=thinking)
+            if content:
+                yield ContentChunk(text=content)
+            calls = message.get("tool_calls")
+            if not isinstance(calls, list | None):
+                raise self._shape_error("`message.tool_calls` is not a list")
+            for call in calls or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                name = function.get("name") if isinstance(function, dict) else None
+                raw_arguments = function.get("arguments") if isinstance(function, dict) else None
+                if not isinstance(name, str) or not isinstance(raw_arguments, dict):
+                    raise self._shape_error("a tool call without a function name and an arguments object")
+                arguments = dict(raw_arguments)
                 canonical = json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
                 call_id = stable_tool_call_id(index, name, canonical)
                 yield ToolUseChunk(tool_call=ToolCall(id=call_id, name=name, arguments=arguments))
                 index += 1
-            if part.done:
-                yield UsageChunk(
-                    usage=Usage(input_tokens=part.prompt_eval_count or 0, output_tokens=part.eval_count or 0)
-                )
-                yield EndChunk(finish_reason=self._finish_reason(part.done_reason, index > 0), model=part.model or "")
+            done = part.get("done")
+            if not isinstance(done, bool | None):
+                raise self._shape_error("`done` is not a boolean")
+            if done:
+                prompt_tokens = part.get("prompt_eval_count")
+                output_tokens = part.get("eval_count")
+                reason = part.get("done_reason")
+                model = part.get("model")
+                if not all(
+                    isinstance(v, int | None) and not isinstance(v, bool) for v in (prompt_tokens, output_tokens)
+                ):
+                    raise self._shape_error("a token count is not an integer")
+                if not isinstance(reason, str | None) or not isinstance(model, str | None):
+                    raise self._shape_error("`done_reason` / `model` is not text")
+                yield UsageChunk(usage=Usage(input_tokens=prompt_tokens or 0, output_tokens=output_tokens or 0))
+                yield EndChunk(finish_reason=self._finish_reason(reason, index > 0), model=model or "")
                 return
         raise BadResponseError("the stream ended before Ollama sent its final (done) message", provider=self.name)
 

@@ -2,11 +2,15 @@
 
 Built on the official `openai` SDK with its own retries switched off (`max_retries=0`): the shared
 policy in `zeph_providers.retry` retries instead, within the call's deadline. `chat_stream()` streams
-on the wire (`stream=True`, `stream_options.include_usage`). `chat()` (options.stream False) makes
-one non-streamed request through the SDK's `with_raw_response` (the SDK still builds the request,
-authenticates and sends it; the one JSON body is parsed here with `json`, skipping the SDK's pydantic
-model construction) and converts the `chat.completion` object into the same chunk vocabulary, in
-the same order, with the same tool-call ids, so `chat()` equals `chat_stream().response`.
+on the wire (`stream=True`, `stream_options.include_usage`) through the SDK's `with_streaming_response`:
+the SDK builds, authenticates and sends the request and raises for an HTTP error status, the SSE body
+is decoded here and each `data:` line parsed with `json` into a plain dict (no pydantic model per
+chunk), with the SDK stream's semantics (`[DONE]`, in-stream `error` objects, timeouts).
+`chat()` (options.stream False) makes one non-streamed request through the SDK's
+`with_raw_response` (the SDK still builds the request, authenticates and sends it; the one JSON
+body is parsed here with `json`, skipping the SDK's pydantic model construction) and converts the
+`chat.completion` object into the same chunk vocabulary, in the same order, with the same tool-call
+ids, so `chat()` equals `chat_stream().response`.
 
 Wire mapping, in short:
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,7 @@ from openai import AsyncOpenAI
 
 from zeph_providers.backends._convert import (
     image_data_url,
+    iter_sse,
     json_arguments,
     map_finish_reason,
     schema_name,
@@ -97,6 +103,8 @@ NO_KEY_PLACEHOLDER = "not-needed"
 """Sent to compatible servers that need no key: the SDK refuses to run without one."""
 
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
+_DRAIN_LIMIT = 1 << 20
+"""Bytes read past `[DONE]` to reuse the connection; a server sending more gets its connection closed."""
 _CONTEXT_CODES = ("context_length_exceeded", "exceed_context", "context_window", "string_above_max_length")
 
 
@@ -250,6 +258,14 @@ def _extra_text(delta: Any, *names: str) -> str:
     return ""
 
 
+def _stream_error(error: Any, response: httpx2.Response) -> openai.APIError:
+    """An error object inside the stream -> the `APIError` the SDK raised for it."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not message or not isinstance(message, str):
+        message = "An error occurred during streaming"
+    return openai.APIError(message=message, request=response.request, body=error)
+
+
 def _error_code(exc: openai.APIError) -> str:
     """The body's `code` and `type` (llama.cpp puts the HTTP status in `code`: left out)."""
     parts = [str(v) for v in (exc.code, exc.type) if v and not str(v).isdigit()]
@@ -384,12 +400,14 @@ class OpenAIProvider(RemoteProvider):
             for item in await self._complete(params, deadline):
                 yield item
             return
-        stream = await self._client.chat.completions.create(**params, stream=True, timeout=self._timeout(deadline))
         state = _StreamState(model=self.model)
-        try:
-            async for chunk in stream:
+        request = self._client.chat.completions.with_streaming_response.create(
+            **params, stream=True, timeout=self._timeout(deadline)
+        )
+        async with request as raw:  # HTTP error statuses raise APIStatusError here, as before
+            async for data in self._events(raw.http_response):
                 try:
-                    out = self._on_chunk(chunk, state)
+                    out = self._on_chunk(data, state)
                 except LlmError:
                     raise
                 except (AttributeError, TypeError, ValueError, KeyError) as exc:
@@ -398,8 +416,6 @@ class OpenAIProvider(RemoteProvider):
                     ) from exc
                 for item in out:
                     yield item
-        finally:
-            await stream.close()
         if state.finish is None:
             if not state.events:
                 raise BadResponseError(
@@ -413,6 +429,45 @@ class OpenAIProvider(RemoteProvider):
         finish: FinishReason = map_finish_reason(state.finish)
         yield UsageChunk(usage=state.usage or Usage())
         yield EndChunk(finish_reason=finish, model=state.model)
+
+    async def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
+        """The raw SSE body -> each `data:` payload parsed with `json` (no SDK model per chunk).
+
+        Mirrors the SDK's stream: `[DONE]` ends it (the rest is drained so the connection can be
+        reused), an `error` object in the data (or an `event: error`) raises `openai.APIError`,
+        transport timeouts / failures raise `APITimeoutError` / `APIConnectionError`.
+        """
+        body = response.aiter_bytes()
+        events = iter_sse(body)
+        try:
+            async for event, data in events:
+                if data.startswith("[DONE]"):
+                    break
+                if not data and event is None:
+                    continue  # an empty event (a lone `id:` / `retry:`): nothing to parse
+                value = json.loads(data)
+                if isinstance(value, dict) and value.get("error"):
+                    raise _stream_error(value["error"], response)
+                if event == "error":
+                    raise _stream_error(value, response)
+                yield value
+            else:
+                return
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=response.request) from exc
+        except (httpx2.RequestError, ssl.SSLError) as exc:
+            raise openai.APIConnectionError(request=response.request) from exc
+        finally:
+            await events.aclose()
+        # After [DONE]: read what is left (normally nothing) so the connection goes back to the pool.
+        drained = 0
+        try:
+            async for chunk in body:
+                drained += len(chunk)
+                if drained > _DRAIN_LIMIT:
+                    break
+        except (httpx2.RequestError, ssl.SSLError):
+            pass  # cleanup must not turn a complete reply into an error
 
     # ----- one non-streamed request ----------------------------------------------------
 
@@ -482,47 +537,57 @@ class OpenAIProvider(RemoteProvider):
         return out
 
     def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
+        """One parsed `chat.completion.chunk` (a plain dict) -> our chunks."""
+        if not isinstance(chunk, dict):
+            raise BadResponseError("malformed stream chunk (not a JSON object)", provider=self.name)
         out: list[StreamChunk] = []
         state.events += 1
-        if chunk.id and not state.response_id:
-            state.response_id = str(chunk.id)
-        if chunk.model:
-            state.model = str(chunk.model)
-        if chunk.usage is not None:
-            state.usage = _usage(chunk.usage)  # cumulative where a server repeats it: keep the last
-        for choice in chunk.choices or ():
-            if (choice.index or 0) != 0:
+        chunk_id = chunk.get("id")
+        if chunk_id and not state.response_id:
+            state.response_id = str(chunk_id)
+        model = chunk.get("model")
+        if model:
+            state.model = str(model)
+        usage = chunk.get("usage")
+        if usage is not None:
+            state.usage = _usage(usage)  # cumulative where a server repeats it: keep the last
+        for choice in chunk.get("choices") or ():
+            if (choice.get("index") or 0) != 0:
                 continue  # we never ask for n > 1
-            delta = choice.delta
+            delta = choice.get("delta")
             if delta is not None:
                 thinking = _extra_text(delta, "reasoning_content", "reasoning")
                 if thinking:
                     out.append(ThinkingChunk(text=thinking))
-                if delta.content:
-                    out.append(ContentChunk(text=str(delta.content)))
-                if delta.refusal:
-                    out.append(ContentChunk(text=str(delta.refusal)))
-                for call in delta.tool_calls or ():
+                content = delta.get("content")
+                if content:
+                    out.append(ContentChunk(text=str(content)))
+                refusal = delta.get("refusal")
+                if refusal:
+                    out.append(ContentChunk(text=str(refusal)))
+                for call in delta.get("tool_calls") or ():
                     self._add_call_fragment(state, call)
-                legacy = delta.function_call
+                legacy = delta.get("function_call")
                 if legacy is not None:  # the deprecated single-function shape
-                    self._add_fragment(state, 0, None, legacy.name, legacy.arguments)
-            if choice.finish_reason:
-                state.finish = str(choice.finish_reason)
+                    self._add_fragment(state, 0, None, legacy.get("name"), legacy.get("arguments"))
+            finish = choice.get("finish_reason")
+            if finish:
+                state.finish = str(finish)
                 out.extend(self._complete_calls(state))
         return out
 
     def _add_call_fragment(self, state: _StreamState, call: Any) -> None:
-        index = call.index
+        index = call.get("index")
+        call_id = call.get("id")
         if index is None:  # servers that omit the index: a new id opens a new call
             index = state.last_index
-            if call.id and (index < 0 or state.calls[index].id not in (None, call.id)):
+            if call_id and (index < 0 or state.calls[index].id not in (None, call_id)):
                 index += 1
             index = max(index, 0)
-        function = call.function
-        name = function.name if function is not None else None
-        arguments = function.arguments if function is not None else None
-        self._add_fragment(state, int(index), call.id, name, arguments)
+        function = call.get("function")
+        name = function.get("name") if function is not None else None
+        arguments = function.get("arguments") if function is not None else None
+        self._add_fragment(state, int(index), call_id, name, arguments)
 
     @staticmethod
     def _add_fragment(state: _StreamState, index: int, call_id: str | None, name: str | None, arguments: Any) -> None:
