@@ -48,6 +48,7 @@ def llamacpp_server(smollm2_gguf: Path) -> Iterator[str]:
     params.hostnames = ["127.0.0.1"]
     params.cpuparams.n_threads = 2
     params.n_ctx = 4096
+    params.verbosity = -1  # llama.cpp logs every request to fd 2; keep test output readable
     server = xllamacpp.Server(params)
     address = server.listening_address
     base = address if address.startswith("http") else f"http://{address}"
