@@ -223,6 +223,20 @@ def _halt_class() -> type:
     return _Halt
 
 
+class InferenceEngine(Protocol):
+    """What the worker needs from an engine (transformers `Engine`, `LlamaCppEngine`).
+
+    An engine may also offer `run_batch(jobs, admit, finish, *, on_step=None)`; the worker
+    looks it up with `getattr` and runs one job at a time without it.
+    """
+
+    max_batch_size: int
+    loaded: Any
+    """What was loaded; the worker reads `loaded.device` to free accelerator memory on close."""
+
+    def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult: ...
+
+
 class Engine:
     """A loaded model, its template and end tokens; runs one request at a time on the worker thread."""
 

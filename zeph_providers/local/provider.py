@@ -15,11 +15,11 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from zeph_providers.errors import LlmError
 from zeph_providers.local.embed import Embedder
-from zeph_providers.local.generate import Engine, GenerationParams
+from zeph_providers.local.generate import Engine, GenerationParams, InferenceEngine
 from zeph_providers.local.llamacpp import EngineName, select_engine
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
 from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
@@ -37,7 +37,7 @@ class LocalProvider(BaseProvider):
 
     backend = "candle"
 
-    def __init__(self, config: CandleConfig, *, load: Callable[[], Engine] | None = None) -> None:
+    def __init__(self, config: CandleConfig, *, load: Callable[[], InferenceEngine] | None = None) -> None:
         self.engine_name: EngineName = select_engine(config)  # ConfigError for llama.cpp on a non-GGUF source
         super().__init__(
             config.name,
@@ -110,13 +110,12 @@ class LocalProvider(BaseProvider):
             await self.embedder.aclose()
 
 
-def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], Engine]:
+def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], InferenceEngine]:
     """The engine's `load`, bound to the config (called on the worker thread at the first request)."""
     if engine == "llama.cpp":
         from zeph_providers.local.llamacpp import LlamaCppEngine
 
-        # The worker uses `run`, `run_batch`, `max_batch_size` and `loaded.device`; LlamaCppEngine has them all.
-        return cast("Callable[[], Engine]", lambda: LlamaCppEngine.load(config))
+        return lambda: LlamaCppEngine.load(config)
     return lambda: Engine.load(config)
 
 

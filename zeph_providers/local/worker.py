@@ -35,7 +35,7 @@ from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
 from zeph_providers.types import FinishReason, Message
 
 if TYPE_CHECKING:
-    from zeph_providers.local.generate import Engine, GenerationParams, GenerationResult
+    from zeph_providers.local.generate import GenerationParams, GenerationResult, InferenceEngine
 
 __all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
 
@@ -108,7 +108,7 @@ class InferenceWorker:
     def __init__(
         self,
         name: str,
-        load: Callable[[], Engine],
+        load: Callable[[], InferenceEngine],
         *,
         capacity: int = 4,
         timeout: float = 120.0,
@@ -121,7 +121,7 @@ class InferenceWorker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue[Job | None] = queue.Queue(capacity)
-        self._engine: Engine | None = None
+        self._engine: InferenceEngine | None = None
         self._loading = False
         self._closed = False
         self.max_batch_size = max_batch_size
@@ -137,7 +137,7 @@ class InferenceWorker:
         """Called on the worker thread after every generated token (tests use it to stall or crash)."""
 
     @property
-    def engine(self) -> Engine | None:
+    def engine(self) -> InferenceEngine | None:
         return self._engine
 
     @property
@@ -216,7 +216,7 @@ class InferenceWorker:
 
     # ----- worker thread ---------------------------------------------------------------------
 
-    def _engine_or_load(self) -> Engine:
+    def _engine_or_load(self) -> InferenceEngine:
         if self._engine is None:
             self._loading = True
             try:
