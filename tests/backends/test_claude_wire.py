@@ -285,6 +285,25 @@ async def test_structured_output_forces_a_tool_and_parses_it() -> None:
     assert resp.finish_reason == "stop"
 
 
+async def test_structured_output_stream_and_chat_give_equal_responses() -> None:
+    # The model streams pretty-printed JSON; a non-streamed message only carries the parsed input.
+    pretty = json.dumps({"city": "Paris", "temp_c": 18.5}, indent=2)
+    events = [
+        message_start(input_tokens=30),
+        *tool_block(0, "toolu_answer", "Weather", [pretty[:9], pretty[9:20], pretty[20:]]),
+        message_delta("tool_use", 12),
+        message_stop(),
+    ]
+    server = FakeAnthropic([sse_response(events), sse_response(events)])
+    async with provider_for(server) as provider:
+        async with provider.chat_stream(HELLO, response_format=Weather) as stream:
+            streamed_text = "".join([c.text async for c in stream if isinstance(c, ContentChunk)])
+        chatted = await provider.chat(HELLO, response_format=Weather)
+    assert streamed_text == pretty, "the stream delivers the model's own text as it arrives"
+    assert stream.response == chatted
+    assert stream.response.parsed == chatted.parsed == Weather(city="Paris", temp_c=18.5)
+
+
 async def test_structured_output_with_dict_schema_non_object_and_thinking() -> None:
     schema = {"title": "numbers list!", "type": "array", "items": {"type": "integer"}}
     server = FakeAnthropic([sse_response(answer_events("numbers_list_", {"value": [1, 2, 3]}))])

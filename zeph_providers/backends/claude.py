@@ -440,8 +440,8 @@ class _ErrorBody(Exception):
         super().__init__(str(body))
 
 
-def _trailing_json(text: str) -> Any:
-    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
+def _split_trailing_json(text: str) -> tuple[str, Any] | None:
+    """(preamble, value) when `text` ends with a JSON object or array, else None."""
     stripped = text.strip()
     decoder = json.JSONDecoder()
     for start, char in enumerate(stripped):
@@ -452,8 +452,14 @@ def _trailing_json(text: str) -> Any:
         except json.JSONDecodeError:
             continue
         if end == len(stripped):
-            return value
-    return stripped
+            return stripped[:start], value
+    return None
+
+
+def _trailing_json(text: str) -> Any:
+    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
+    split = _split_trailing_json(text)
+    return text.strip() if split is None else split[1]
 
 
 # ----- the provider ---------------------------------------------------------------------------
@@ -640,9 +646,17 @@ class ClaudeProvider(RemoteProvider):
         return _trailing_json(response.text)
 
     def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
-        if options.response_format is not None and response.tool_calls and not response.text.strip():
+        if options.response_format is None:
+            return response
+        if response.tool_calls and not response.text.strip():
             return response  # the model called one of the caller's tools instead of answering
-        return super()._finalize(response, options)
+        finalized = super()._finalize(response, options)
+        # A stream carries the model's own JSON text, a single message only the parsed input:
+        # re-serialise so that `stream.response == await chat()` holds for structured output too.
+        split = _split_trailing_json(finalized.text)
+        if split is not None:
+            finalized.text = split[0] + json.dumps(split[1])
+        return finalized
 
     # ----- lifecycle -------------------------------------------------------------------
 
