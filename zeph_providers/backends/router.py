@@ -36,7 +36,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -308,20 +308,14 @@ class RouterProvider(BaseProvider):
         deadline = _deadline(options.timeout)
         errors = self._resolve_members()
         needs = _needs(messages, options)
-        for name in self._order():
-            member = self._members.get(name)
-            if member is None:
-                continue  # its build error is already in `errors`
+
+        def accept(name: str, member: LlmProvider) -> bool:
             if needs and not _supports(member.capabilities, needs):
                 errors.append(UnsupportedCapabilityError(" + ".join(needs), provider=name))
-                continue
-            admission = self._admit(name, errors)
-            if admission is None:
-                continue
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                self._breakers[name].release(admission)
-                break
+                return False
+            return True
+
+        for name, member, admission, remaining in self._candidates(errors, deadline, accept):
             started = time.perf_counter()
             try:
                 stream = _open_member_stream(member, messages, options, _member_timeout(member, remaining))
@@ -397,6 +391,26 @@ class RouterProvider(BaseProvider):
             finish = stream.response.finish_reason if stream.done else "stop"
             yield EndChunk(finish_reason=finish, model=member.model, provider=name)
 
+    def _candidates(
+        self,
+        errors: list[LlmError],
+        deadline: float | None,
+        accept: Callable[[str, LlmProvider], bool],
+    ) -> Iterator[tuple[str, LlmProvider, Admission, float | None]]:
+        """Members to try, in strategy order: built, accepted, let through by their breaker, with time left."""
+        for name in self._order():
+            member = self._members.get(name)
+            if member is None or not accept(name, member):
+                continue  # a member that failed to build already has its error in `errors`
+            admission = self._admit(name, errors)
+            if admission is None:
+                continue
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                self._breakers[name].release(admission)
+                return
+            yield name, member, admission, remaining
+
     def _admit(self, name: str, errors: list[LlmError]) -> Admission | None:
         admission = self._breakers[name].acquire()
         if admission is None:
@@ -451,17 +465,8 @@ class RouterProvider(BaseProvider):
 
     async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
         deadline = _deadline(self._default_timeout)
-        for name in self._order():
-            member = self._members.get(name)
-            if member is None or not member.capabilities.embeddings:
-                continue
-            admission = self._admit(name, errors)
-            if admission is None:
-                continue
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                self._breakers[name].release(admission)
-                break
+        embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
+        for name, member, admission, remaining in embedders:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(remaining):
