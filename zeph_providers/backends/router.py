@@ -20,7 +20,14 @@ strategy = "fallback"                      # fallback | round_robin | latency
   next member. `InvalidRequestError` / `AuthenticationError` are raised at once unless
   `fallback_on_client_error` is set. A stream moves on only before its first chunk; after that
   the member's error reaches the caller, who already has the partial reply.
-- One deadline (`timeout_secs`, or the per-call `timeout`) covers every attempt on every member.
+- One deadline (`timeout_secs`, or the per-call `timeout`) covers every attempt on every member:
+  it is fixed once when the call opens (`ChatOptions.deadline`) and each member's stream gets it,
+  capped by the member's own `default_timeout`. A member cut off by its own timeout counts as
+  failed and the router falls back: the server may still finish that work (see
+  docs/reliability.md, "duplicate work"), so requests that must not run twice need an idempotency
+  key of the caller's.
+- `resp.attempts` (and `stream.response.attempts`, and `error.attempts` on failure) lists every
+  try on every member, retries included, in order.
 - Requests go only to members whose capabilities allow them (tools, vision, structured output,
   embeddings). Building the router never builds its members; the first call, `capabilities`
   (the union of the members') or `embed` builds them through the registry.
@@ -37,9 +44,10 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from zeph_providers.base import BaseProvider
 from zeph_providers.breaker import Admission, CircuitBreaker
 from zeph_providers.errors import (
     AllProvidersFailedError,
@@ -53,8 +61,10 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions, ChatStream, LlmProvider
-from zeph_providers.types import ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.protocol import LlmProvider
+from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
+from zeph_providers.types import Attempt, ChatResponse, EndChunk, ImagePart, Message, StreamChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -304,8 +314,26 @@ class RouterProvider(BaseProvider):
 
     # ----- chat ---------------------------------------------------------------------
 
-    async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
-        deadline = _deadline(options.timeout)
+    def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream:
+        """The routed stream. Its deadline is enforced on the members' streams (each member's
+        timeout reported with its name), so the router's own stream arms no timer of its own."""
+        options = options.started(self._default_timeout)
+        message_list = list(messages)
+        self.check_request(message_list, options)
+        answer = _Answer()
+        source = self._guarded_stream(message_list, options, self._route(message_list, options, answer))
+        return ChatStream(
+            source, provider=self.name, model=self.model, options=options, finalize=answer.finalize, timed=False
+        )
+
+    def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        return self._route(messages, options, _Answer())
+
+    async def _route(
+        self, messages: list[Message], options: ChatOptions, answer: _Answer
+    ) -> AsyncIterator[StreamChunk]:
+        deadline = options.deadline
+        log_ = attempt_log()
         errors = self._resolve_members()
         needs = _needs(messages, options)
 
@@ -315,11 +343,13 @@ class RouterProvider(BaseProvider):
                 return False
             return True
 
-        for name, member, admission, remaining in self._candidates(errors, deadline, accept):
+        for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept):
             started = time.perf_counter()
+            clock = AttemptClock(name)
             try:
-                stream = _open_member_stream(member, messages, options, _member_timeout(member, remaining))
+                stream = member.open_stream(messages, options.within(member.default_timeout))
             except LlmError as exc:
+                _log_attempts(log_, None, clock, exc)
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
                     raise
@@ -327,6 +357,7 @@ class RouterProvider(BaseProvider):
             except Exception as exc:  # a plugin member that breaks the protocol
                 error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
                 error.__cause__ = exc
+                _log_attempts(log_, None, clock, error)
                 errors.append(error)
                 self._settle(name, admission, error)
                 continue
@@ -336,30 +367,37 @@ class RouterProvider(BaseProvider):
                 first = None  # an empty reply is still a reply
             except LlmError as exc:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, exc)
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
                     raise
                 continue
-            except BaseException:
+            except BaseException as exc:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, exc)
                 self._breakers[name].release(admission)
                 raise
             # Committed: from here on this member's chunks (and errors) go to the caller.
             latency = time.perf_counter() - started
+            outcome: BaseException | None = None
             try:
                 async for chunk in self._relay(name, member, stream, first, deadline):
                     yield chunk
             except LlmError as exc:
+                outcome = exc
                 if not exc.provider:
                     exc.provider = name
                 self._breakers[name].record_failure(admission)
                 self._note(name, ok=False, latency=latency)
                 raise
-            except BaseException:  # closed early or cancelled: no verdict on the member
+            except BaseException as exc:  # closed early or cancelled: no verdict on the member
+                outcome = exc
                 self._breakers[name].release(admission)
                 raise
             finally:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, outcome)
+            answer.stream = stream
             self._breakers[name].record_success(admission)
             self._note(name, ok=True, latency=latency)
             return
@@ -439,13 +477,6 @@ class RouterProvider(BaseProvider):
         error.__cause__ = group
         return error
 
-    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
-        """Let the member that answered parse its own structured output (Claude's differs)."""
-        member = self._members.get(response.provider)
-        if isinstance(member, BaseProvider) and member is not self:
-            return member._finalize(response, options)
-        return super()._finalize(response, options)
-
     # ----- embeddings ---------------------------------------------------------------
 
     async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
@@ -464,7 +495,7 @@ class RouterProvider(BaseProvider):
             return await self._embed_routed(text_list, build_errors)
 
     async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
-        deadline = _deadline(self._default_timeout)
+        deadline = ChatOptions().started(self._default_timeout).deadline
         embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
         for name, member, admission, remaining in embedders:
             started = time.perf_counter()
@@ -520,55 +551,36 @@ def _supports(capabilities: Capabilities, needs: Sequence[str]) -> bool:
     return all(getattr(capabilities, need) for need in needs)
 
 
-def _deadline(timeout: float | None) -> float | None:
-    """The router's own deadline, a hair before the ChatStream's so the router reports the timeout."""
-    if timeout is None:
-        return None
-    return time.monotonic() + timeout - min(0.05, timeout * 0.1)
-
-
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def _member_timeout(member: LlmProvider, remaining: float | None) -> float | None:
-    """What is left of the router's deadline, capped by the member's own configured timeout.
+class _Answer:
+    """Per call: the member stream that answered, whose finalized reply carries the parsed output."""
 
-    Without the cap a member that hangs would use up the whole router deadline, leaving no time
-    to fall back to the next member.
-    """
-    own = member._default_timeout if isinstance(member, BaseProvider) else None
-    if own is None:
-        return remaining
-    return own if remaining is None else min(own, remaining)
+    def __init__(self) -> None:
+        self.stream: ChatStream | None = None
 
-
-def _open_member_stream(
-    member: LlmProvider, messages: list[Message], options: ChatOptions, timeout: float | None
-) -> ChatStream:
-    """The member's stream for this call: the router's options (the `stream` flag included, so a
-    `chat()` through the router lets the member use its non-streamed request) with the member's timeout.
-    A plugin member that is not a `BaseProvider` gets the public `chat_stream()`."""
-    if isinstance(member, BaseProvider):
-        return member.open_stream(messages, replace(options, timeout=timeout))
-    return member.chat_stream(messages, **_member_kwargs(options, timeout))
+    def finalize(self, response: ChatResponse) -> ChatResponse:
+        """The member already parsed its structured output (its own way: Claude's differs); adopt it."""
+        if self.stream is not None and self.stream.done:
+            response.parsed = self.stream.response.parsed
+        return response
 
 
-def _member_kwargs(options: ChatOptions, timeout: float | None) -> dict[str, Any]:
-    """The router's per-call options, passed on to a member with what is left of the deadline."""
-    return {
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "top_k": options.top_k,
-        "seed": options.seed,
-        "stop": list(options.stop),
-        "tools": list(options.tools),
-        "tool_choice": options.tool_choice,
-        "response_format": options.response_format,
-        "timeout": timeout,
-        "extra": dict(options.extra),
-    }
+def _log_attempts(
+    log_: list[Attempt] | None, stream: ChatStream | None, clock: AttemptClock, outcome: BaseException | None
+) -> None:
+    """Add one member's tries to the call's attempt log (one made-up try when its stream never ran)."""
+    if log_ is None:
+        return
+    tries = stream.attempts if stream is not None else []
+    if not tries:
+        tries = [clock.done(outcome)]
+    elif isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
+        # The router's own wait ran out first and cancelled the member's try: that try timed out.
+        tries[-1] = tries[-1].model_copy(update={"outcome": type(outcome).__name__, "error": outcome.message})
+    log_.extend(tries)
 
 
 async def _next_chunk(stream: ChatStream, deadline: float | None, member: str) -> StreamChunk:
