@@ -27,7 +27,7 @@ from zeph_providers import (
     UnsupportedCapabilityError,
 )
 from zeph_providers.backends.mock import MockProvider, MockReply
-from zeph_providers.protocol import Capabilities
+from zeph_providers.options import Capabilities
 from zeph_providers.types import ContentChunk, EndChunk, ImagePart
 
 TOOL = ToolDefinition(name="weather", parameters={"type": "object", "properties": {"city": {"type": "string"}}})
