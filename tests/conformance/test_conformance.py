@@ -33,6 +33,11 @@ def answering_name(harness: Harness, provider_name: str) -> str:
     return getattr(harness, "answers_as", None) or provider_name
 
 
+def scripted(harness: Harness) -> bool:
+    """Whether the harness serves the scenario's exact reply (a real local model answers its own)."""
+    return bool(getattr(harness, "scripts_replies", True))
+
+
 def member_error(error: LlmError) -> LlmError:
     """A router's `AllProvidersFailedError` over a single member: that member's own error."""
     if isinstance(error, AllProvidersFailedError) and len(error.errors) == 1:
@@ -55,10 +60,15 @@ async def test_chat_returns_text_usage_and_finish(harness: Harness) -> None:
     reply = TextReply()
     async with harness.provider([reply]) as (provider, _):
         resp = await provider.chat(MESSAGES)
-    assert resp.text == reply.text
-    assert resp.usage.input_tokens == reply.input_tokens
-    assert resp.usage.output_tokens == reply.output_tokens
-    assert resp.finish_reason == "stop"
+    if scripted(harness):
+        assert resp.text == reply.text
+        assert resp.usage.input_tokens == reply.input_tokens
+        assert resp.usage.output_tokens == reply.output_tokens
+        assert resp.finish_reason == "stop"
+    else:
+        assert resp.text
+        assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
+        assert resp.finish_reason in ("stop", "length")
     assert resp.provider == answering_name(harness, provider.name)
     assert resp.tool_calls == []
     assert [a.outcome for a in resp.attempts] == ["ok"]
@@ -74,7 +84,7 @@ async def test_stream_matches_chat(harness: Harness) -> None:
         streamed = stream.response
     texts = [c.text for c in chunks if isinstance(c, ContentChunk)]
     assert len(texts) >= 2, "a stream must deliver text in more than one piece"
-    assert "".join(texts) == reply.text
+    assert "".join(texts) == (reply.text if scripted(harness) else chat_resp.text)
     assert streamed == chat_resp
 
 
@@ -83,7 +93,11 @@ async def test_usage_reported_exactly_once(harness: Harness) -> None:
         stream = provider.chat_stream(MESSAGES)
         usage_chunks = [c async for c in stream if isinstance(c, UsageChunk)]
     assert len(usage_chunks) == 1
-    assert (usage_chunks[0].usage.input_tokens, usage_chunks[0].usage.output_tokens) == (7, 3)
+    usage = usage_chunks[0].usage
+    if scripted(harness):
+        assert (usage.input_tokens, usage.output_tokens) == (7, 3)
+    else:
+        assert usage.input_tokens > 0 and usage.output_tokens > 0
 
 
 async def test_length_finish_reason(harness: Harness) -> None:
