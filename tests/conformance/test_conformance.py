@@ -8,6 +8,7 @@ from tests.conformance.scenarios import (
     BrokenStream,
     ErrorReply,
     Harness,
+    Scenario,
     TextReply,
     ToolReply,
 )
@@ -173,7 +174,7 @@ async def test_rate_limit_carries_retry_after(harness: Harness) -> None:
 async def test_server_error_then_success_is_retried(harness: Harness) -> None:
     if not harness.supports_retries:
         pytest.skip(f"{harness.name} does not retry")
-    scenarios = [ErrorReply(status=503, message="busy"), TextReply()]
+    scenarios: list[Scenario] = [ErrorReply(status=503, message="busy"), TextReply()]
     async with harness.provider(scenarios, max_retries=2) as (provider, served):
         resp = await provider.chat(MESSAGES)
     assert resp.text == TextReply().text

@@ -17,6 +17,7 @@ from zeph_providers import (
     ContentChunk,
     EndChunk,
     Message,
+    ProviderTimeoutError,
     ProviderUnavailableError,
     ToolCall,
     ToolUseChunk,
@@ -100,9 +101,9 @@ async def test_a_failed_call_carries_its_attempts_on_the_error() -> None:
 
 async def test_a_deadline_is_recorded_as_a_timed_out_attempt() -> None:
     mock = MockProvider(replies=[MockReply(text="slow words here", delay_secs=5.0)], chunk_size=2)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ProviderTimeoutError) as info:
         await asyncio.wait_for(mock.chat(USER, timeout=0.1), HANG_GUARD)
-    attempts = getattr(info.value, "attempts", ())
+    attempts = list(info.value.attempts)
     assert [a.outcome for a in attempts] == ["ProviderTimeoutError"]
     assert attempts[0].timed_out
 
