@@ -209,3 +209,14 @@ def test_moved_names_still_import_from_protocol_with_a_deprecation_warning() -> 
         warnings.simplefilter("error")
         assert protocol.LlmProvider is zeph_providers.LlmProvider
         assert protocol.ChatKwargs is zeph_providers.ChatKwargs
+
+
+async def test_breaking_out_of_a_routed_stream_releases_the_members_slot() -> None:
+    from zeph_providers.backends.router import RouterProvider
+
+    member = _Held()
+    router = RouterProvider("r", ["held"], lambda _name: member, timeout_secs=3600)
+    async for _chunk in router.chat_stream(USER):
+        break
+    await asyncio.wait_for(member.released.wait(), HANG_GUARD)
+    assert router.status()["held"]["state"] == "closed"
