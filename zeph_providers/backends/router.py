@@ -38,15 +38,23 @@ strategy = "fallback"                      # fallback | round_robin | latency
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from zeph_providers.backends._routing import Answer as _Answer
+from zeph_providers.backends._routing import MemberStats as _MemberStats
+from zeph_providers.backends._routing import close_quietly as _close
+from zeph_providers.backends._routing import log_attempts as _log_attempts
+from zeph_providers.backends._routing import needs as _needs
+from zeph_providers.backends._routing import next_chunk as _next_chunk
+from zeph_providers.backends._routing import remaining as _remaining
+from zeph_providers.backends._routing import scores
+from zeph_providers.backends._routing import supports as _supports
+from zeph_providers.backends._routing import union as _union
 from zeph_providers.base import BaseProvider
 from zeph_providers.breaker import Admission, CircuitBreaker
 from zeph_providers.errors import (
@@ -64,7 +72,7 @@ from zeph_providers.errors import (
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
-from zeph_providers.types import Attempt, ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+from zeph_providers.types import EndChunk, Message, StreamChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -78,9 +86,6 @@ Strategy = Literal["fallback", "round_robin", "latency"]
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
 
-_EMA_ALPHA = 0.3
-_MIN_SUCCESS = 0.05
-
 
 class _Verdict(enum.Enum):
     """What one member's error means for the request and for that member's breaker."""
@@ -88,18 +93,6 @@ class _Verdict(enum.Enum):
     FAIL_AND_FALL_BACK = "fail"  # counts against the member; try the next one
     SKIP = "skip"  # says nothing about the member's health; try the next one
     RAISE = "raise"  # the request itself is at fault; stop here
-
-
-@dataclass
-class _MemberStats:
-    """Learned numbers for the latency strategy and `status()`."""
-
-    ema_latency: float | None = None
-    """Seconds to the first chunk (or to the embedding), smoothed."""
-    ema_success: float = 1.0
-    attempts: int = 0
-    last_used: int = 0
-    """The request sequence number of the last attempt (for exploration)."""
 
 
 class RouterProvider(BaseProvider):
@@ -248,29 +241,13 @@ class RouterProvider(BaseProvider):
             return names
 
     def _scores(self) -> dict[str, float]:
-        """Expected cost per member: EMA latency divided by EMA success (lock held); untried = 0."""
-        known = [s.ema_latency for s in self._stats.values() if s.ema_latency is not None]
-        worst = max(known) if known else 1.0
-        scores: dict[str, float] = {}
-        for name, stats in self._stats.items():
-            if stats.attempts == 0:
-                scores[name] = 0.0
-                continue
-            latency = stats.ema_latency if stats.ema_latency is not None else worst
-            scores[name] = max(latency, 1e-6) / max(stats.ema_success, _MIN_SUCCESS)
-        return scores
+        """Expected cost per member (lock held); see `_routing.scores`."""
+        return scores(self._stats)
 
     def _note(self, name: str, *, ok: bool | None, latency: float | None = None) -> None:
         """Fold one attempt into the member's EMAs (ok=None: no verdict on its health)."""
         with self._lock:
-            stats = self._stats[name]
-            stats.attempts += 1
-            stats.last_used = self._sequence
-            if latency is not None:
-                prev = stats.ema_latency
-                stats.ema_latency = latency if prev is None else prev + _EMA_ALPHA * (latency - prev)
-            if ok is not None:
-                stats.ema_success += _EMA_ALPHA * ((1.0 if ok else 0.0) - stats.ema_success)
+            self._stats[name].fold(ok=ok, latency=latency, sequence=self._sequence)
 
     def _verdict(self, error: LlmError) -> _Verdict:
         if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
@@ -524,84 +501,6 @@ class RouterProvider(BaseProvider):
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
         raise self._exhausted(errors, deadline, self._default_timeout)
-
-
-# ----- helpers ----------------------------------------------------------------------------
-
-
-def _union(capabilities: Iterable[Capabilities]) -> Capabilities:
-    """A capability is the router's when any member has it."""
-    caps = list(capabilities)
-    return Capabilities(**{f.name: any(getattr(c, f.name) for c in caps) for f in fields(Capabilities)})
-
-
-def _needs(messages: Sequence[Message], options: ChatOptions) -> list[str]:
-    """The capabilities (field names of `Capabilities`) this request needs from a member."""
-    needs: list[str] = []
-    if options.tools:
-        needs.append("tools")
-    if options.response_format is not None:
-        needs.append("structured_output")
-    if any(isinstance(part, ImagePart) for message in messages for part in message.parts):
-        needs.append("vision")
-    return needs
-
-
-def _supports(capabilities: Capabilities, needs: Sequence[str]) -> bool:
-    return all(getattr(capabilities, need) for need in needs)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.monotonic()
-
-
-class _Answer:
-    """Per call: the member stream that answered, whose finalized reply carries the parsed output."""
-
-    def __init__(self) -> None:
-        self.stream: ChatStream | None = None
-
-    def finalize(self, response: ChatResponse) -> ChatResponse:
-        """The member already parsed its structured output (its own way: Claude's differs); adopt it."""
-        if self.stream is not None and self.stream.done:
-            response.parsed = self.stream.response.parsed
-        return response
-
-
-def _log_attempts(
-    log_: list[Attempt] | None, stream: ChatStream | None, clock: AttemptClock, outcome: BaseException | None
-) -> None:
-    """Add one member's tries to the call's attempt log (one made-up try when its stream never ran)."""
-    if log_ is None:
-        return
-    tries = stream.attempts if stream is not None else []
-    if not tries:
-        tries = [clock.done(outcome)]
-    elif isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
-        # The router's own wait ran out first and cancelled the member's try: that try timed out.
-        tries[-1] = tries[-1].model_copy(update={"outcome": type(outcome).__name__, "error": outcome.message})
-    log_.extend(tries)
-
-
-async def _next_chunk(stream: ChatStream, deadline: float | None, member: str) -> StreamChunk:
-    """The member's next chunk within the router's deadline; every failure typed and named."""
-    remaining = _remaining(deadline)
-    if remaining is not None and remaining <= 0:
-        raise ProviderTimeoutError("the router's deadline has passed", provider=member)
-    try:
-        async with asyncio.timeout(remaining):
-            return await anext(stream)
-    except (StopAsyncIteration, LlmError):
-        raise
-    except TimeoutError as exc:
-        raise ProviderTimeoutError("no reply within the router's deadline", provider=member) from exc
-    except Exception as exc:
-        raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=member) from exc
-
-
-async def _close(stream: ChatStream) -> None:
-    with contextlib.suppress(Exception):
-        await stream.aclose()
 
 
 def _check_cycles(config: RouterConfig, registry: Registry) -> None:
