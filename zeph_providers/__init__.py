@@ -7,6 +7,9 @@ kind is built.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from zeph_providers.base import BaseProvider
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -22,12 +25,16 @@ from zeph_providers.errors import (
     RateLimitError,
     UnsupportedCapabilityError,
 )
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions, ChatStream, LlmProvider
+from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions, ResponseFormat
+from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
+from zeph_providers.stream import ChatStream, ResponseAssembler
 from zeph_providers.types import (
+    Attempt,
     ChatResponse,
     ContentChunk,
     EndChunk,
+    FinishReason,
     ImagePart,
     Message,
     Role,
@@ -44,16 +51,24 @@ from zeph_providers.types import (
     UsageChunk,
 )
 
+if TYPE_CHECKING:
+    from zeph_providers.backends.mock import MockProvider, MockReply
+    from zeph_providers.backends.router import RouterProvider
+    from zeph_providers.blocking import BlockingChatStream, BlockingProvider, BlockingRegistry
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AllProvidersFailedError",
+    "Attempt",
     "AuthenticationError",
     "BadResponseError",
     "BaseProvider",
+    "BlockingChatStream",
     "BlockingProvider",
     "BlockingRegistry",
     "Capabilities",
+    "ChatKwargs",
     "ChatOptions",
     "ChatResponse",
     "ChatStream",
@@ -61,18 +76,24 @@ __all__ = [
     "ContentChunk",
     "ContextLengthError",
     "EndChunk",
+    "FinishReason",
     "ImagePart",
     "InferenceError",
     "InvalidRequestError",
     "LlmError",
     "LlmProvider",
     "Message",
+    "MockProvider",
+    "MockReply",
     "ProviderNotFoundError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
     "Registry",
+    "ResponseAssembler",
+    "ResponseFormat",
     "Role",
+    "RouterProvider",
     "StreamChunk",
     "TextPart",
     "ThinkingChunk",
@@ -89,10 +110,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The blocking twin pulls in threading helpers only when asked for.
-    if name in ("BlockingRegistry", "BlockingProvider"):
-        from zeph_providers import blocking
+_LAZY = {
+    # The blocking twin pulls in threading helpers, the backends their own modules: only when asked for.
+    "BlockingChatStream": "zeph_providers.blocking",
+    "BlockingRegistry": "zeph_providers.blocking",
+    "BlockingProvider": "zeph_providers.blocking",
+    "MockProvider": "zeph_providers.backends.mock",
+    "MockReply": "zeph_providers.backends.mock",
+    "RouterProvider": "zeph_providers.backends.router",
+}
 
-        return getattr(blocking, name)
+
+def __getattr__(name: str) -> object:
+    home = _LAZY.get(name)
+    if home is not None:
+        import importlib
+
+        return getattr(importlib.import_module(home), name)
     raise AttributeError(f"module 'zeph_providers' has no attribute {name!r}")

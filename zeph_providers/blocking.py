@@ -28,11 +28,13 @@ import threading
 import weakref
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from zeph_providers.errors import LlmError
-from zeph_providers.protocol import Capabilities, ChatStream, LlmProvider
+from zeph_providers.options import Capabilities, ChatKwargs
+from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
+from zeph_providers.stream import ChatStream
 from zeph_providers.types import ChatResponse, Message, StreamChunk
 
 __all__ = ["BlockingChatStream", "BlockingProvider", "BlockingRegistry"]
@@ -232,11 +234,11 @@ class BlockingProvider:
     def capabilities(self) -> Capabilities:
         return self._provider.capabilities
 
-    def chat(self, messages: Sequence[Message], **options: Any) -> ChatResponse:
+    def chat(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> ChatResponse:
         """One complete reply (the async `chat()`, waited for)."""
         return self._loop.run(self._provider.chat(messages, **options))
 
-    def chat_stream(self, messages: Sequence[Message], **options: Any) -> BlockingChatStream:
+    def chat_stream(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> BlockingChatStream:
         """A streamed reply: iterate it (ideally in a `with` block); `.response` once exhausted."""
         return BlockingChatStream(self._provider, list(messages), options, self._loop)
 
@@ -276,7 +278,7 @@ class BlockingChatStream:
         self,
         provider: LlmProvider,
         messages: list[Message],
-        options: dict[str, Any],
+        options: ChatKwargs,
         loop: _LoopThread,
     ) -> None:
         self._loop = loop
@@ -285,7 +287,7 @@ class BlockingChatStream:
         self._stream: ChatStream = loop.run(self._open(provider, messages, options))
 
     @staticmethod
-    async def _open(provider: LlmProvider, messages: list[Message], options: dict[str, Any]) -> ChatStream:
+    async def _open(provider: LlmProvider, messages: list[Message], options: ChatKwargs) -> ChatStream:
         return provider.chat_stream(messages, **options)
 
     @property

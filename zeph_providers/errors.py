@@ -10,7 +10,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zeph_providers.types import Attempt
 
 __all__ = [
     "AllProvidersFailedError",
@@ -61,6 +64,8 @@ class LlmError(Exception):
     """Base of every error this library raises; `provider` names where it came from."""
 
     retryable: bool = False
+    attempts: Sequence[Attempt] = ()
+    """The tries the failed call made (set when the error leaves a stream; a router lists every member's)."""
 
     def __init__(self, message: str, *, provider: str | None = None) -> None:
         self.provider = provider

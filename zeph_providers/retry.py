@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from zeph_providers.errors import LlmError, RateLimitError
+from zeph_providers.stream import AttemptClock, attempt_log
+from zeph_providers.types import Attempt
 
 __all__ = ["RetryPolicy", "retry_stream"]
 
@@ -53,17 +55,24 @@ async def retry_stream(
 ) -> AsyncIterator[T]:
     """Yield from `open_attempt()`, opening a fresh attempt on a retryable error before the first item.
 
-    `deadline` is a `time.monotonic()` value; a wait that would end past it is not taken and the
-    last error is raised instead. After the first item, errors reach the caller unchanged.
+    `deadline` is the call's `time.monotonic()` deadline (`ChatOptions.deadline`); a wait that would
+    end past it is not taken and the last error is raised instead. After the first item, errors
+    reach the caller unchanged. Each attempt is recorded in the call's attempt log (`attempt_log()`),
+    when there is one: its outcome, the wait before it, its time to first item and its duration.
     """
+    log_ = attempt_log()
     attempt = 0
+    wait = 0.0
     while True:
+        clock = AttemptClock(provider, wait=wait)
         source = open_attempt()
         try:
             first = await anext(source)
         except StopAsyncIteration:
+            _note(log_, clock, None)
             return
         except LlmError as error:
+            _note(log_, clock, error)
             await _close(source)
             if not policy.should_retry(error, attempt):
                 raise
@@ -80,16 +89,28 @@ async def retry_stream(
             await asyncio.sleep(wait)
             attempt += 1
             continue
-        except BaseException:
+        except BaseException as error:
+            _note(log_, clock, error)
             await _close(source)
             raise
+        clock.first_chunk()
+        outcome: BaseException | None = None
         try:
             yield first
             async for item in source:
                 yield item
+        except BaseException as error:
+            outcome = error
+            raise
         finally:
+            _note(log_, clock, outcome)
             await _close(source)
         return
+
+
+def _note(log_: list[Attempt] | None, clock: AttemptClock, error: BaseException | None) -> None:
+    if log_ is not None:
+        log_.append(clock.done(error))
 
 
 async def _close(source: AsyncIterator[T]) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 __all__ = [
+    "Attempt",
     "ChatResponse",
     "ContentChunk",
     "EndChunk",
@@ -199,6 +200,32 @@ class Usage(_Frozen):
 FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error"]
 
 
+class Attempt(_Frozen):
+    """One try at serving a call: a provider (a router's member), one request to it.
+
+    `outcome` is "ok", or the name of the typed error the try ended with (`ProviderTimeoutError`,
+    `RateLimitError`, ...), or "cancelled" when the caller stopped it. Times are seconds.
+    """
+
+    provider: str
+    outcome: str = "ok"
+    error: str | None = None
+    """The error's message (already redacted), when the try failed."""
+    wait: float = 0.0
+    """Seconds waited before this try (retry backoff; 0 for the first)."""
+    time_to_first_chunk: float | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether this try ran out of time: the server may still have finished the work."""
+        return self.outcome == "ProviderTimeoutError"
+
+
 class ChatResponse(BaseModel):
     """One complete assistant reply; `stream.response` and `chat()` return equal ones."""
 
@@ -215,6 +242,16 @@ class ChatResponse(BaseModel):
     provider: str = ""
     parsed: Any = Field(default=None, exclude=True)
     """The structured-output object when `response_format` was given (not serialised)."""
+    attempts: list[Attempt] = Field(default_factory=list)
+    """Every try made to produce this reply (retries and router fallbacks), in order; the last one
+    answered. Not part of equality: two equal replies may have taken different paths."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChatResponse):
+            return NotImplemented
+        mine = {k: v for k, v in self.__dict__.items() if k != "attempts"}
+        theirs = {k: v for k, v in other.__dict__.items() if k != "attempts"}
+        return mine == theirs
 
     def to_message(self) -> Message:
         """The reply as an assistant message, to append to the conversation."""

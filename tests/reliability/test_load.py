@@ -5,8 +5,11 @@ the fault server with a `chaos:` model: every attempt fails with probability 0.3
 from 500 / 503 / 429 / bad JSON / close mid-body / reset before the reply / reset after the first
 chunk, deterministically from (seed, member, request id, attempt), so the run does not depend on
 scheduling. Checked: every request gets exactly its own answer (the id the server echoes) or a
-typed error; the server served each answered id exactly once, by the member that answered, and no
-failed id at all; client sockets, file descriptors and threads return to their starting counts
+typed error, each with its attempts recorded; every completion the server served beyond the one
+the caller got is explained by an attempt of that request that timed out (a member's deadline
+cancels a try after the server chose to answer; the router falls back, another member serves it
+again: duplicate work on the server, never a second answer to the caller); client sockets, file
+descriptors and threads return to their starting counts
 after `registry.aclose()`; memory growth stays bounded.
 """
 
@@ -41,7 +44,7 @@ MEMBERS = {
     "m3": ("ollama", f"chaos:p={FAIL_RATE}:seed=3"),
 }
 RSS_GROWTH_LIMIT = 200 * 1024 * 1024
-WALL_LIMIT = 60.0
+WALL_LIMIT = 600.0  # a hang guard, not a speed requirement (the machine may be slow and busy)
 
 
 def _registry(url: str) -> Registry:
@@ -148,18 +151,29 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
             ProviderTimeoutError,
         }
 
-        # The server's view: each answered id was served exactly once, by the member that answered;
-        # a failed id never got a complete answer; no request was lost before reaching the server.
+        # The server's view: every id reached it; a completion it served for an id beyond the one
+        # the caller got (or any, for a failed id) is explained by a try of that id that timed out:
+        # the member's deadline cut it off after the server had chosen to answer, and the router (or
+        # the retry loop) asked again. Fallback after a timeout can duplicate work on the server;
+        # the caller still gets exactly one answer (docs/reliability.md, "Duplicate work").
         served = collections.Counter(s.request_id for s in server.requests() if s.mode == "ok")
         server_ids = {s.request_id for s in server.requests()}
         for i in range(TOTAL):
             assert f"req-{i}" in server_ids, f"request {i} never reached the server"
+        duplicates = 0
+        for i, result in enumerate(results):
+            assert isinstance(result, ChatResponse | LlmError)
+            attempts = list(result.attempts)
+            assert attempts, f"request {i}: no attempts recorded"
+            timed_out = sum(1 for a in attempts if a.timed_out)
+            extra = served[f"req-{i}"] - (1 if isinstance(result, ChatResponse) else 0)
+            assert 0 <= extra <= timed_out, (i, served[f"req-{i}"], [(a.provider, a.outcome) for a in attempts])
+            duplicates += extra
         for i, response in answered.items():
-            assert served[f"req-{i}"] == 1, (i, served[f"req-{i}"])
+            last = response.attempts[-1]
+            assert (last.provider, last.outcome) == (response.provider, "ok"), (i, response.attempts)
             ok_models = {s.model for s in server.requests(f"req-{i}") if s.mode == "ok"}
-            assert ok_models == {MEMBERS[response.provider][1]}
-        for i in failed:
-            assert served[f"req-{i}"] == 0, (i, served[f"req-{i}"])
+            assert MEMBERS[response.provider][1] in ok_models
         assert len(answered) > TOTAL * 0.8  # fallback and retries hide most of a 30% fault rate
         assert failed  # and the seed does produce some end-to-end failures
 
@@ -173,6 +187,7 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
             f"\nload: {TOTAL} requests at concurrency {CONCURRENCY} in {elapsed:.1f}s; "
             f"{len(answered)} answered, {len(failed)} typed errors "
             f"({collections.Counter(type(e).__name__ for e in failed.values())}); "
-            f"server saw {len(server.requests())} attempts; peak client sockets {peak_sockets}; "
+            f"server saw {len(server.requests())} attempts ({duplicates} duplicate completions); "
+            f"peak client sockets {peak_sockets}; "
             f"RSS growth {rss_growth / 1e6:.0f} MB"
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from zeph_providers.backends.mock import MockProvider, MockReply
 from zeph_providers.backends.router import RouterProvider
-from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import Message, StreamChunk
 
 

@@ -27,7 +27,8 @@ from zeph_providers import (
     UnsupportedCapabilityError,
 )
 from zeph_providers.backends.mock import MockProvider, MockReply
-from zeph_providers.protocol import Capabilities
+from zeph_providers.backends.router import RouterProvider
+from zeph_providers.options import Capabilities
 from zeph_providers.types import ContentChunk, EndChunk, ImagePart
 
 TOOL = ToolDefinition(name="weather", parameters={"type": "object", "properties": {"city": {"type": "string"}}})
@@ -481,3 +482,52 @@ async def test_a_member_that_cannot_be_built_is_skipped_and_reported() -> None:
     with pytest.raises(AllProvidersFailedError, match="no member could be built") as caught:
         await RouterProvider("router", ["a", "b"], nothing).chat(USER)
     assert [type(e) for e in caught.value.errors] == [ConfigError, ConfigError]
+
+
+# ----- attempts: every try on every member, on the reply and on the error ---------------------
+
+
+async def test_fallback_records_each_members_attempt_in_order() -> None:
+    a = mock("a", MockReply(error=ProviderUnavailableError("HTTP 503")))
+    b = mock("b", "from b")
+    r = router([a, b])
+    resp = await r.chat(USER)
+    assert resp.provider == "b"
+    assert [(x.provider, x.outcome) for x in resp.attempts] == [("a", "ProviderUnavailableError"), ("b", "ok")]
+    assert resp.attempts[0].error is not None and "503" in resp.attempts[0].error
+    stream = r.chat_stream(USER)
+    await stream.collect()
+    assert [(x.provider, x.outcome) for x in stream.response.attempts] == [
+        ("a", "ProviderUnavailableError"),
+        ("b", "ok"),
+    ]
+
+
+async def test_all_failed_error_carries_every_attempt() -> None:
+    a = mock("a", MockReply(error=ProviderUnavailableError("HTTP 503")))
+    b = mock("b", MockReply(error=RateLimitError("HTTP 429", retry_after=1.0)))
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await router([a, b]).chat(USER)
+    assert [(x.provider, x.outcome) for x in caught.value.attempts] == [
+        ("a", "ProviderUnavailableError"),
+        ("b", "RateLimitError"),
+    ]
+
+
+async def test_a_member_cut_off_by_its_own_timeout_is_a_timed_out_attempt() -> None:
+    a = mock("a", MockReply(text="never", delay_secs=30))
+    a._default_timeout = 0.1  # the member's own timeout, shorter than the router's
+    b = mock("b", "from b")
+    resp = await router([a, b], timeout_secs=60).chat(USER)
+    assert resp.provider == "b"
+    assert [(x.provider, x.outcome) for x in resp.attempts] == [("a", "ProviderTimeoutError"), ("b", "ok")]
+    assert resp.attempts[0].timed_out
+
+
+async def test_nested_routers_list_the_leaf_attempts() -> None:
+    a = mock("a", MockReply(error=ProviderUnavailableError("HTTP 503")))
+    b = mock("b", "from b")
+    inner = router([a, b])
+    outer = RouterProvider("outer", ["inner"], {"inner": inner}.__getitem__)
+    resp = await outer.chat(USER)
+    assert [(x.provider, x.outcome) for x in resp.attempts] == [("a", "ProviderUnavailableError"), ("b", "ok")]

@@ -27,7 +27,7 @@ from zeph_providers.backends.mock import MockProvider, MockReply
 from zeph_providers.backends.router import RouterProvider
 from zeph_providers.config import MockConfig
 from zeph_providers.errors import BadResponseError, ProviderTimeoutError
-from zeph_providers.protocol import ChatOptions
+from zeph_providers.options import ChatOptions
 from zeph_providers.types import ContentChunk, EndChunk, StreamChunk, Usage, UsageChunk
 
 USER = [Message.user("hello")]

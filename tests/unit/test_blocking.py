@@ -165,3 +165,14 @@ def _wrap(provider: MockProvider) -> BlockingRegistry:
     registry = Registry.from_dict({"llm": {"providers": [{"name": provider.name, "type": "mock"}]}})
     registry._providers[provider.name] = provider  # pre-built: the script lives in code
     return BlockingRegistry(registry)
+
+
+def test_the_blocking_twin_takes_the_same_keywords_and_reports_attempts(blocking: BlockingRegistry) -> None:
+    provider = blocking.get("mock")
+    response = provider.chat(HELLO, stop="END", timeout=30, extra={"k": 1})
+    assert [(a.provider, a.outcome) for a in response.attempts] == [("mock", "ok")]
+    with pytest.raises(TypeError, match="max_token"):
+        provider.chat(HELLO, max_token=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="max_token"):
+        provider.chat_stream(HELLO, max_token=5)  # type: ignore[call-arg]
+    assert zeph_providers.BlockingChatStream is BlockingChatStream

@@ -10,7 +10,7 @@ import pytest
 
 from zeph_providers.backends.mock import MockProvider, MockReply
 from zeph_providers.errors import LlmError, ProviderTimeoutError, RateLimitError, UnsupportedCapabilityError
-from zeph_providers.protocol import Capabilities
+from zeph_providers.options import Capabilities
 from zeph_providers.registry import Registry
 from zeph_providers.types import (
     ContentChunk,

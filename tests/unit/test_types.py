@@ -8,6 +8,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from zeph_providers.types import (
+    Attempt,
     ChatResponse,
     ContentChunk,
     EndChunk,
@@ -137,3 +138,17 @@ def test_tool_definition_defaults() -> None:
     tool = ToolDefinition(name="now")
     assert tool.parameters == {"type": "object", "properties": {}}
     assert ToolDefinition.model_validate_json(tool.model_dump_json()) == tool
+
+
+def test_attempts_round_trip_and_stay_out_of_equality() -> None:
+    tries = [
+        Attempt(provider="a", outcome="ProviderTimeoutError", error="no reply", duration=1.5),
+        Attempt(provider="b", wait=0.2, time_to_first_chunk=0.1, duration=0.3),
+    ]
+    resp = ChatResponse(text="hi", provider="b", attempts=tries)
+    back = ChatResponse.model_validate_json(resp.model_dump_json())
+    assert back.attempts == tries
+    assert tries[0].timed_out and not tries[0].ok and tries[1].ok and not tries[1].timed_out
+    assert resp == ChatResponse(text="hi", provider="b")  # same reply, another path
+    assert resp != ChatResponse(text="hi!", provider="b", attempts=tries)
+    assert resp != "hi"

@@ -185,7 +185,7 @@ class RemoteProvider(BaseProvider):
 
     def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
         timeout = options.timeout if options.timeout is not None else self.config.timeout_secs
-        deadline = time.monotonic() + timeout
+        deadline = options.deadline if options.deadline is not None else time.monotonic() + timeout
         return retry_stream(
             lambda: self._mapped_attempt(messages, options, deadline),
             self.retry_policy,

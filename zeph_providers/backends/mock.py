@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from zeph_providers.base import BaseProvider
 from zeph_providers.errors import LlmError
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ContentChunk,
     EndChunk,

@@ -20,7 +20,14 @@ strategy = "fallback"                      # fallback | round_robin | latency
   next member. `InvalidRequestError` / `AuthenticationError` are raised at once unless
   `fallback_on_client_error` is set. A stream moves on only before its first chunk; after that
   the member's error reaches the caller, who already has the partial reply.
-- One deadline (`timeout_secs`, or the per-call `timeout`) covers every attempt on every member.
+- One deadline (`timeout_secs`, or the per-call `timeout`) covers every attempt on every member:
+  it is fixed once when the call opens (`ChatOptions.deadline`) and each member's stream gets it,
+  capped by the member's own `default_timeout`. A member cut off by its own timeout counts as
+  failed and the router falls back: the server may still finish that work (see
+  docs/reliability.md, "duplicate work"), so requests that must not run twice need an idempotency
+  key of the caller's.
+- `resp.attempts` (and `stream.response.attempts`, and `error.attempts` on failure) lists every
+  try on every member, retries included, in order.
 - Requests go only to members whose capabilities allow them (tools, vision, structured output,
   embeddings). Building the router never builds its members; the first call, `capabilities`
   (the union of the members') or `embed` builds them through the registry.
@@ -31,15 +38,24 @@ strategy = "fallback"                      # fallback | round_robin | latency
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from zeph_providers.backends._routing import Answer as _Answer
+from zeph_providers.backends._routing import MemberStats as _MemberStats
+from zeph_providers.backends._routing import close_quietly as _close
+from zeph_providers.backends._routing import log_attempts as _log_attempts
+from zeph_providers.backends._routing import needs as _needs
+from zeph_providers.backends._routing import next_chunk as _next_chunk
+from zeph_providers.backends._routing import remaining as _remaining
+from zeph_providers.backends._routing import scores
+from zeph_providers.backends._routing import supports as _supports
+from zeph_providers.backends._routing import union as _union
+from zeph_providers.base import BaseProvider
 from zeph_providers.breaker import Admission, CircuitBreaker
 from zeph_providers.errors import (
     AllProvidersFailedError,
@@ -53,8 +69,10 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions, ChatStream, LlmProvider
-from zeph_providers.types import ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.protocol import LlmProvider
+from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
+from zeph_providers.types import EndChunk, Message, StreamChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -68,9 +86,6 @@ Strategy = Literal["fallback", "round_robin", "latency"]
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
 
-_EMA_ALPHA = 0.3
-_MIN_SUCCESS = 0.05
-
 
 class _Verdict(enum.Enum):
     """What one member's error means for the request and for that member's breaker."""
@@ -78,18 +93,6 @@ class _Verdict(enum.Enum):
     FAIL_AND_FALL_BACK = "fail"  # counts against the member; try the next one
     SKIP = "skip"  # says nothing about the member's health; try the next one
     RAISE = "raise"  # the request itself is at fault; stop here
-
-
-@dataclass
-class _MemberStats:
-    """Learned numbers for the latency strategy and `status()`."""
-
-    ema_latency: float | None = None
-    """Seconds to the first chunk (or to the embedding), smoothed."""
-    ema_success: float = 1.0
-    attempts: int = 0
-    last_used: int = 0
-    """The request sequence number of the last attempt (for exploration)."""
 
 
 class RouterProvider(BaseProvider):
@@ -238,29 +241,13 @@ class RouterProvider(BaseProvider):
             return names
 
     def _scores(self) -> dict[str, float]:
-        """Expected cost per member: EMA latency divided by EMA success (lock held); untried = 0."""
-        known = [s.ema_latency for s in self._stats.values() if s.ema_latency is not None]
-        worst = max(known) if known else 1.0
-        scores: dict[str, float] = {}
-        for name, stats in self._stats.items():
-            if stats.attempts == 0:
-                scores[name] = 0.0
-                continue
-            latency = stats.ema_latency if stats.ema_latency is not None else worst
-            scores[name] = max(latency, 1e-6) / max(stats.ema_success, _MIN_SUCCESS)
-        return scores
+        """Expected cost per member (lock held); see `_routing.scores`."""
+        return scores(self._stats)
 
     def _note(self, name: str, *, ok: bool | None, latency: float | None = None) -> None:
         """Fold one attempt into the member's EMAs (ok=None: no verdict on its health)."""
         with self._lock:
-            stats = self._stats[name]
-            stats.attempts += 1
-            stats.last_used = self._sequence
-            if latency is not None:
-                prev = stats.ema_latency
-                stats.ema_latency = latency if prev is None else prev + _EMA_ALPHA * (latency - prev)
-            if ok is not None:
-                stats.ema_success += _EMA_ALPHA * ((1.0 if ok else 0.0) - stats.ema_success)
+            self._stats[name].fold(ok=ok, latency=latency, sequence=self._sequence)
 
     def _verdict(self, error: LlmError) -> _Verdict:
         if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
@@ -304,8 +291,26 @@ class RouterProvider(BaseProvider):
 
     # ----- chat ---------------------------------------------------------------------
 
-    async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
-        deadline = _deadline(options.timeout)
+    def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream:
+        """The routed stream. Its deadline is enforced on the members' streams (each member's
+        timeout reported with its name), so the router's own stream arms no timer of its own."""
+        options = options.started(self._default_timeout)
+        message_list = list(messages)
+        self.check_request(message_list, options)
+        answer = _Answer()
+        source = self._guarded_stream(message_list, options, self._route(message_list, options, answer))
+        return ChatStream(
+            source, provider=self.name, model=self.model, options=options, finalize=answer.finalize, timed=False
+        )
+
+    def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        return self._route(messages, options, _Answer())
+
+    async def _route(
+        self, messages: list[Message], options: ChatOptions, answer: _Answer
+    ) -> AsyncIterator[StreamChunk]:
+        deadline = options.deadline
+        log_ = attempt_log()
         errors = self._resolve_members()
         needs = _needs(messages, options)
 
@@ -315,11 +320,13 @@ class RouterProvider(BaseProvider):
                 return False
             return True
 
-        for name, member, admission, remaining in self._candidates(errors, deadline, accept):
+        for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept):
             started = time.perf_counter()
+            clock = AttemptClock(name)
             try:
-                stream = _open_member_stream(member, messages, options, _member_timeout(member, remaining))
+                stream = member.open_stream(messages, options.within(member.default_timeout))
             except LlmError as exc:
+                _log_attempts(log_, None, clock, exc)
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
                     raise
@@ -327,6 +334,7 @@ class RouterProvider(BaseProvider):
             except Exception as exc:  # a plugin member that breaks the protocol
                 error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
                 error.__cause__ = exc
+                _log_attempts(log_, None, clock, error)
                 errors.append(error)
                 self._settle(name, admission, error)
                 continue
@@ -336,30 +344,37 @@ class RouterProvider(BaseProvider):
                 first = None  # an empty reply is still a reply
             except LlmError as exc:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, exc)
                 errors.append(exc)
                 if self._settle(name, admission, exc) is _Verdict.RAISE:
                     raise
                 continue
-            except BaseException:
+            except BaseException as exc:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, exc)
                 self._breakers[name].release(admission)
                 raise
             # Committed: from here on this member's chunks (and errors) go to the caller.
             latency = time.perf_counter() - started
+            outcome: BaseException | None = None
             try:
                 async for chunk in self._relay(name, member, stream, first, deadline):
                     yield chunk
             except LlmError as exc:
+                outcome = exc
                 if not exc.provider:
                     exc.provider = name
                 self._breakers[name].record_failure(admission)
                 self._note(name, ok=False, latency=latency)
                 raise
-            except BaseException:  # closed early or cancelled: no verdict on the member
+            except BaseException as exc:  # closed early or cancelled: no verdict on the member
+                outcome = exc
                 self._breakers[name].release(admission)
                 raise
             finally:
                 await _close(stream)
+                _log_attempts(log_, stream, clock, outcome)
+            answer.stream = stream
             self._breakers[name].record_success(admission)
             self._note(name, ok=True, latency=latency)
             return
@@ -439,13 +454,6 @@ class RouterProvider(BaseProvider):
         error.__cause__ = group
         return error
 
-    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
-        """Let the member that answered parse its own structured output (Claude's differs)."""
-        member = self._members.get(response.provider)
-        if isinstance(member, BaseProvider) and member is not self:
-            return member._finalize(response, options)
-        return super()._finalize(response, options)
-
     # ----- embeddings ---------------------------------------------------------------
 
     async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
@@ -464,7 +472,7 @@ class RouterProvider(BaseProvider):
             return await self._embed_routed(text_list, build_errors)
 
     async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
-        deadline = _deadline(self._default_timeout)
+        deadline = ChatOptions().started(self._default_timeout).deadline
         embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
         for name, member, admission, remaining in embedders:
             started = time.perf_counter()
@@ -493,103 +501,6 @@ class RouterProvider(BaseProvider):
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
         raise self._exhausted(errors, deadline, self._default_timeout)
-
-
-# ----- helpers ----------------------------------------------------------------------------
-
-
-def _union(capabilities: Iterable[Capabilities]) -> Capabilities:
-    """A capability is the router's when any member has it."""
-    caps = list(capabilities)
-    return Capabilities(**{f.name: any(getattr(c, f.name) for c in caps) for f in fields(Capabilities)})
-
-
-def _needs(messages: Sequence[Message], options: ChatOptions) -> list[str]:
-    """The capabilities (field names of `Capabilities`) this request needs from a member."""
-    needs: list[str] = []
-    if options.tools:
-        needs.append("tools")
-    if options.response_format is not None:
-        needs.append("structured_output")
-    if any(isinstance(part, ImagePart) for message in messages for part in message.parts):
-        needs.append("vision")
-    return needs
-
-
-def _supports(capabilities: Capabilities, needs: Sequence[str]) -> bool:
-    return all(getattr(capabilities, need) for need in needs)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    """The router's own deadline, a hair before the ChatStream's so the router reports the timeout."""
-    if timeout is None:
-        return None
-    return time.monotonic() + timeout - min(0.05, timeout * 0.1)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def _member_timeout(member: LlmProvider, remaining: float | None) -> float | None:
-    """What is left of the router's deadline, capped by the member's own configured timeout.
-
-    Without the cap a member that hangs would use up the whole router deadline, leaving no time
-    to fall back to the next member.
-    """
-    own = member._default_timeout if isinstance(member, BaseProvider) else None
-    if own is None:
-        return remaining
-    return own if remaining is None else min(own, remaining)
-
-
-def _open_member_stream(
-    member: LlmProvider, messages: list[Message], options: ChatOptions, timeout: float | None
-) -> ChatStream:
-    """The member's stream for this call: the router's options (the `stream` flag included, so a
-    `chat()` through the router lets the member use its non-streamed request) with the member's timeout.
-    A plugin member that is not a `BaseProvider` gets the public `chat_stream()`."""
-    if isinstance(member, BaseProvider):
-        return member.open_stream(messages, replace(options, timeout=timeout))
-    return member.chat_stream(messages, **_member_kwargs(options, timeout))
-
-
-def _member_kwargs(options: ChatOptions, timeout: float | None) -> dict[str, Any]:
-    """The router's per-call options, passed on to a member with what is left of the deadline."""
-    return {
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "top_k": options.top_k,
-        "seed": options.seed,
-        "stop": list(options.stop),
-        "tools": list(options.tools),
-        "tool_choice": options.tool_choice,
-        "response_format": options.response_format,
-        "timeout": timeout,
-        "extra": dict(options.extra),
-    }
-
-
-async def _next_chunk(stream: ChatStream, deadline: float | None, member: str) -> StreamChunk:
-    """The member's next chunk within the router's deadline; every failure typed and named."""
-    remaining = _remaining(deadline)
-    if remaining is not None and remaining <= 0:
-        raise ProviderTimeoutError("the router's deadline has passed", provider=member)
-    try:
-        async with asyncio.timeout(remaining):
-            return await anext(stream)
-    except (StopAsyncIteration, LlmError):
-        raise
-    except TimeoutError as exc:
-        raise ProviderTimeoutError("no reply within the router's deadline", provider=member) from exc
-    except Exception as exc:
-        raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=member) from exc
-
-
-async def _close(stream: ChatStream) -> None:
-    with contextlib.suppress(Exception):
-        await stream.aclose()
 
 
 def _check_cycles(config: RouterConfig, registry: Registry) -> None:

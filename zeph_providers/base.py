@@ -1,0 +1,254 @@
+"""`BaseProvider`: the shared behaviour every built-in backend (and most plugins) builds on.
+
+A backend implements one method, `stream_chunks(messages, options)`, an async generator of stream
+chunks. The base turns it into `chat_stream()` (an async iterator and async context manager) and
+`chat()`, which assembles the very same chunks, so streamed and non-streamed results are equal by
+construction. The base also enforces capabilities, the per-call deadline, `max_concurrent` and
+structured output.
+
+Extension points for backend (and plugin) authors, each with a working default:
+
+- `stream_chunks(messages, options)`: one reply as chunks (required for chat). `options.deadline`
+  is the call's monotonic deadline: pass what is left of it to any SDK timeout.
+- `embed_texts(texts)`: a batch of embeddings (a non-empty list); only called when
+  `capabilities.embeddings` is set.
+- `check_request(messages, options)`: refuse, with a typed error, what the backend would drop.
+- `structured_payload(response, options)` / `finalize(response, options)`: how a reply becomes
+  the structured-output value (`response.parsed`).
+
+The private names the built-in backends use (`_stream`, `_embed_batch`, `_check_request`,
+`_structured_payload`, `_finalize`) keep working: each public hook calls its private twin by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar, Unpack
+
+from zeph_providers.errors import (
+    BadResponseError,
+    InferenceError,
+    LlmError,
+    ProviderTimeoutError,
+    UnsupportedCapabilityError,
+)
+from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
+from zeph_providers.stream import ChatStream
+from zeph_providers.types import ChatResponse, ImagePart, Message, StreamChunk
+
+__all__ = ["BaseProvider"]
+
+
+class BaseProvider:
+    """Shared behaviour for every backend; subclasses implement `stream_chunks()` (see the module doc)."""
+
+    backend: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        *,
+        capabilities: Capabilities | None = None,
+        max_concurrent: int | None = None,
+        default_timeout: float | None = None,
+    ) -> None:
+        self._name = name
+        self._model = model
+        self._capabilities = capabilities or Capabilities()
+        self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
+        self._default_timeout = default_timeout
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def default_timeout(self) -> float | None:
+        """Seconds a call may take when it names no `timeout` (None: no limit)."""
+        return self._default_timeout
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self._name!r} model={self._model!r}>"
+
+    # ----- public API -----------------------------------------------------------------
+
+    def chat_stream(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatStream:
+        """Start a streamed reply. Nothing is sent until the stream is iterated."""
+        return self.open_stream(messages, ChatOptions.from_kwargs(kwargs))
+
+    async def chat(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatResponse:
+        """One complete reply: the same chunks as `chat_stream`, assembled.
+
+        The options carry `stream=False`, so a remote backend may fetch the reply with one
+        non-streamed request; it still yields the same chunk vocabulary, which the same
+        `ResponseAssembler` folds, so the result equals `chat_stream(...).response`.
+        """
+        stream = self.open_stream(messages, ChatOptions.from_kwargs(kwargs, stream=False))
+        async with stream:
+            return await stream.collect()
+
+    def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream:
+        """`chat_stream()` with ready-made options (`options.stream` False: the caller wants one reply).
+
+        What `chat()` and the router use. The call's deadline is fixed here, once: a `None` timeout
+        takes `default_timeout`, and a deadline already set (by a router) is kept.
+        """
+        options = options.started(self._default_timeout)
+        message_list = list(messages)
+        self.check_request(message_list, options)
+        return ChatStream(
+            self._guarded_stream(message_list, options),
+            provider=self._name,
+            model=self._model,
+            options=options,
+            finalize=lambda response: self.finalize(response, options),
+        )
+
+    async def embed(self, text: str) -> list[float]:
+        vectors = await self.embed_batch([text])
+        return vectors[0]
+
+    async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        if not self._capabilities.embeddings:
+            raise UnsupportedCapabilityError("embeddings", provider=self._name)
+        text_list = list(texts)
+        if not text_list:
+            return []
+        if self._semaphore is None:
+            return await self.embed_texts(text_list)
+        async with self._semaphore:
+            return await self.embed_texts(text_list)
+
+    async def aclose(self) -> None:
+        """Release clients, sockets, threads and models. Safe to call twice."""
+
+    async def __aenter__(self) -> BaseProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ----- extension points (public names; the private twins are the built-ins' spelling) ----
+
+    def stream_chunks(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        """One reply as an async iterator of chunks. Override this (or, equivalently, `_stream`)."""
+        return self._stream(messages, options)
+
+    async def embed_texts(self, texts: list[str]) -> list[list[float]]:
+        """Embeddings for a non-empty batch. Override this (or `_embed_batch`)."""
+        return await self._embed_batch(texts)
+
+    def check_request(self, messages: list[Message], options: ChatOptions) -> None:
+        """Refuse, with a typed error, any argument this provider would otherwise drop."""
+        self._check_request(messages, options)
+
+    def structured_payload(self, response: ChatResponse, options: ChatOptions) -> Any:
+        """The raw structured value of a reply: its text by default."""
+        return self._structured_payload(response, options)
+
+    def finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        """The assembled reply made final: the structured output parsed into `response.parsed`."""
+        return self._finalize(response, options)
+
+    # ----- the built-ins' spelling of the same hooks --------------------------------------
+
+    def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        raise NotImplementedError(f"{type(self).__name__} implements neither stream_chunks() nor _stream()")
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        raise UnsupportedCapabilityError("embeddings", provider=self._name)
+
+    def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
+        caps = self._capabilities
+        if options.tools and not caps.tools:
+            raise UnsupportedCapabilityError("tools", provider=self._name)
+        if options.response_format is not None and not caps.structured_output:
+            raise UnsupportedCapabilityError("structured output", provider=self._name)
+        if not caps.vision and any(isinstance(p, ImagePart) for m in messages for p in m.parts):
+            raise UnsupportedCapabilityError("vision (image parts)", provider=self._name)
+        fmt = options.response_format
+        if fmt is not None and not isinstance(fmt, dict) and not hasattr(fmt, "model_json_schema"):
+            raise UnsupportedCapabilityError(
+                "structured output",
+                provider=self._name,
+                detail="response_format must be a JSON schema dict or a pydantic model class",
+            )
+
+    def _structured_payload(self, response: ChatResponse, options: ChatOptions) -> Any:
+        return response.text
+
+    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        fmt = options.response_format
+        if fmt is None:
+            return response
+        raw = self.structured_payload(response, options)
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else raw
+            parsed = fmt.model_validate(data) if isinstance(fmt, type) else data
+        except Exception as exc:
+            raise BadResponseError(
+                f"the reply does not match the requested response_format: {exc}",
+                provider=self._name,
+            ) from exc
+        response.parsed = parsed
+        return response
+
+    # ----- shared machinery -----------------------------------------------------------
+
+    async def _acquire_slot(self, options: ChatOptions) -> None:
+        """Wait for a `max_concurrent` slot, no longer than the call's deadline."""
+        assert self._semaphore is not None
+        remaining = options.remaining()
+        if remaining is None:
+            await self._semaphore.acquire()
+            return
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                await self._semaphore.acquire()
+        except TimeoutError as exc:
+            raise ProviderTimeoutError(
+                f"no free max_concurrent slot within the {options.timeout or 0:g}s deadline", provider=self._name
+            ) from exc
+
+    async def _guarded_stream(
+        self,
+        messages: list[Message],
+        options: ChatOptions,
+        source: AsyncIterator[StreamChunk] | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        """`stream_chunks()` (or `source`) inside the concurrency slot, every unexpected error typed."""
+        semaphore = self._semaphore
+        if semaphore is not None:
+            await self._acquire_slot(options)
+        try:
+            if source is None:
+                source = self.stream_chunks(messages, options)
+            try:
+                async for chunk in source:
+                    yield chunk
+            except LlmError:
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=self._name) from exc
+            finally:
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+        finally:
+            if semaphore is not None:
+                semaphore.release()

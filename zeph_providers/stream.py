@@ -1,0 +1,326 @@
+"""Streams: `ResponseAssembler` folds chunks into a `ChatResponse`; `ChatStream` is the in-flight reply.
+
+A `ChatStream` knows nothing of providers: it takes a chunk source, the call's options (whose
+`deadline` it enforces) and a `finalize` callable that turns the assembled reply into the final
+one (structured output parsed). It also keeps the call's attempt log (`attempts`): layers below it
+(the retry loop, a router) append one `Attempt` per try through `attempt_log()`; a source that
+records none gets one attempt for the whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any
+
+from zeph_providers.errors import LlmError, ProviderTimeoutError
+from zeph_providers.options import ChatOptions
+from zeph_providers.types import (
+    Attempt,
+    ChatResponse,
+    ContentChunk,
+    EndChunk,
+    FinishReason,
+    StreamChunk,
+    ThinkingChunk,
+    ToolCall,
+    ToolUseChunk,
+    Usage,
+    UsageChunk,
+)
+
+__all__ = ["AttemptClock", "ChatStream", "ResponseAssembler", "attempt_log"]
+
+Finalize = Callable[[ChatResponse], ChatResponse]
+
+_log: ContextVar[list[Attempt] | None] = ContextVar("zeph_providers_attempt_log", default=None)
+
+
+def attempt_log() -> list[Attempt] | None:
+    """The attempt list of the call whose stream is being read in this task (None outside one).
+
+    Read it once, when an attempt loop starts (the first `anext` of its generator): a nested
+    stream (a router's member) swaps in its own list only while it is read.
+    """
+    return _log.get()
+
+
+class AttemptClock:
+    """Times one attempt: `first_chunk()` when the first chunk arrives, `done()` makes the record."""
+
+    def __init__(self, provider: str, *, wait: float = 0.0) -> None:
+        self.provider = provider
+        self.wait = wait
+        self.started = time.perf_counter()
+        self._first: float | None = None
+
+    def first_chunk(self) -> None:
+        if self._first is None:
+            self._first = time.perf_counter() - self.started
+
+    def done(self, error: BaseException | None = None) -> Attempt:
+        if error is None:
+            outcome, message = "ok", None
+        elif isinstance(error, LlmError):
+            outcome, message = type(error).__name__, error.message
+        else:  # cancelled or closed early by the caller
+            outcome, message = "cancelled", None
+        return Attempt(
+            provider=self.provider,
+            outcome=outcome,
+            error=message,
+            wait=self.wait,
+            time_to_first_chunk=self._first,
+            duration=time.perf_counter() - self.started,
+        )
+
+
+class ResponseAssembler:
+    """Folds stream chunks into one `ChatResponse`."""
+
+    def __init__(self, *, provider: str, model: str) -> None:
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._thinking_signature: str | None = None
+        self._tool_calls: list[ToolCall] = []
+        self._usage: Usage | None = None
+        self._finish: FinishReason | None = None
+        self._model = model
+        self._provider = provider
+
+    def add(self, chunk: StreamChunk) -> None:
+        if isinstance(chunk, ContentChunk):
+            self._text.append(chunk.text)
+        elif isinstance(chunk, ThinkingChunk):
+            self._thinking.append(chunk.text)
+            if chunk.signature:
+                self._thinking_signature = chunk.signature
+        elif isinstance(chunk, ToolUseChunk):
+            self._tool_calls.append(chunk.tool_call)
+        elif isinstance(chunk, UsageChunk):
+            self._usage = chunk.usage if self._usage is None else self._usage + chunk.usage
+        elif isinstance(chunk, EndChunk):
+            self._finish = chunk.finish_reason
+            if chunk.model:
+                self._model = chunk.model
+            if chunk.provider:
+                self._provider = chunk.provider
+
+    @property
+    def finished(self) -> bool:
+        return self._finish is not None
+
+    def response(self) -> ChatResponse:
+        finish: FinishReason = self._finish or "stop"
+        if self._tool_calls and finish == "stop":
+            finish = "tool_use"
+        return ChatResponse(
+            text="".join(self._text),
+            tool_calls=list(self._tool_calls),
+            thinking="".join(self._thinking),
+            thinking_signature=self._thinking_signature,
+            usage=self._usage or Usage(),
+            finish_reason=finish,
+            model=self._model,
+            provider=self._provider,
+        )
+
+
+def _expire_ref(ref: weakref.ReferenceType[ChatStream]) -> None:
+    stream = ref()
+    if stream is not None:
+        stream._expire()
+
+
+class ChatStream:
+    """An in-flight streamed reply: `async for chunk in stream`, or `async with ... as stream`.
+
+    `response` holds the assembled `ChatResponse` once the stream has finished. Leaving the
+    `async with` block or calling `aclose()` early cancels the request (the local backend stops
+    generating). A stream dropped unfinished (`async for chunk in provider.chat_stream(...): break`)
+    is released as soon as it is garbage: its request is cancelled and its `max_concurrent` slot
+    freed. Holding the stream in a variable keeps it alive: use `async with` (or `aclose()`) then.
+
+    `options.deadline` (a `time.monotonic()` value) bounds every read; `timed=False` leaves the
+    deadline to the source (a router enforces it on its members, to report what each one did).
+    """
+
+    def __init__(
+        self,
+        source: AsyncIterator[StreamChunk],
+        *,
+        provider: str,
+        model: str,
+        options: ChatOptions,
+        finalize: Finalize | None = None,
+        timed: bool = True,
+    ) -> None:
+        self._source = source
+        self._name = provider
+        self._options = options
+        self._finalize_response = finalize
+        self._assembler = ResponseAssembler(provider=provider, model=model)
+        self._response: ChatResponse | None = None
+        self._closed = False
+        self._deadline = options.deadline if timed else None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task[Any] | None = None
+        self._expired = False
+        self._attempts: list[Attempt] = []
+        self._clock: AttemptClock | None = None
+
+    @property
+    def provider(self) -> str:
+        """The name of the provider this stream belongs to."""
+        return self._name
+
+    @property
+    def options(self) -> ChatOptions:
+        return self._options
+
+    @property
+    def response(self) -> ChatResponse:
+        if self._response is None:
+            raise LlmError("the stream has not finished yet; iterate it to the end first", provider=self._name)
+        return self._response
+
+    @property
+    def done(self) -> bool:
+        return self._response is not None
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The tries made so far (complete once the stream has ended, however it ended)."""
+        return list(self._attempts)
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._clock is None:
+            self._clock = AttemptClock(self._name)
+        token = _log.set(self._attempts)
+        try:
+            chunk = await self._next_within_deadline()
+        except StopAsyncIteration:
+            _log.reset(token)
+            self._finish()
+            raise
+        except BaseException as exc:
+            _log.reset(token)
+            await self._fail(exc)
+            raise
+        _log.reset(token)
+        self._clock.first_chunk()
+        self._assembler.add(chunk)
+        return chunk
+
+    async def _next_within_deadline(self) -> StreamChunk:
+        if self._deadline is None:
+            return await anext(self._source)
+        if self._expired or time.monotonic() >= self._deadline:
+            raise self._deadline_error()
+        task = asyncio.current_task()
+        if self._timer is None:
+            # One timer per stream, not an asyncio.timeout() per chunk (a measurable cost at
+            # tens of thousands of chunks per second). It cancels the task only while it waits here,
+            # and holds the stream only weakly, so an abandoned stream can be collected.
+            loop = asyncio.get_running_loop()
+            delay = max(self._deadline - time.monotonic(), 0.0)
+            self._timer = loop.call_later(delay, _expire_ref, weakref.ref(self))
+        self._waiter = task
+        try:
+            return await anext(self._source)
+        except asyncio.CancelledError as exc:
+            if self._expired and task is not None and task.uncancel() == 0:
+                raise self._deadline_error() from exc
+            raise
+        finally:
+            self._waiter = None
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._waiter is not None:
+            self._waiter.cancel()
+
+    def _deadline_error(self) -> ProviderTimeoutError:
+        timeout = self._options.timeout
+        limit = f"the {timeout:g}s deadline" if timeout is not None else "the deadline"
+        return ProviderTimeoutError(f"no complete reply within {limit}", provider=self._name)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _record(self, error: BaseException | None) -> None:
+        """Close the attempt log: one attempt for a source that recorded none; a try that the
+        deadline cut short is a timeout, not a cancellation."""
+        if not self._attempts:
+            self._attempts.append((self._clock or AttemptClock(self._name)).done(error))
+        elif isinstance(error, ProviderTimeoutError) and self._attempts[-1].outcome == "cancelled":
+            last = self._attempts[-1]
+            self._attempts[-1] = last.model_copy(update={"outcome": type(error).__name__, "error": error.message})
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._stop_timer()
+        self._record(None)
+        response = self._assembler.response()
+        if self._finalize_response is not None:
+            try:
+                response = self._finalize_response(response)
+            except LlmError as exc:
+                exc.attempts = list(self._attempts)
+                raise
+        response.attempts = list(self._attempts)
+        self._response = response
+
+    async def _fail(self, exc: BaseException) -> None:
+        if not self._closed:
+            self._record(exc)
+        if isinstance(exc, LlmError):
+            exc.attempts = list(self._attempts)
+        await self.aclose()
+
+    async def collect(self) -> ChatResponse:
+        """Consume the rest of the stream and return the assembled response."""
+        async for _ in self:
+            pass
+        return self.response
+
+    async def aclose(self) -> None:
+        self._stop_timer()
+        if self._closed:
+            return
+        self._closed = True
+        if self._clock is not None and not self._attempts:
+            self._attempts.append(self._clock.done(asyncio.CancelledError()))
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Dropped unfinished: the timer must not fire for it; the source (an async generator) is
+        # closed by the event loop's async-generator finalizer, which releases its request.
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
