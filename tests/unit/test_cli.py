@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -303,9 +304,13 @@ def _thinking_mock(config: object, registry: object) -> object:
 def test_chat_thinking_goes_to_stderr(
     cfg: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from zeph_providers import factory
+    from zeph_providers.config import catalog
 
-    monkeypatch.setitem(factory._BUILTIN_BUILDERS, "mock", "tests.unit.test_cli:_thinking_mock")
+    monkeypatch.setitem(
+        catalog.BUILTIN,
+        "mock",
+        dataclasses.replace(catalog.BUILTIN["mock"], builder="tests.unit.test_cli:_thinking_mock"),
+    )
     assert main(["--config", cfg, "chat", "mock", "why?"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "The answer.\n"
