@@ -66,40 +66,28 @@ def register_secret(value: str | None) -> None:
         install_log_redaction()
 
 
-def _redact_fragments(text: str, secret: str) -> str:
-    """Replace a maximal prefix or suffix (>= _FRAGMENT chars) of `secret` left in `text` by a cut."""
+def _fragments(text: str, secret: str) -> list[tuple[int, int]]:
+    """Spans of `text` holding a maximal prefix or suffix (>= _FRAGMENT chars) of `secret`."""
+    spans: list[tuple[int, int]] = []
     if len(secret) <= _FRAGMENT:
-        return text
+        return spans
     head, tail = secret[:_FRAGMENT], secret[-_FRAGMENT:]
-    if head in text:
-        out: list[str] = []
-        pos = 0
-        while (start := text.find(head, pos)) != -1:
-            end = start + _FRAGMENT
-            while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
-                end += 1
-            out.append(text[pos:start])
-            out.append(_REDACTED)
-            pos = end
-        out.append(text[pos:])
-        text = "".join(out)
-    if tail in text:
-        out = []
-        pos = 0
-        while (found := text.find(tail, pos)) != -1:
-            end = found + _FRAGMENT
-            start = found
-            # extend backwards while the text still matches the secret's end
-            offset = len(secret) - _FRAGMENT
-            while start > pos and offset > 0 and text[start - 1] == secret[offset - 1]:
-                start -= 1
-                offset -= 1
-            out.append(text[pos:start])
-            out.append(_REDACTED)
-            pos = end
-        out.append(text[pos:])
-        text = "".join(out)
-    return text
+    start = text.find(head)
+    while start != -1:
+        end = start + _FRAGMENT
+        while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
+            end += 1
+        spans.append((start, end))
+        start = text.find(head, start + 1)
+    found = text.find(tail)
+    while found != -1:
+        begin, offset = found, len(secret) - _FRAGMENT
+        while begin > 0 and offset > 0 and text[begin - 1] == secret[offset - 1]:
+            begin -= 1
+            offset -= 1
+        spans.append((begin, found + _FRAGMENT))
+        found = text.find(tail, found + 1)
+    return spans
 
 
 def redact(text: str) -> str:
@@ -110,9 +98,22 @@ def redact(text: str) -> str:
     for secret in known:  # longest first
         if secret in text:
             text = text.replace(secret, _REDACTED)
-    for secret in known:
-        text = _redact_fragments(text, secret)
-    return text
+    # Pieces of secrets left by a cut: found on the same text for every secret, then merged, so
+    # redacting one secret's piece cannot hide the rest of another's.
+    spans = sorted(span for secret in known for span in _fragments(text, secret))
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    start, end = spans[0]
+    for begin, finish in spans[1:]:
+        if begin <= end:
+            end = max(end, finish)
+            continue
+        out.extend((text[pos:start], _REDACTED))
+        pos, start, end = end, begin, finish
+    out.extend((text[pos:start], _REDACTED, text[end:]))
+    return "".join(out)
 
 
 def clip(text: str, limit: int = 500) -> str:
@@ -169,15 +170,20 @@ def _scrub_one(exc: BaseException) -> None:
         if redact(text) != text:
             # Still leaking through a computed __str__: replace the message outright.
             safe = redact(text)
-            try:
-                exc.__class__ = type(exc.__class__.__name__, (_Redacted, type(exc)), {"_safe": safe})
+            cls = type(exc)
+            namespace = {"_safe": safe, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+            try:  # same name and module in a traceback, still an instance of the original class
+                exc.__class__ = type(cls.__name__, (_Redacted, cls), namespace)
             except TypeError:
                 exc.args = (safe,)
     except Exception:  # scrubbing must never raise out of error handling
         pass
 
 
-class _Redacted(BaseException):
+class _Redacted:
+    """Mixed into an exception whose computed `__str__` would print a secret."""
+
+    __slots__ = ()
     _safe = ""
 
     def __str__(self) -> str:
