@@ -43,6 +43,10 @@ Rules that hold for every type:
   values it quotes are redacted and shortened. Tables and arrays nest at most 32 levels deep.
 - Routers may contain routers, but not in a cycle: `a -> b -> a` is a config error (`check` finds it).
 - `base_url` must not carry credentials (`user:key@host`, `?key=...`): name the variable with `api_key_env`.
+- Every key the library reads is scrubbed from its errors (message, notes, the whole cause chain that
+  `traceback` and `logging.exception` print) and from every log record, httpx/httpcore/SDK DEBUG
+  lines included (`zeph_providers.redaction`: `install_log_redaction()`, on by itself once a key is
+  known, and `RedactingFilter`, safe on any handler or the root logger).
 - Type aliases: {aliases}. `candle` (zeph-llm's name) is read forever and never written;
   `transformers` is the local backend with `engine = "transformers"`.
 """

@@ -195,6 +195,8 @@ class _Redacted:
 
 def redact_exception(exc: BaseException | None) -> None:
     """Scrub `exc`, its cause and context chain, and any exception group members, in place."""
+    if exc is None or not _by_length:
+        return
     seen: set[int] = set()
     stack = [exc]
     while stack:
