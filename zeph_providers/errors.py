@@ -46,7 +46,7 @@ _secrets: set[str] = set()
 _by_length: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 
-_FRAGMENT = 6
+_FRAGMENT = 8
 """A prefix or suffix of a secret at least this long is redacted too: text cut before it reached
 us (an error body clipped at 500 characters) must not print the first half of a key."""
 

@@ -470,3 +470,12 @@ async def test_backend_error_echoing_the_key_is_clean_everywhere(
     logging.getLogger("app").error("failed", exc_info=err)
     assert "x-echo-key" in caplog.text or kind == "ollama"  # the echoed header was logged...
     assert "SECRET" not in caplog.text and "ECHOED" not in caplog.text  # ...without the key
+
+
+def test_words_sharing_a_short_prefix_with_a_key_are_left_alone() -> None:
+    """Redacting pieces of cut keys must not eat ordinary text ("ollama pull" vs an "ollama-..." key)."""
+    from zeph_providers.errors import redact, register_secret
+
+    register_secret("ollama-proxy-secret-0123456789")
+    assert redact("run `ollama pull not-pulled`") == "run `ollama pull not-pulled`"
+    assert redact("cut: ollama-proxy-sec") == "cut: [REDACTED]"
