@@ -9,8 +9,10 @@ and the whole `__cause__` / `__context__` chain (exception groups included) that
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -61,8 +63,6 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
             # Longest first: a secret that contains another must be replaced whole, or its tail leaks.
             _by_length = tuple(sorted(_secrets, key=len, reverse=True))
-        from zeph_providers.redaction import install_log_redaction
-
         install_log_redaction()
 
 
@@ -213,6 +213,52 @@ def redact_exception(exc: BaseException | None) -> None:
 
 _RAW_CAUSE = BaseException.__dict__["__cause__"]
 _RAW_CONTEXT = BaseException.__dict__["__context__"]
+
+
+# ----- log records (public face: zeph_providers.redaction) ---------------------------------
+
+_log_lock = threading.Lock()
+_log_installed = False
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Scrub one log record in place: message and arguments, exception text, stack info."""
+    if not _by_length:
+        return record
+    try:
+        message = record.getMessage()
+        safe = redact(message)
+        if safe != message:
+            record.msg = safe
+            record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            redact_exception(record.exc_info[1])
+            if not record.exc_text:
+                record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+    except Exception:  # a record whose args do not format: leave it to the handler's own error path
+        pass
+    return record
+
+
+def install_log_redaction() -> None:
+    """Scrub every log record the process creates from now on (idempotent, thread-safe)."""
+    global _log_installed
+    if _log_installed:
+        return
+    with _log_lock:
+        if _log_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            return redact_record(previous(*args, **kwargs))
+
+        logging.setLogRecordFactory(factory)
+        _log_installed = True
 
 
 class LlmError(Exception):

@@ -198,3 +198,5 @@ def test_config_and_factory_import_no_circle() -> None:
         names = imports(path)
         assert not {"zeph_providers.factory", "zeph_providers.registry"} & names, path
     assert "zeph_providers.registry" not in imports(root / "factory.py")
+    # errors is the bottom layer: it imports nothing of ours (redaction builds on it, not the reverse)
+    assert not {n for n in imports(root / "errors.py") if n.startswith("zeph_providers")}
