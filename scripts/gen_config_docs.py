@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from zeph_providers import config as config_module
+from zeph_providers.config import models as config_module
 from zeph_providers.config import BUILTIN_TYPES, TYPE_ALIASES, GenerationConfig
 
 HEADER = """# Configuration reference
 
-Generated from `zeph_providers/config.py` by `python scripts/gen_config_docs.py`; do not edit by hand.
+Generated from `zeph_providers/config/models.py` by `python scripts/gen_config_docs.py`; do not edit by hand.
 
 A config is a TOML file with one `[llm]` table and one `[[llm.providers]]` table per provider:
 
@@ -28,7 +28,7 @@ embedding = "local"      # optional: registry.embedder()
 
 [[llm.providers]]
 name = "local"
-type = "candle"
+type = "local"
 # ... the fields of that type, below
 ```
 
@@ -39,8 +39,16 @@ Rules that hold for every type:
   variable without a default is an error.
 - API keys come from the variable named by `api_key_env` (each type has a default) when the
   provider is first built, or from an inline `api_key` (a secret: never printed, logged or dumped).
-- One `ConfigError` lists every problem with the file, the provider (index and name) and the field.
-- Type aliases: {aliases}.
+- One `ConfigError` lists every problem with the file, the provider (index and name) and the field;
+  values it quotes are redacted and shortened. Tables and arrays nest at most 32 levels deep.
+- Routers may contain routers, but not in a cycle: `a -> b -> a` is a config error (`check` finds it).
+- `base_url` must not carry credentials (`user:key@host`, `?key=...`): name the variable with `api_key_env`.
+- Every key the library reads is scrubbed from its errors (message, notes, the whole cause chain that
+  `traceback` and `logging.exception` print) and from every log record, httpx/httpcore/SDK DEBUG
+  lines included (`zeph_providers.redaction`: `install_log_redaction()`, on by itself once a key is
+  known, and `RedactingFilter`, safe on any handler or the root logger).
+- Type aliases: {aliases}. `candle` (zeph-llm's name) is read forever and never written;
+  `transformers` is the local backend with `engine = "transformers"`.
 """
 
 
@@ -85,7 +93,7 @@ def _default_text(info: FieldInfo) -> str:
 
 
 def _attribute_docs() -> dict[tuple[str, str], str]:
-    """(class, field) -> the docstring under the field in config.py (read from source, not at import)."""
+    """(class, field) -> the docstring under the field in config/models.py (read from source, not at import)."""
     tree = ast.parse(Path(config_module.__file__ or "").read_text(encoding="utf-8"))
     docs: dict[tuple[str, str], str] = {}
     for node in tree.body:
@@ -135,7 +143,7 @@ def render() -> str:
             lines.append(doc[0] + "\n")
         lines.extend(_table(model))
         lines.append("")
-        if type_name == "candle":
+        if type_name == "local":
             lines.append("### `[llm.providers.generation]`\n")
             lines.extend(_table(GenerationConfig))
             lines.append("")

@@ -172,7 +172,9 @@ def _setup_logging(verbosity: int) -> None:
         root.removeHandler(old)  # main() called again in the same process
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactFilter())
+    from zeph_providers.redaction import RedactingFilter
+
+    handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     if verbosity > 0 or root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
@@ -180,18 +182,6 @@ def _setup_logging(verbosity: int) -> None:
         # Third-party chatter (httpx request lines, ...) only at -vv.
         for noisy in ("httpx", "httpcore", "openai", "anthropic", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class _RedactFilter(logging.Filter):
-    """Scrubs every known secret from a record before it is written."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from zeph_providers.errors import redact
-
-        message = redact(record.getMessage())
-        record.msg = message
-        record.args = None
-        return True
 
 
 def _config_path(args: argparse.Namespace) -> str | None:

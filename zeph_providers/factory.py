@@ -1,38 +1,24 @@
-"""Maps a provider `type` to the backend that builds it, including third-party plugins.
+"""Builds the provider for one validated config entry, from the backend catalog.
 
-Built-in backends are imported only when a provider of that type is built, so loading a config
-never imports an SDK or torch. Plugins register through the entry-point group
-`zeph_providers.backends`: the entry point's name is the `type`, and it loads an object with
-`config_model` (a subclass of `ProviderConfigBase`) and `build(config, registry)`.
+The catalog (`zeph_providers.config.catalog`) is the one table `type` -> config model + builder,
+for built-in and plugin backends alike; this module only imports a builder and calls it. Plugins
+register through the entry-point group `zeph_providers.backends` (see the catalog).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zeph_providers.config import catalog
+from zeph_providers.config.catalog import ENTRY_POINT_GROUP
 from zeph_providers.errors import ConfigError, LlmError
 
 if TYPE_CHECKING:
-    from zeph_providers.config import ProviderConfigBase
+    from zeph_providers.config.models import ProviderConfigBase
     from zeph_providers.protocol import LlmProvider
-    from zeph_providers.registry import Registry
 
 __all__ = ["Backend", "ENTRY_POINT_GROUP", "build_provider", "plugin_config_model", "plugin_names"]
-
-ENTRY_POINT_GROUP = "zeph_providers.backends"
-
-_BUILTIN_BUILDERS: dict[str, str] = {
-    "candle": "zeph_providers.local.provider:build",
-    "claude": "zeph_providers.backends.claude:build",
-    "openai": "zeph_providers.backends.openai:build",
-    "compatible": "zeph_providers.backends.openai:build",
-    "ollama": "zeph_providers.backends.ollama:build",
-    "router": "zeph_providers.backends.router:build",
-    "mock": "zeph_providers.backends.mock:build",
-}
 
 
 class Backend(Protocol):
@@ -40,64 +26,45 @@ class Backend(Protocol):
 
     config_model: type[ProviderConfigBase]
 
-    def build(self, config: Any, registry: Registry) -> LlmProvider: ...
-
-
-@functools.cache
-def _plugins() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep
-    return found
+    def build(self, config: Any, registry: Any) -> LlmProvider: ...
 
 
 def plugin_names() -> list[str]:
-    return sorted(_plugins())
-
-
-@functools.cache
-def _load_plugin(type_name: str) -> Backend | None:
-    ep = _plugins().get(type_name)
-    if ep is None:
-        return None
-    try:
-        backend: Backend = ep.load()
-    except Exception as exc:
-        raise ConfigError(f"the plugin backend {type_name!r} ({ep.value}) failed to import: {exc}") from exc
-    return backend
+    """The types installed plugins register."""
+    return catalog.plugin_names()
 
 
 def plugin_config_model(type_name: str) -> type[ProviderConfigBase] | None:
-    backend = _load_plugin(type_name)
-    return None if backend is None else backend.config_model
+    """The config model of a plugin type (None when no plugin registers it)."""
+    if type_name in catalog.BUILTIN:
+        return None
+    found = catalog.entry(type_name)
+    return None if found is None else found.config_model
 
 
-def _import_builder(target: str, type_name: str, provider: str) -> Any:
-    module_name, _, attr = target.partition(":")
+def _import_builder(entry: catalog.BackendEntry, provider: str) -> catalog.Builder:
+    if callable(entry.builder):
+        return entry.builder
+    module_name, _, attr = entry.builder.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
-        # The remote SDKs are core dependencies; only the local backend has an extra.
-        install = "pip install 'zeph-providers[local]'" if type_name == "candle" else "pip install zeph-providers"
         raise ConfigError(
-            f"the {type_name!r} backend needs the package {missing!r}, which is not installed; "
-            f"install it with: {install}",
+            f"the {entry.type!r} backend needs the package {missing!r}, which is not installed; "
+            f"install it with: {entry.install}",
             provider=provider,
         ) from exc
-    return getattr(module, attr)
+    builder: catalog.Builder = getattr(module, attr)
+    return builder
 
 
-def build_provider(config: ProviderConfigBase, registry: Registry) -> LlmProvider:
-    """Build the provider for one validated config entry."""
-    target = _BUILTIN_BUILDERS.get(config.type)
-    if target is not None:
-        builder = _import_builder(target, config.type, config.name)
-    else:
-        backend = _load_plugin(config.type)
-        if backend is None:
-            raise ConfigError(f"no backend for type {config.type!r}", provider=config.name)
-        builder = backend.build
+def build_provider(config: ProviderConfigBase, registry: Any) -> LlmProvider:
+    """Build the provider for one validated config entry (`registry` resolves router members)."""
+    entry = catalog.entry(config.type)
+    if entry is None:
+        raise ConfigError(f"no backend for type {config.type!r}", provider=config.name)
+    builder = _import_builder(entry, config.name)
     try:
         provider: LlmProvider = builder(config, registry)
     except LlmError:

@@ -9,8 +9,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from zeph_providers import factory
 from zeph_providers.config import LlmConfig, load_config, loads_config, parse_config
-from zeph_providers.errors import ConfigError, ProviderNotFoundError
+from zeph_providers.errors import ProviderClosedError, ProviderNotFoundError
 from zeph_providers.protocol import LlmProvider
 
 __all__ = ["Registry"]
@@ -86,15 +87,13 @@ class Registry:
         if provider_config is None:
             raise ProviderNotFoundError(name, self.names())
         if self._closed:
-            raise ConfigError("the registry is closed", provider=name)
+            raise ProviderClosedError("the registry is closed", provider=name)
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
             built = self._providers.get(name)
             if built is None:
-                from zeph_providers.factory import build_provider
-
-                built = build_provider(provider_config, self)
+                built = factory.build_provider(provider_config, self)
                 self._providers[name] = built
         return built
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -303,9 +304,13 @@ def _thinking_mock(config: object, registry: object) -> object:
 def test_chat_thinking_goes_to_stderr(
     cfg: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from zeph_providers import factory
+    from zeph_providers.config import catalog
 
-    monkeypatch.setitem(factory._BUILTIN_BUILDERS, "mock", "tests.unit.test_cli:_thinking_mock")
+    monkeypatch.setitem(
+        catalog.BUILTIN,
+        "mock",
+        dataclasses.replace(catalog.BUILTIN["mock"], builder="tests.unit.test_cli:_thinking_mock"),
+    )
     assert main(["--config", cfg, "chat", "mock", "why?"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "The answer.\n"
@@ -325,3 +330,30 @@ def test_unexpected_error_is_one_line(
     assert main(["--config", cfg, "check"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "error: unexpected RuntimeError: surprise"
+
+
+def test_check_reports_a_router_cycle_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cycle.toml"
+    path.write_text(
+        "[llm]\n"
+        '[[llm.providers]]\nname = "m"\ntype = "mock"\n'
+        '[[llm.providers]]\nname = "a"\ntype = "router"\nproviders = ["m", "b"]\n'
+        '[[llm.providers]]\nname = "b"\ntype = "router"\nproviders = ["a"]\n'
+    )
+    assert main(["--config", str(path), "check"]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert "routers form a cycle: a -> b -> a" in err
+
+
+def test_list_shows_the_local_type_for_a_zeph_llm_candle_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "zeph.toml"
+    path.write_text('[llm]\n[[llm.providers]]\nname = "loc"\ntype = "candle"\nmodel_path = "/nonexistent/m.gguf"\n')
+    assert main(["--config", str(path), "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["providers"]
+    assert [row["type"] for row in rows] == ["local"]
+    assert main(["--config", str(path), "config", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert 'type = "local"' in shown and "candle" not in shown

@@ -18,6 +18,7 @@ from zeph_providers.config import (
     CandleConfig,
     ClaudeConfig,
     GenerationConfig,
+    LocalConfig,
     MockConfig,
     OllamaConfig,
     RouterConfig,
@@ -546,13 +547,41 @@ def test_candle_without_source_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("alias", "canonical"), [("local", "candle"), ("transformers", "candle"), ("candle", "candle")]
+    ("alias", "canonical", "engine"),
+    [("local", "local", "auto"), ("transformers", "local", "transformers"), ("candle", "local", "auto")],
 )
-def test_local_aliases(alias: str, canonical: str) -> None:
+def test_local_aliases(alias: str, canonical: str, engine: str) -> None:
     config = parse_config({"llm": {"providers": [{"name": "x", "type": alias, "repo_id": "a/b"}]}})
     provider = config.providers[0]
     assert isinstance(provider, CandleConfig)
+    assert isinstance(provider, LocalConfig) and CandleConfig is LocalConfig
     assert provider.type == canonical
+    assert provider.engine == engine
+
+
+def test_transformers_alias_selects_the_transformers_engine_even_for_gguf() -> None:
+    config = parse_config({"llm": {"providers": [{"name": "x", "type": "transformers", "model_path": "/m/a.gguf"}]}})
+    provider = config.providers[0]
+    assert isinstance(provider, LocalConfig) and provider.engine == "transformers"
+    # the same engine spelled out agrees; another one contradicts the alias
+    parse_config(
+        {"llm": {"providers": [{"name": "x", "type": "transformers", "model_path": "/m", "engine": "transformers"}]}}
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"llm": {"providers": [{"name": "x", "type": "transformers", "model_path": "/m", "engine": "llama.cpp"}]}}
+        )
+    text = str(info.value)
+    assert "field 'engine'" in text and "use type 'local'" in text
+
+
+def test_candle_is_read_but_never_written() -> None:
+    config = loads_config('[llm]\n[[llm.providers]]\nname = "x"\ntype = "candle"\nrepo_id = "a/b"\n')
+    assert config.providers[0].type == "local"
+    dumped = dump_toml(config)
+    assert 'type = "local"' in dumped and "candle" not in dumped
+    # built directly, the model accepts the old name too
+    assert LocalConfig(name="x", type="candle", repo_id="a/b").type == "local"  # type: ignore[arg-type]
 
 
 def test_anthropic_alias() -> None:
@@ -635,7 +664,7 @@ def test_example_and_mock_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "configs"
     example = load_config(root / "example.toml")
     types = {p.type for p in example.providers}
-    assert types >= {"candle", "claude", "openai", "compatible", "ollama", "router", "mock"}
+    assert types >= {"local", "claude", "openai", "compatible", "ollama", "router", "mock"}
     assert "api_key =" not in (root / "example.toml").read_text()
     mock = load_config(root / "mock.toml")
     assert {p.type for p in mock.providers} <= {"mock", "router"}
@@ -763,3 +792,173 @@ def test_fuzz_mutated_toml_only_raises_config_error(edits: list[tuple[int, int, 
 )
 def test_fuzz_random_structures_only_raise_config_error(data: Any) -> None:
     _expect_only_config_error(lambda: parse_config(data, source="fuzz"))
+
+
+# ----- naming: the local backend is "local" wherever a user reads it ------------------------
+
+
+def test_defaults_starter_and_examples_say_local_never_candle() -> None:
+    from zeph_providers.defaults import DEFAULT_CONFIG_TOML, STARTER_CONFIG_TOML
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    texts = {"default": DEFAULT_CONFIG_TOML, "starter": STARTER_CONFIG_TOML}
+    texts.update({path.name: path.read_text(encoding="utf-8") for path in root.glob("*.toml")})
+    for label, text in texts.items():
+        types = {p.type for p in loads_config(text).providers}
+        assert "candle" not in types, label
+        assert not re.search(r'^type = "candle"', text, re.M), label
+    assert "local" in {p.type for p in loads_config(DEFAULT_CONFIG_TOML).providers}
+
+
+# ----- router cycles are config problems ----------------------------------------------------
+
+
+def test_router_cycle_is_reported_at_load_time() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "llm": {
+                    "providers": [
+                        {"name": "m", "type": "mock"},
+                        {"name": "a", "type": "router", "providers": ["m", "b"]},
+                        {"name": "b", "type": "router", "providers": ["a"]},
+                    ]
+                }
+            },
+            source="cyc.toml",
+        )
+    text = str(info.value)
+    assert text.startswith("cyc.toml: ")
+    assert "routers form a cycle: a -> b -> a" in text
+    assert "providers[1] ('a'), field 'providers'" in text
+    assert text.count("routers form a cycle") == 1  # one cycle, reported once
+
+
+def test_longer_router_cycle_and_a_shared_member_that_is_no_cycle() -> None:
+    diamond = parse_config(
+        {
+            "llm": {
+                "providers": [
+                    {"name": "m", "type": "mock"},
+                    {"name": "left", "type": "router", "providers": ["m"]},
+                    {"name": "right", "type": "router", "providers": ["m", "left"]},
+                    {"name": "top", "type": "router", "providers": ["left", "right"]},
+                ]
+            }
+        }
+    )
+    assert diamond.names() == ["m", "left", "right", "top"]
+    with pytest.raises(ConfigError, match=r"routers form a cycle: x -> y -> z -> x"):
+        parse_config(
+            {
+                "llm": {
+                    "providers": [
+                        {"name": "x", "type": "router", "providers": ["y"]},
+                        {"name": "y", "type": "router", "providers": ["z"]},
+                        {"name": "z", "type": "router", "providers": ["x"]},
+                    ]
+                }
+            }
+        )
+
+
+# ----- hostile files: deep nesting, huge values ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[llm]\nx = " + "[" * 5000 + "]" * 5000 + "\n",  # arrays
+        "[llm]\nx = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n",  # inline tables
+        "[llm]\n" + ".".join(["k"] * 3000) + " = 1\n",  # dotted keys
+        "[llm]\n[llm." + ".".join(["k"] * 3000) + "]\n",  # a table header
+    ],
+    ids=["arrays", "inline-tables", "dotted-keys", "table-header"],
+)
+def test_deeply_nested_toml_is_a_config_error_naming_the_file(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "nested" in str(info.value)
+
+
+def test_deeply_nested_dict_is_a_config_error() -> None:
+    deep: dict[str, Any] = {}
+    current = deep
+    for _ in range(5000):
+        current["k"] = {}
+        current = current["k"]
+    with pytest.raises(ConfigError, match="nested"):
+        parse_config({"llm": {"providers": [{"name": "m", "type": "mock", "x": deep}]}}, source="d")
+
+
+def test_check_names_the_file_of_a_deeply_nested_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zeph_providers.cli import main
+
+    path = tmp_path / "deep.toml"
+    path.write_text("[llm]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["--config", str(path), "check"]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert "RecursionError" not in err
+
+
+HUGE = "x" * 10_000_000
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "m", "type": HUGE},
+        {"name": "m", "type": "mock", HUGE: 1},
+        {"name": HUGE, "type": "mock"},
+        {"name": "r", "type": "router", "providers": [HUGE]},
+        {"name": "m", "type": "mock", "model": "${" + HUGE + "}"},
+        {"name": "m", "type": "mock", "model": "${A" + HUGE + "}"},
+        {"name": "m", "type": "mock", "chunk_size": HUGE},
+    ],
+    ids=["type", "key", "name", "member", "malformed-var", "unset-var", "bad-value"],
+)
+def test_huge_value_gives_a_short_config_error(entry: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"llm": {"default": HUGE, "providers": [entry], HUGE: 1}}, source="huge.toml")
+    text = str(info.value)
+    assert len(text) < 5_000, len(text)
+    assert "huge.toml" in text and "characters" in text
+
+
+# ----- credentials in base_url ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:sk-urlsecret-123456@127.0.0.1:9/v1",
+        "https://sk-urlsecret-123456@api.example.com/v1",
+        "https://api.example.com/v1?key=sk-urlsecret-123456",
+        "https://api.example.com/v1?api-version=1&access_token=sk-urlsecret-123456",
+        "https://api.example.com/v1?x=sk-urlsecret-1234567890abcdef",
+    ],
+)
+def test_credentials_in_base_url_are_refused_without_echoing_them(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"llm": {"providers": [{"name": "g", "type": "compatible", "model": "m", "base_url": url}]}})
+    text = str(info.value)
+    assert "field 'base_url'" in text and "api_key_env" in text
+    assert "urlsecret" not in text
+    assert "1234567890abcdef" not in text
+
+
+def test_ordinary_query_parameters_are_fine() -> None:
+    config = parse_config(
+        {
+            "llm": {
+                "providers": [
+                    {"name": "g", "type": "compatible", "model": "m", "base_url": "https://h/v1?api-version=2024-02-01"}
+                ]
+            }
+        }
+    )
+    assert config.providers[0].base_url == "https://h/v1?api-version=2024-02-01"  # type: ignore[attr-defined]

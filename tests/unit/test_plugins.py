@@ -10,7 +10,7 @@ import pytest
 from pydantic import Field
 
 from zeph_providers import factory
-from zeph_providers.config import ProviderConfigBase, parse_config
+from zeph_providers.config import ProviderConfigBase, catalog, parse_config
 from zeph_providers.errors import ConfigError
 from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
 from zeph_providers.registry import Registry
@@ -71,12 +71,10 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeEntryPoint]]:
         assert group == factory.ENTRY_POINT_GROUP
         return entries
 
-    monkeypatch.setattr(factory, "entry_points", fake_entry_points)
-    factory._plugins.cache_clear()
-    factory._load_plugin.cache_clear()
+    monkeypatch.setattr(catalog, "entry_points", fake_entry_points)
+    catalog.reset()
     yield entries
-    factory._plugins.cache_clear()
-    factory._load_plugin.cache_clear()
+    catalog.reset()
 
 
 def _config(**entry: Any) -> dict[str, Any]:
@@ -139,12 +137,66 @@ def test_plugin_that_fails_to_import(plugins: list[FakeEntryPoint]) -> None:
 
 
 def test_without_plugins_the_type_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(factory, "entry_points", lambda *, group: [])
-    factory._plugins.cache_clear()
-    factory._load_plugin.cache_clear()
+    monkeypatch.setattr(catalog, "entry_points", lambda *, group: [])
+    catalog.reset()
     try:
         with pytest.raises(ConfigError, match="unknown provider type 'echo'"):
             parse_config(_config())
     finally:
-        factory._plugins.cache_clear()
-        factory._load_plugin.cache_clear()
+        catalog.reset()
+
+
+# ----- one catalog: plugins and built-ins share the table shape ---------------------------
+
+
+class AliasedBackend(EchoBackend):
+    aliases = ("parrot",)
+
+
+def test_plugin_and_builtin_entries_share_one_shape(plugins: list[FakeEntryPoint]) -> None:
+    plugins.append(FakeEntryPoint("echo2", "zeph_echo:aliased", AliasedBackend))
+    catalog.reset()
+    builtin = catalog.entry("mock")
+    plugin = catalog.entry("echo")
+    assert isinstance(builtin, catalog.BackendEntry) and isinstance(plugin, catalog.BackendEntry)
+    assert builtin.origin == "built-in" and plugin.origin == "zeph_echo:backend"
+    assert plugin.config_model is EchoConfig and plugin.builder == EchoBackend.build
+    # a plugin's aliases resolve like the built-in ones
+    resolved = catalog.resolve("parrot")
+    assert resolved is not None and resolved.entry.type == "echo2"
+    config = parse_config({"llm": {"providers": [{"name": "p", "type": "parrot"}]}})
+    assert config.providers[0].type == "echo" and isinstance(config.providers[0], EchoConfig)
+
+
+def test_plugin_without_config_model_is_a_config_error(plugins: list[FakeEntryPoint]) -> None:
+    plugins.append(FakeEntryPoint("hollow", "zeph_hollow:backend", object()))
+    catalog.reset()
+    with pytest.raises(ConfigError) as info:
+        parse_config({"llm": {"providers": [{"name": "h", "type": "hollow"}]}})
+    assert "must have `config_model`" in str(info.value)
+
+
+def test_config_and_factory_import_no_circle() -> None:
+    """config never imports factory or registry; factory never imports registry."""
+    import ast
+    from pathlib import Path
+
+    root = Path(factory.__file__).resolve().parent
+
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    for path in (root / "config").glob("*.py"):
+        names = imports(path)
+        assert not {"zeph_providers.factory", "zeph_providers.registry"} & names, path
+    assert "zeph_providers.registry" not in imports(root / "factory.py")
+    # errors is the bottom layer: it imports nothing of ours (redaction builds on it, not the reverse)
+    assert not {n for n in imports(root / "errors.py") if n.startswith("zeph_providers")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 
 from zeph_providers import factory
 from zeph_providers.backends.mock import MockProvider
-from zeph_providers.config import ProviderConfigBase
-from zeph_providers.errors import ConfigError, LlmError, ProviderNotFoundError
+from zeph_providers.config import ProviderConfigBase, catalog
+from zeph_providers.errors import ConfigError, LlmError, ProviderClosedError, ProviderNotFoundError
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
 from zeph_providers.types import Message
@@ -187,8 +188,9 @@ async def test_aclose_closes_every_built_provider(registry: Registry) -> None:
     await registry.aclose()
     assert first.closed and second.closed
     assert registry.built() == {}
-    with pytest.raises(ConfigError, match="closed"):
+    with pytest.raises(ProviderClosedError, match="closed") as info:
         registry.get("mock")
+    assert not info.value.retryable
     await registry.aclose()  # twice is fine
 
 
@@ -248,7 +250,11 @@ def test_discover_precedence(
 
 
 def test_build_failure_is_wrapped(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
-    monkeypatch.setitem(factory._BUILTIN_BUILDERS, "mock", "tests.unit.test_registry:_broken_builder")
+    monkeypatch.setitem(
+        catalog.BUILTIN,
+        "mock",
+        dataclasses.replace(catalog.BUILTIN["mock"], builder="tests.unit.test_registry:_broken_builder"),
+    )
     with pytest.raises(ConfigError) as info:
         registry.get("mock")
     assert "could not build the provider: ValueError: kaboom" in str(info.value)
