@@ -19,29 +19,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from zeph_providers.config import LlmConfig, ProviderConfigBase
-    from zeph_providers.protocol import LlmProvider
-    from zeph_providers.registry import Registry
+    pass
 
 __all__ = ["main"]
+
+from zeph_providers._cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _close,
+    _config_path,
+    _dim,
+    _err,
+    _open_registry,
+    _out,
+    _register_known_secrets,
+    _setup_logging,
+)
+from zeph_providers._cli_inspect import _cmd_list, _cmd_status
 
 log = logging.getLogger("zeph_providers.cli")
 
 PROG = "zeph-providers"
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class _UsageError(Exception):
@@ -154,75 +163,6 @@ def _version() -> str:
 # ----- shared helpers -----------------------------------------------------------------------
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever `sys.stderr` is at the time of the record (tests swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
-        root.removeHandler(old)  # main() called again in the same process
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    from zeph_providers.redaction import RedactingFilter
-
-    handler.addFilter(RedactingFilter())
-    root.addHandler(handler)
-    if verbosity > 0 or root.level == logging.NOTSET or root.level > level:
-        root.setLevel(level)
-    if verbosity < 2:
-        # Third-party chatter (httpx request lines, ...) only at -vv.
-        for noisy in ("httpx", "httpcore", "openai", "anthropic", "urllib3", "filelock"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _config_path(args: argparse.Namespace) -> str | None:
-    value = getattr(args, "config", None)
-    return str(value) if value else None
-
-
-def _open_registry(args: argparse.Namespace) -> Registry:
-    from zeph_providers.registry import Registry
-
-    registry = Registry.discover(_config_path(args))
-    _register_known_secrets(registry.config)
-    log.info("config: %s", registry.config.source)
-    return registry
-
-
-def _register_known_secrets(config: LlmConfig) -> None:
-    """Teach the redactor every key the config points at, so no output can echo one."""
-    from zeph_providers.errors import register_secret
-
-    for provider in config.providers:
-        inline = getattr(provider, "api_key", None)
-        if inline is not None:
-            register_secret(inline.get_secret_value())
-        env = getattr(provider, "key_env", None)
-        if isinstance(env, str) and env:
-            register_secret(os.environ.get(env))
-
-
-def _out(text: str = "", *, stream: TextIO | None = None, end: str = "\n") -> None:
-    target = stream or sys.stdout
-    target.write(text + end)
-    target.flush()
-
-
-def _err(text: str) -> None:
-    from zeph_providers.errors import redact
-
-    _out(redact(text), stream=sys.stderr)
-
-
 def _read_stdin_if_dash(value: str) -> str:
     if value != "-":
         return value
@@ -235,169 +175,7 @@ def _read_stdin_if_dash(value: str) -> str:
     return text.rstrip("\n")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
-def _dumps(value: Any) -> str:
-    from zeph_providers.errors import redact
-
-    return redact(json.dumps(value, indent=2, default=_json_default))
-
-
-async def _close(registry: Registry) -> None:
-    try:
-        await registry.aclose()
-    except Exception as exc:  # closing must not hide the command's own result
-        from zeph_providers.errors import redact
-
-        log.warning("closing the providers failed: %s", redact(f"{type(exc).__name__}: {exc}"))
-
-
 # ----- list / status ------------------------------------------------------------------------
-
-
-def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
-    """Build one provider (cheap: remote clients are lazy and local models load on first use)."""
-    from zeph_providers.errors import LlmError, redact
-
-    row: dict[str, Any] = {
-        "name": config.name,
-        "type": config.type,
-        "model": config.model_name,
-        "capabilities": None,
-        "default": registry.config.default == config.name,
-        "embedding": registry.config.embedding == config.name,
-        "note": None,
-    }
-    try:
-        provider = registry.get(config.name)
-    except LlmError as exc:
-        row["note"] = "not built: " + _short(exc.message)
-        return row
-    except Exception as exc:
-        row["note"] = "not built: " + _short(redact(f"{type(exc).__name__}: {exc}"))
-        return row
-    row["model"] = provider.model or row["model"]
-    row["capabilities"] = provider.capabilities.names()
-    row["provider"] = provider
-    return row
-
-
-def _short(text: str, limit: int = 160) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
-    return "\n".join(lines)
-
-
-def _name_label(row: dict[str, Any]) -> str:
-    marks = [m for m, on in (("default", row["default"]), ("embedding", row["embedding"])) if on]
-    return str(row["name"]) + (f" ({', '.join(marks)})" if marks else "")
-
-
-async def _list(args: argparse.Namespace) -> int:
-    registry = _open_registry(args)
-    try:
-        rows = [_describe(registry, config) for config in registry.config.providers]
-    finally:
-        await _close(registry)
-    if args.json:
-        payload = {
-            "source": registry.config.source,
-            "default": registry.config.default,
-            "embedding": registry.config.embedding,
-            "providers": [{k: v for k, v in row.items() if k != "provider"} for row in rows],
-        }
-        _out(_dumps(payload))
-        return EXIT_OK
-    table_rows = []
-    notes = []
-    for row in rows:
-        caps = ", ".join(row["capabilities"]) if row["capabilities"] is not None else "?"
-        table_rows.append([_name_label(row), row["type"], row["model"] or "-", caps or "-"])
-        if row["note"]:
-            notes.append(f"  {row['name']}: {row['note']}")
-    from zeph_providers.errors import redact
-
-    _out(redact(_table(["name", "type", "model", "capabilities"], table_rows)))
-    if notes:
-        _out()
-        _out(redact("notes:\n" + "\n".join(notes)))
-    _out(f"\n{len(rows)} provider{'s' if len(rows) != 1 else ''} from {registry.config.source}")
-    return EXIT_OK
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    return asyncio.run(_list(args))
-
-
-async def _provider_status(provider: LlmProvider) -> dict[str, Any] | None:
-    status: Callable[[], Any] | None = getattr(provider, "status", None)
-    if status is None or not callable(status):
-        return None
-    value = status()
-    if inspect.isawaitable(value):
-        value = await value
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        result = dump()
-        if isinstance(result, dict):
-            return result
-    return {"status": value}
-
-
-async def _status(args: argparse.Namespace) -> int:
-    from zeph_providers.errors import redact
-
-    registry = _open_registry(args)
-    entries: list[dict[str, Any]] = []
-    try:
-        for config in registry.config.providers:
-            row = _describe(registry, config)
-            provider = row.pop("provider", None)
-            entry: dict[str, Any] = {"name": row["name"], "type": row["type"], "model": row["model"]}
-            if provider is None:
-                entry["state"] = row["note"]
-            else:
-                entry["state"] = "ready"
-                try:
-                    detail = await _provider_status(provider)
-                except Exception as exc:
-                    detail = {"error": _short(redact(f"{type(exc).__name__}: {exc}"))}
-                if detail is not None:
-                    entry["status"] = detail
-            entries.append(entry)
-    finally:
-        await _close(registry)
-    if args.json:
-        _out(_dumps({"source": registry.config.source, "providers": entries}))
-        return EXIT_OK
-    lines = []
-    for entry in entries:
-        lines.append(f"{entry['name']} ({entry['type']}, {entry['model'] or '-'}): {entry['state']}")
-        for key, value in (entry.get("status") or {}).items():
-            rendered = value if isinstance(value, str) else json.dumps(value, default=_json_default)
-            lines.append(f"    {key}: {rendered}")
-    _out(redact("\n".join(lines)))
-    return EXIT_OK
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    return asyncio.run(_status(args))
 
 
 # ----- check / config -----------------------------------------------------------------------
@@ -449,13 +227,6 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # ----- chat / embed -------------------------------------------------------------------------
-
-
-def _dim(text: str, stream: TextIO) -> str:
-    isatty = getattr(stream, "isatty", None)
-    if callable(isatty) and isatty() and not os.environ.get("NO_COLOR"):
-        return f"\x1b[2m{text}\x1b[0m"
-    return text
 
 
 async def _chat(args: argparse.Namespace) -> int:
