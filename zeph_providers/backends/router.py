@@ -504,20 +504,12 @@ class RouterProvider(BaseProvider):
 
 
 def _check_cycles(config: RouterConfig, registry: Registry) -> None:
-    """Refuse routers that reach themselves through other routers (a request would loop forever)."""
-    from zeph_providers.config import RouterConfig as _RouterConfig
+    """Config loading already refuses router cycles; this guards configs assembled in code."""
+    from zeph_providers.config.loading import router_cycles
 
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        entry = registry.config.provider(name)
-        if not isinstance(entry, _RouterConfig):
-            return
-        for member in entry.providers:
-            if member in path:
-                cycle = " -> ".join((*path, member))
-                raise ConfigError(f"routers form a cycle: {cycle}", provider=config.name)
-            visit(member, (*path, member))
-
-    visit(config.name, (config.name,))
+    for cycle in router_cycles(list(registry.config.providers)):
+        if config.name in cycle:
+            raise ConfigError(f"routers form a cycle: {' -> '.join(cycle)}", provider=config.name)
 
 
 def build(config: RouterConfig, registry: Registry) -> RouterProvider:
