@@ -103,11 +103,11 @@ def error_event(error: Any, *, provider: str | None, where: str = "in the stream
         status = _status_of(error.get("status_code")) or _status_of(error.get("status")) or _status_of(raw_code)
     else:
         message, kind, raw_code, status = str(error), "", None, None
-    code = " ".join(dict.fromkeys(str(v) for v in (raw_code, kind) if v and not str(v).isdigit()))
-    text = f"error {where}: {_short(message)}" + (f" ({code})" if code else "")
+    code = str(raw_code) if raw_code and not str(raw_code).isdigit() and str(raw_code) != kind else ""
+    text = f"error {where}: " + (f"{kind}: " if kind else "") + _short(message) + (f" ({code})" if code else "")
     if status is None:
         status = _ERROR_TYPE_STATUS.get(kind)
-    if is_context_overflow(f"{code} {message}") and (status is None or 400 <= status < 500):
+    if is_context_overflow(f"{kind} {code} {message}") and (status is None or 400 <= status < 500):
         return ContextLengthError(text, provider=provider)
     if status is None or status < 400:
         return ProviderUnavailableError(text, provider=provider)
