@@ -55,8 +55,8 @@ async def test_stream_arrives_in_many_chunks_and_equals_its_response(claude: Cla
 
 
 async def test_usage_matches_a_non_streamed_call(claude: ClaudeProvider, llamacpp_server: str) -> None:
-    """Our client always streams; the server's non-streamed accounting must agree with it."""
-    ours = await claude.chat(PROMPT, max_tokens=16, temperature=0, top_k=1)
+    """Our streamed usage must agree with the server's non-streamed accounting (SDK and our chat())."""
+    ours = await claude.chat_stream(PROMPT, max_tokens=16, temperature=0, top_k=1).collect()
     sdk = anthropic.AsyncAnthropic(api_key=DUMMY_KEY, base_url=llamacpp_server, max_retries=0)
     try:
         plain = await sdk.messages.create(
