@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from zeph_providers.backends._wire import ResponseLineTooLongError
+from zeph_providers.errors import _CONTEXT_HINTS as _STATUS_CONTEXT_HINTS
 from zeph_providers.errors import (
     BadResponseError,
     ContextLengthError,
@@ -32,18 +33,11 @@ __all__ = [
 MAX_ERROR_TEXT = 500
 
 _CONTEXT_HINTS = (
-    "context_length_exceeded",
+    *_STATUS_CONTEXT_HINTS,  # the messages `error_from_status` recognises
+    "context_length_exceeded",  # error codes
     "exceed_context",
     "context_window",
     "string_above_max_length",
-    "context length",
-    "context_length",
-    "context window",
-    "maximum context",
-    "too many tokens",
-    "prompt is too long",
-    "exceeds the context",
-    "input is too long",
 )
 
 # The HTTP status each error `type` stands for (Anthropic's names; OpenAI shares some), used for
