@@ -9,8 +9,8 @@ API, only when ANTHROPIC_API_KEY and ZEPH_LIVE_TESTS=1 are both set.
 from __future__ import annotations
 
 import os
-from typing import Any
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import pytest
