@@ -136,13 +136,17 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
         )
         self.config: ConfigT = config
         self.retry_policy = RetryPolicy(max_retries=config.max_retries)
-        secret = config.secret()  # raises ConfigError when a required key is missing
-        self.api_key: str | None = secret.get_secret_value() if secret is not None else None
+        self._secret = config.secret()  # raises ConfigError when a required key is missing
         register_secret(self.api_key)
         self.base_url: str = (config.base_url or self.default_base_url or "").rstrip("/")
         check_url_safety(config, self.base_url, has_key=bool(self.api_key))
         self._closers: list[Callable[[], Awaitable[Any]]] = []
         self._closed = False
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the config asked for (kept as a `SecretStr`, so `vars()` / repr never show it)."""
+        return self._secret.get_secret_value() if self._secret is not None else None
 
     @classmethod
     def build(cls, config: Any, registry: Registry | None = None) -> Any:
