@@ -32,7 +32,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -86,8 +85,6 @@ __all__ = [
     "convert_tools",
     "map_stop_reason",
 ]
-
-log = logging.getLogger("zeph_providers.claude")
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
