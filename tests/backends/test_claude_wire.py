@@ -96,6 +96,14 @@ async def chat_once(
     return resp, server
 
 
+async def stream_once(*responders: Any, **kwargs: Any) -> tuple[Any, FakeAnthropic]:
+    """`chat_once` through `chat_stream()`: the SSE body is read and reassembled across network reads."""
+    server = FakeAnthropic(list(responders) or [TextReply()])
+    async with provider_for(server) as provider:
+        resp = await provider.chat_stream(HELLO, **kwargs).collect()
+    return resp, server
+
+
 # ----- request payloads ---------------------------------------------------------------------
 
 
@@ -525,19 +533,19 @@ async def test_ten_megabyte_sse_line_is_handled() -> None:
     events = [message_start(input_tokens=4), *text_block(0, ["start ", big]), message_delta("end_turn", 9)]
     events.append(message_stop())
     started = time.monotonic()
-    resp, _ = await chat_once(sse_response(events), timeout=30)
+    resp, _ = await stream_once(sse_response(events), timeout=30)
     assert len(resp.text) == len(big) + len("start ")
     # the same bytes as the network delivers them: 64 KB reads cutting through the line
     wire = b"".join(events)
     pieces = [wire[i : i + 65536] for i in range(0, len(wire), 65536)]
-    resp, _ = await chat_once(sse_response(pieces), timeout=30)
+    resp, _ = await stream_once(sse_response(pieces), timeout=30)
     assert len(resp.text) == len(big) + len("start ")
     garbage = [
         message_start(input_tokens=4),
         b"event: content_block_delta\ndata: {" + b"y" * (10 * 1024 * 1024) + b"\n\n",
     ]
     with pytest.raises(BadResponseError):
-        await chat_once(sse_response(garbage), timeout=30)
+        await stream_once(sse_response(garbage), timeout=30)
     assert time.monotonic() - started < 20
 
 

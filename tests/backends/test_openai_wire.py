@@ -623,11 +623,11 @@ async def test_ten_megabyte_sse_line() -> None:
     async with make_provider(server) as provider:
         tracemalloc.start()
         started = time.monotonic()
-        resp = await provider.chat(HELLO, timeout=20)
+        resp = await provider.chat_stream(HELLO, timeout=20).collect()  # SSE reassembly across reads
         assert len(resp.text) == len(big_text)
         del resp
         with pytest.raises(BadResponseError):
-            await provider.chat(HELLO, timeout=20)
+            await provider.chat_stream(HELLO, timeout=20).collect()
         elapsed = time.monotonic() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

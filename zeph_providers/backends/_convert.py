@@ -10,15 +10,12 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from zeph_providers.types import (
     FinishReason,
     ImagePart,
-    Message,
-    Role,
-    TextPart,
     ToolDefinition,
     ToolResultPart,
 )
@@ -29,30 +26,11 @@ __all__ = [
     "json_arguments",
     "map_finish_reason",
     "schema_name",
-    "split_system",
     "stable_tool_call_id",
     "strict_json_schema",
-    "text_only",
     "tool_parameters",
     "tool_result_text",
 ]
-
-
-def split_system(messages: Iterable[Message]) -> tuple[str, list[Message]]:
-    """System messages' text joined by blank lines, and the other messages in order.
-
-    For APIs (Claude) that take the system prompt as a separate field.
-    """
-    system: list[str] = []
-    rest: list[Message] = []
-    for message in messages:
-        if message.role == Role.SYSTEM:
-            text = message.text
-            if text:
-                system.append(text)
-        else:
-            rest.append(message)
-    return "\n\n".join(system), rest
 
 
 def image_data_url(part: ImagePart) -> str:
@@ -152,20 +130,17 @@ _FINISH: dict[str, FinishReason] = {
     "tool_use": "tool_use",
     "content_filter": "content_filter",
     "refusal": "content_filter",
+    "model_context_window_exceeded": "length",  # Claude
+    "load": "stop",  # Ollama: a request that only loaded / unloaded the model
+    "unload": "stop",
 }
 
 
-def map_finish_reason(reason: str | None, *, aliases: Sequence[tuple[str, FinishReason]] = ()) -> FinishReason:
-    """A server's finish/stop reason -> ours; anything unknown is "error"."""
+def map_finish_reason(reason: str | None) -> FinishReason:
+    """A server's finish/stop reason (OpenAI's, Claude's or Ollama's) -> ours; anything unknown is "error"."""
     if reason is None:
         return "error"
-    extra = dict(aliases)
-    return extra.get(reason) or _FINISH.get(reason, "error")
-
-
-def text_only(message: Message) -> bool:
-    """True when the message carries nothing but text parts."""
-    return all(isinstance(part, TextPart) for part in message.parts)
+    return _FINISH.get(reason, "error")
 
 
 async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncGenerator[tuple[str | None, str], None]:

@@ -1,20 +1,28 @@
-"""What the HTTP backends share: the retry loop, the deadline, URL safety and error mapping.
+"""What the HTTP backends share: the provider base (key, URL, clients, deadline, retries) and re-exports.
 
-A remote backend subclasses `RemoteProvider` and implements `_attempt()` (one request as an async
-generator of chunks, raising typed errors) and `_map_error()` (its SDK's exceptions -> typed).
+A remote backend subclasses `RemoteProvider[ItsConfig]` and implements `_attempt()` (one request
+as an async generator of chunks, raising typed errors), `_map_error()` (its SDK's exceptions ->
+typed) and, with embeddings, `_embed_attempt()`. The wire pieces live in `_wire` (bodies, lines,
+drain, JSON), `_tools` (tool-call fragments) and `_errors` (status and error events -> typed).
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlparse
 
+from zeph_providers.backends._errors import map_transport_error
+from zeph_providers.backends._wire import (
+    ACCEPT_ENCODING,
+    MAX_STREAM_LINE_BYTES,
+    ResponseLineTooLongError,
+    line_limit_hook,
+)
 from zeph_providers.config import RemoteConfig
 from zeph_providers.errors import (
     BadResponseError,
@@ -22,10 +30,14 @@ from zeph_providers.errors import (
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    register_secret,
 )
 from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
 from zeph_providers.retry import RetryPolicy, retry_stream
 from zeph_providers.types import Message, StreamChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.registry import Registry
 
 __all__ = [
     "MAX_STREAM_LINE_BYTES",
@@ -39,6 +51,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("zeph_providers.remote")
+
+ConfigT = TypeVar("ConfigT", bound=RemoteConfig)
+T = TypeVar("T")
 
 
 def is_loopback(host: str | None) -> bool:
@@ -67,112 +82,51 @@ def check_url_safety(config: RemoteConfig, base_url: str | None, has_key: bool) 
         log.warning("provider %r: sending an API key over plain http to %r", config.name, parsed.hostname)
 
 
-def map_transport_error(exc: BaseException, provider: str) -> LlmError | None:
-    """httpx / httpx2 transport failures (both packages share class names) -> typed errors."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if "TimeoutException" in names or "APITimeoutError" in names:
-        return ProviderTimeoutError(f"request timed out ({text})", provider=provider)
-    if names & {"ConnectError", "ConnectionRefusedError", "APIConnectionError"}:
-        return ProviderUnavailableError(f"cannot connect to the server ({text})", provider=provider)
-    if names & {"RemoteProtocolError", "ReadError", "WriteError", "NetworkError", "ConnectionResetError"}:
-        return ProviderUnavailableError(f"the connection broke ({text})", provider=provider)
-    if names & {"DecodingError", "JSONDecodeError", "UnicodeDecodeError"}:
-        return BadResponseError(f"malformed response body ({text})", provider=provider)
-    if isinstance(exc, ResponseLineTooLongError):
-        return BadResponseError(f"a streamed line exceeded {exc.limit} bytes; refusing it", provider=provider)
-    if isinstance(exc, RecursionError):  # json.loads on hostile, deeply nested JSON
-        return BadResponseError(f"malformed response body: JSON nested too deeply ({text})", provider=provider)
-    return None
-
-
-MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
-"""The longest line accepted in a streamed (SSE) response: a 10 MB event still passes, an endless one is cut."""
-
-_UNLIMITED_PATHS = ("/embeddings", "/embed")
-"""One-line JSON bodies that may legitimately be large (a batch of vectors): not line-limited."""
-
-
-class ResponseLineTooLongError(Exception):
-    """A response line grew past the limit: refused before it is buffered whole."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"a response line exceeded {limit} bytes")
-
-
-@functools.cache
-def _line_limited_stream_type() -> type[Any]:
-    import httpx2
-
-    class LineLimitedStream(httpx2.AsyncByteStream):
-        """Passes the body through, raising once a line (bytes since the last newline) passes the limit."""
-
-        def __init__(self, inner: Any, limit: int) -> None:
-            self._inner = inner
-            self._limit = limit
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            pending = 0
-            async for chunk in self._inner:
-                newline = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-                pending = len(chunk) - newline - 1 if newline >= 0 else pending + len(chunk)
-                if pending > self._limit:
-                    raise ResponseLineTooLongError(self._limit)
-                yield chunk
-
-        async def aclose(self) -> None:
-            await self._inner.aclose()
-
-    return LineLimitedStream
-
-
-def _line_limit_hook(limit: int) -> Callable[[Any], Awaitable[None]]:
-    """An httpx2 response hook bounding line length, so a runaway line cannot grow without limit."""
-
-    async def hook(response: Any) -> None:
-        if response.request.url.path.rstrip("/").endswith(_UNLIMITED_PATHS):
-            return
-        response.stream = _line_limited_stream_type()(response.stream, limit)
-
-    return hook
-
-
-def httpx2_client(config: RemoteConfig, *, transport: Any = None) -> Any:
-    """An `httpx2.AsyncClient` (for the openai and anthropic SDKs) with this provider's limits."""
-    import httpx2
-
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
-        limits=httpx2.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=min(config.max_connections, 32),
-        ),
-        transport=transport,
-        event_hooks={"response": [_line_limit_hook(MAX_STREAM_LINE_BYTES)]},
-    )
-
-
-def httpx_client_kwargs(config: RemoteConfig, *, transport: Any = None) -> dict[str, Any]:
-    """Keyword arguments for an `httpx.AsyncClient` (the ollama SDK takes them directly)."""
-    import httpx
-
+def _client_kwargs(
+    module: Any, config: RemoteConfig, transport: Any, limit: int | None, on_response: Callable[[Any], None] | None
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "timeout": httpx.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
-        "limits": httpx.Limits(
+        "timeout": module.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
+        "limits": module.Limits(
             max_connections=config.max_connections,
             max_keepalive_connections=min(config.max_connections, 32),
         ),
+        "headers": {"accept-encoding": ACCEPT_ENCODING},
+        "event_hooks": {"response": [line_limit_hook(limit, on_response=on_response)]},
     }
     if transport is not None:
         kwargs["transport"] = transport
     return kwargs
 
 
-class RemoteProvider(BaseProvider):
-    """Base for HTTP backends: one retry policy and one deadline around `_attempt()`."""
+def httpx2_client(config: RemoteConfig, *, transport: Any = None, line_limit: int = MAX_STREAM_LINE_BYTES) -> Any:
+    """An `httpx2.AsyncClient` (for the openai and anthropic SDKs) with this provider's limits."""
+    import httpx2
 
-    def __init__(self, config: RemoteConfig, *, capabilities: Capabilities) -> None:
+    return httpx2.AsyncClient(**_client_kwargs(httpx2, config, transport, line_limit, None))
+
+
+def httpx_client_kwargs(
+    config: RemoteConfig,
+    *,
+    transport: Any = None,
+    line_limit: int = MAX_STREAM_LINE_BYTES,
+    on_response: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for an `httpx.AsyncClient` (the ollama SDK takes them directly)."""
+    import httpx
+
+    return _client_kwargs(httpx, config, transport, line_limit, on_response)
+
+
+class RemoteProvider(BaseProvider, Generic[ConfigT]):
+    """Base for HTTP backends: the key and URL checks, one retry policy and one deadline per call."""
+
+    default_base_url: ClassVar[str | None] = None
+    http_package: ClassVar[str] = "httpx2"
+    """The HTTP package of this backend's SDK: `_timeout()` builds its `Timeout`."""
+
+    def __init__(self, config: ConfigT, *, capabilities: Capabilities) -> None:
         super().__init__(
             config.name,
             config.model,
@@ -180,26 +134,45 @@ class RemoteProvider(BaseProvider):
             max_concurrent=config.max_concurrent,
             default_timeout=config.timeout_secs,
         )
-        self.config = config
+        self.config: ConfigT = config
         self.retry_policy = RetryPolicy(max_retries=config.max_retries)
+        self._secret = config.secret()  # raises ConfigError when a required key is missing
+        register_secret(self.api_key)
+        self.base_url: str = (config.base_url or self.default_base_url or "").rstrip("/")
+        check_url_safety(config, self.base_url, has_key=bool(self.api_key))
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
+        self._closed = False
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the config asked for (kept as a `SecretStr`, so `vars()` / repr never show it)."""
+        return self._secret.get_secret_value() if self._secret is not None else None
+
+    @classmethod
+    def build(cls, config: Any, registry: Registry | None = None) -> Any:
+        """The factory's entry: a provider for `config` (the registry is for backends that need one)."""
+        factory: Any = cls  # subclasses take (config, *, transport=None)
+        return factory(config)
+
+    # ----- one call: deadline, retries, typed errors ----------------------------------
 
     def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
         timeout = options.timeout if options.timeout is not None else self.config.timeout_secs
         deadline = options.deadline if options.deadline is not None else time.monotonic() + timeout
         return retry_stream(
-            lambda: self._mapped_attempt(messages, options, deadline),
+            lambda: self._mapped(self._attempt(messages, options, deadline)),
             self.retry_policy,
             deadline=deadline,
             provider=self.name,
         )
 
-    async def _mapped_attempt(
-        self, messages: list[Message], options: ChatOptions, deadline: float
-    ) -> AsyncIterator[StreamChunk]:
+    async def _mapped(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         try:
-            async for chunk in self._attempt(messages, options, deadline):
-                yield chunk
-        except LlmError:
+            async for item in source:
+                yield item
+        except LlmError as exc:
+            if exc.provider is None:
+                exc.provider = self.name
             raise
         except Exception as exc:
             raise self._map_error(exc) from exc
@@ -208,16 +181,21 @@ class RemoteProvider(BaseProvider):
         deadline = time.monotonic() + self.config.timeout_secs
 
         async def attempt() -> AsyncIterator[list[list[float]]]:
-            try:
-                yield await self._embed_attempt(texts, deadline)
-            except LlmError:
-                raise
-            except Exception as exc:
-                raise self._map_error(exc) from exc
+            yield await self.within(deadline, self._embed_attempt(texts, deadline))
 
-        async for vectors in retry_stream(attempt, self.retry_policy, deadline=deadline, provider=self.name):
+        async for vectors in retry_stream(
+            lambda: self._mapped(attempt()), self.retry_policy, deadline=deadline, provider=self.name
+        ):
             return vectors
         raise BadResponseError("no embeddings in the response", provider=self.name)
+
+    async def within(self, deadline: float, work: Awaitable[T]) -> T:
+        """`work`, cut off at the deadline (a drip-fed reply never passes the SDK's read timeout)."""
+        try:
+            async with asyncio.timeout(self.remaining(deadline)):
+                return await work
+        except TimeoutError as exc:
+            raise ProviderTimeoutError("no complete answer within the call's deadline", provider=self.name) from exc
 
     # ----- what each backend implements ---------------------------------------------
 
@@ -229,24 +207,40 @@ class RemoteProvider(BaseProvider):
         raise NotImplementedError
 
     def _map_error(self, exc: BaseException) -> LlmError:
-        mapped = map_transport_error(exc, self.name)
-        if mapped is not None:
-            return mapped
+        cause = exc.__cause__ if type(exc).__name__ == "APIConnectionError" else None
+        for candidate in (cause, exc):
+            mapped = map_transport_error(candidate, self.name) if candidate is not None else None
+            if mapped is not None:
+                return mapped
+        if isinstance(exc, ValueError | TypeError | KeyError | AttributeError):
+            return BadResponseError(f"malformed response ({type(exc).__name__}: {exc})", provider=self.name)
         return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+
+    # ----- helpers --------------------------------------------------------------------
 
     @staticmethod
     def remaining(deadline: float) -> float:
         return max(0.001, deadline - time.monotonic())
 
-    @staticmethod
-    def parse_json_arguments(raw: str, *, provider: str, tool: str) -> dict[str, Any]:
-        """A tool call's accumulated JSON argument text -> dict, or a BadResponseError."""
-        if not raw.strip():
-            return {}
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BadResponseError(f"tool call {tool!r} has invalid JSON arguments: {exc}", provider=provider) from exc
-        if not isinstance(value, dict):
-            raise BadResponseError(f"tool call {tool!r} arguments are not a JSON object", provider=provider)
-        return value
+    def _timeout(self, deadline: float) -> Any:
+        """The SDK's per-request timeout for what is left of the call."""
+        module: Any = __import__(self.http_package)
+        remaining = self.remaining(deadline)
+        return module.Timeout(remaining, connect=min(remaining, self.config.connect_timeout_secs))
+
+    def _on_close(self, close: Callable[[], Awaitable[Any]]) -> None:
+        """Register a client's close for `aclose()` (run in order, each even if one fails)."""
+        self._closers.append(close)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        for close in self._closers:
+            try:
+                await close()
+            except Exception as exc:  # pragma: no cover - close the rest, report the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -32,29 +32,26 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
-import logging
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anthropic
 import httpx2
 
-from zeph_providers.backends._convert import iter_sse
-from zeph_providers.backends._remote import (
-    RemoteProvider,
-    check_url_safety,
-    httpx2_client,
-    map_transport_error,
-)
+from zeph_providers.backends._convert import iter_sse, map_finish_reason
+from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._remote import RemoteProvider, httpx2_client
+from zeph_providers.backends._tools import ToolCallAccumulator
+from zeph_providers.backends._wire import count, drain, loads
+from zeph_providers.config import ClaudeConfig
 from zeph_providers.errors import (
     BadResponseError,
     ConfigError,
     InvalidRequestError,
     LlmError,
-    ProviderUnavailableError,
-    error_from_status,
 )
 from zeph_providers.protocol import Capabilities, ChatOptions
 from zeph_providers.types import (
@@ -69,7 +66,6 @@ from zeph_providers.types import (
     TextPart,
     ThinkingChunk,
     ThinkingPart,
-    ToolCall,
     ToolDefinition,
     ToolResultPart,
     ToolUseChunk,
@@ -77,10 +73,6 @@ from zeph_providers.types import (
     Usage,
     UsageChunk,
 )
-
-if TYPE_CHECKING:
-    from zeph_providers.config import ClaudeConfig
-    from zeph_providers.registry import Registry
 
 __all__ = [
     "CLAUDE_CAPABILITIES",
@@ -94,8 +86,6 @@ __all__ = [
     "map_stop_reason",
 ]
 
-log = logging.getLogger("zeph_providers.claude")
-
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 
@@ -108,44 +98,15 @@ CLAUDE_CAPABILITIES = Capabilities(
     thinking=True,
 )
 
-_STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_use",
-    "refusal": "content_filter",
-}
-
-# The HTTP status each Anthropic error type stands for; used for error events inside a 200 stream.
-_ERROR_TYPE_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
 _TOOL_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
-_MAX_ERROR_TEXT = 500
-_MAX_EVENTS_AFTER_STOP = 16
-"""Events read (and ignored) after `message_stop` to reach the end of the body and keep the
-connection reusable; a server that keeps sending past this gets its connection closed instead."""
 
 
 # ----- request conversion (pure functions) ------------------------------------------------------
 
 
 def map_stop_reason(reason: str | None) -> FinishReason:
-    """Anthropic's `stop_reason` -> the neutral finish reason."""
-    if reason is None:
-        return "error"
-    return _STOP_REASONS.get(reason, "error")
+    """Anthropic's `stop_reason` -> the neutral finish reason (the shared table)."""
+    return map_finish_reason(reason)
 
 
 def _part_block(part: Any, role: str) -> dict[str, Any] | None:
@@ -256,11 +217,9 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 @dataclass
 class _Block:
     kind: str
-    id: str = ""
-    name: str = ""
-    fragments: list[str] = field(default_factory=list)
-    initial_input: dict[str, Any] = field(default_factory=dict)
     synthetic: bool = False
+    streamed: bool = False
+    """Argument text arrived as `input_json_delta`s (it was already shown as the reply text)."""
 
 
 class _StreamTranslator:
@@ -271,6 +230,7 @@ class _StreamTranslator:
         self._model = model
         self._structured = structured
         self._blocks: dict[int, _Block] = {}
+        self._calls = ToolCallAccumulator(provider=provider)
         self._usage: dict[str, int] = {}
         self._stop_reason: str | None = None
         self._user_tool_calls = 0
@@ -313,7 +273,7 @@ class _StreamTranslator:
         ):
             value = _get(usage, source)
             if value is not None:
-                self._usage[target] = int(value)
+                self._usage[target] = count(value, source, provider=self._provider)
 
     def _build_usage(self) -> Usage:
         u = self._usage
@@ -344,12 +304,11 @@ class _StreamTranslator:
         if kind == "tool_use":
             name = str(_get(block, "name", ""))
             initial = _get(block, "input", {})
+            if not isinstance(initial, dict):
+                raise BadResponseError(f"tool_use {name!r} input is not a JSON object", provider=self._provider)
+            self._calls.add(index, _get(block, "id") or None, name, initial)
             self._blocks[index] = _Block(
-                "tool_use",
-                id=str(_get(block, "id", "")),
-                name=name,
-                initial_input=dict(initial) if isinstance(initial, dict) else {},
-                synthetic=self._structured is not None and name == self._structured.name,
+                "tool_use", synthetic=self._structured is not None and name == self._structured.name
             )
             return []
         # redacted_thinking, server tool blocks, ...: nothing neutral to say about them.
@@ -371,7 +330,8 @@ class _StreamTranslator:
             return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")))]
         if kind == "input_json_delta":
             fragment = str(_get(delta, "partial_json", ""))
-            block.fragments.append(fragment)
+            self._calls.add(index, None, None, fragment)
+            block.streamed = block.streamed or bool(fragment.strip())
             if block.synthetic and self._structured is not None and not self._structured.wrapped and fragment:
                 return [ContentChunk(text=fragment)]  # structured output streams as the reply text
             return []
@@ -381,20 +341,19 @@ class _StreamTranslator:
         block = self._blocks.pop(index, None)
         if block is None or block.kind != "tool_use":
             return []
-        raw = "".join(block.fragments)
-        if raw.strip():
-            arguments = RemoteProvider.parse_json_arguments(raw, provider=self._provider, tool=block.name)
-        else:
-            arguments = block.initial_input
+        calls = self._calls.complete(index)
+        if not calls:
+            return []
+        call = calls[0]
         if block.synthetic and self._structured is not None:
             self._answered = True
             if self._structured.wrapped:
-                return [ContentChunk(text=json.dumps(arguments.get("value")))]
-            if not raw.strip():
-                return [ContentChunk(text=json.dumps(arguments))]
+                return [ContentChunk(text=json.dumps(call.arguments.get("value")))]
+            if not block.streamed:
+                return [ContentChunk(text=json.dumps(call.arguments))]
             return []
         self._user_tool_calls += 1
-        return [ToolUseChunk(tool_call=ToolCall(id=block.id, name=block.name, arguments=arguments))]
+        return [ToolUseChunk(tool_call=call)]
 
 
 def message_events(message: Any) -> list[dict[str, Any]]:
@@ -465,27 +424,32 @@ def _trailing_json(text: str) -> Any:
 # ----- the provider ---------------------------------------------------------------------------
 
 
-class ClaudeProvider(RemoteProvider):
+class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     """Claude through `anthropic.AsyncAnthropic`; pass `transport=` (an httpx2 transport) in tests."""
 
     backend = "claude"
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(self, config: ClaudeConfig, *, transport: Any = None) -> None:
         super().__init__(config, capabilities=CLAUDE_CAPABILITIES)
         self.claude_config = config
-        secret = config.secret()  # registers the key with errors.redact()
-        if secret is None:
+        if self.api_key is None:
             raise ConfigError("no API key for Claude", provider=config.name)
-        base_url = config.base_url or DEFAULT_BASE_URL
-        check_url_safety(config, base_url, has_key=True)
-        self.base_url = base_url
         self._client = anthropic.AsyncAnthropic(
-            api_key=secret.get_secret_value(),
-            base_url=base_url,
+            api_key=self.api_key,
+            base_url=self.base_url,
             max_retries=0,
             http_client=httpx2_client(config, transport=transport),
         )
-        self._closed = False
+        if self.base_url != DEFAULT_BASE_URL:
+            # The SDK adds ANTHROPIC_CUSTOM_HEADERS to every request; only what the config asked
+            # for may go to a third-party base_url.
+            ambient = os.environ.get("ANTHROPIC_CUSTOM_HEADERS", "")
+            names = {line.partition(":")[0].strip().lower() for line in ambient.split("\n") if ":" in line}
+            custom: Any = self._client._custom_headers
+            for key in [k for k in custom if k.lower() in names]:
+                del custom[key]
+        self._on_close(self._client.close)
 
     # ----- request --------------------------------------------------------------------
 
@@ -559,9 +523,9 @@ class ClaudeProvider(RemoteProvider):
         create: Any = self._client.messages.with_streaming_response.create
         async with create(**params, stream=True, timeout=self.remaining(deadline)) as raw:
             response = raw.http_response
-            events = iter_sse(response.aiter_bytes())
+            body = response.aiter_bytes()
+            events = iter_sse(body)
             try:
-                after_stop = 0
                 async for name, data in events:
                     if name == "ping" or name is None:
                         continue
@@ -569,16 +533,15 @@ class ClaudeProvider(RemoteProvider):
                         raise _stream_error(data, response)
                     if not data:
                         continue
-                    event = json.loads(data)
+                    out = translator.feed(loads(data, provider=self.name, what="stream event"))
                     if translator.stopped:
-                        # Read on to the end of the body (normally nothing is left) so the connection
-                        # returns to the pool; closing a half-read response discards it.
-                        after_stop += 1
-                        if after_stop > _MAX_EVENTS_AFTER_STOP:
-                            break
-                        continue
-                    for chunk in translator.feed(event):
+                        # Read on to the end of the body (bounded; normally nothing is left) so the
+                        # connection returns to the pool, before the final chunks go out.
+                        await drain(body)
+                    for chunk in out:
                         yield chunk
+                    if translator.stopped:
+                        break
             finally:
                 await events.aclose()
         if not translator.stopped:
@@ -589,17 +552,11 @@ class ClaudeProvider(RemoteProvider):
     ) -> list[StreamChunk]:
         create: Any = self._client.messages.with_raw_response.create
         raw = await create(**params, timeout=self.remaining(deadline))
-        body = json.loads(raw.http_response.content)
+        body = loads(raw.http_response.content, provider=self.name)
         try:
             events = message_events(body)
         except _ErrorBody as exc:
-            error = _get(exc.body, "error", {})
-            error_type = str(_get(error, "type", "") or "")
-            message = str(_get(error, "message", "") or "")[:_MAX_ERROR_TEXT]
-            status = _ERROR_TYPE_STATUS.get(error_type, 500)
-            raise error_from_status(
-                status, f"error in the response body: {error_type}: {message}", provider=self.name
-            ) from exc
+            raise error_event(exc.body, provider=self.name, where="in the response body") from exc
         except TypeError as exc:
             raise BadResponseError(f"malformed response ({exc})", provider=self.name) from exc
         out: list[StreamChunk] = []
@@ -612,32 +569,16 @@ class ClaudeProvider(RemoteProvider):
             return self._status_error(exc)
         if isinstance(exc, anthropic.APIResponseValidationError):
             return BadResponseError(f"unexpected response shape: {exc.message}", provider=self.name)
-        if isinstance(exc, anthropic.APIConnectionError) and exc.__cause__ is not None:
-            # The SDK wraps what failed while reading a (non-streamed) body: type the original
-            # (e.g. the line limit -> BadResponseError, a reset -> ProviderUnavailableError).
-            mapped = map_transport_error(exc.__cause__, self.name)
-            if mapped is not None:
-                return mapped
-        mapped = map_transport_error(exc, self.name)
-        if mapped is not None:
-            return mapped
-        if isinstance(exc, ValueError | TypeError | KeyError | AttributeError):
-            # Malformed event payloads (e.g. a data line that is JSON but not an event object).
-            return BadResponseError(f"malformed stream event ({type(exc).__name__}: {exc})", provider=self.name)
-        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+        return super()._map_error(exc)
 
     def _status_error(self, exc: anthropic.APIStatusError) -> LlmError:
+        if exc.status_code < 400:  # an `event: error` inside a 200 stream: its type says what happened
+            return error_event(exc.body if isinstance(exc.body, dict) else exc.message, provider=self.name)
         error = _get(exc.body, "error", {}) if isinstance(exc.body, dict) else {}
         error_type = str(getattr(exc, "type", None) or _get(error, "type", "") or "")
         message = str(getattr(exc, "api_message", None) or _get(error, "message", "") or exc.message)
-        if len(message) > _MAX_ERROR_TEXT:
-            message = message[:_MAX_ERROR_TEXT] + "..."
         text = f"{error_type}: {message}" if error_type else message
-        status = exc.status_code
-        if status < 400:  # an `event: error` inside a 200 stream: its type says what happened
-            status = _ERROR_TYPE_STATUS.get(error_type, 500)
-            text = f"error event in the stream: {text}"
-        return error_from_status(status, text, provider=self.name, headers=exc.response.headers)
+        return status_error(exc.status_code, text, provider=self.name, headers=exc.response.headers)
 
     # ----- structured output ----------------------------------------------------------
 
@@ -658,14 +599,5 @@ class ClaudeProvider(RemoteProvider):
             finalized.text = split[0] + json.dumps(split[1])
         return finalized
 
-    # ----- lifecycle -------------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._client.close()
-
-
-def build(config: ClaudeConfig, registry: Registry) -> ClaudeProvider:
-    return ClaudeProvider(config)
+build = ClaudeProvider.build

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -35,25 +34,20 @@ import httpx
 import ollama
 from pydantic import ValidationError
 
-from zeph_providers.backends._convert import map_finish_reason, stable_tool_call_id, tool_parameters, tool_result_text
-from zeph_providers.backends._remote import (
-    RemoteProvider,
-    check_url_safety,
-    httpx_client_kwargs,
-    map_transport_error,
-)
+from zeph_providers.backends._convert import map_finish_reason, tool_parameters, tool_result_text
+from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
+from zeph_providers.backends._tools import ToolCallAccumulator
+from zeph_providers.backends._wire import drain, iter_lines, loads
 from zeph_providers.config import OllamaConfig
 from zeph_providers.errors import (
     BadResponseError,
     ConfigError,
-    ContextLengthError,
     InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     UnsupportedCapabilityError,
-    error_from_status,
-    register_secret,
 )
 from zeph_providers.protocol import Capabilities, ChatOptions
 from zeph_providers.types import (
@@ -67,7 +61,6 @@ from zeph_providers.types import (
     TextPart,
     ThinkingChunk,
     ThinkingPart,
-    ToolCall,
     ToolResultPart,
     ToolUseChunk,
     ToolUsePart,
@@ -76,7 +69,7 @@ from zeph_providers.types import (
 )
 
 if TYPE_CHECKING:
-    from zeph_providers.registry import Registry
+    pass
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "OllamaProvider", "build"]
 
@@ -85,86 +78,38 @@ log = logging.getLogger("zeph_providers.ollama")
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 """The longest NDJSON line accepted from `/api/chat` (a token or one tool call per line)."""
 
-_MAX_LINES_AFTER_DONE = 16
-"""Lines read (and ignored) after the done line to reach the end of the body and keep the
-connection reusable; a server that keeps sending gets its connection closed instead."""
-
 _META_KEY = "zeph_providers.ollama.meta"
 _TOP_LEVEL_EXTRA = ("think", "keep_alive")
 """`extra` keys sent as top-level request fields; every other key goes into `options`."""
 
-_CONTEXT_HINTS = ("context length", "context window", "exceeds the context", "too many tokens", "prompt is too long")
 
 
-# ----- transport: response headers and a bounded line length ---------------------------------
+# ----- response headers (for Retry-After, which the SDK's ResponseError does not carry) --------
 
 
 @dataclasses.dataclass
 class _ResponseMeta:
-    """Filled by the transport for one request: the response's status and headers."""
+    """Filled by the response hook for one request: the response's status and headers."""
 
     status: int | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-class _LineTooLongError(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"a response line exceeded {limit} bytes")
-
-
-class _LineLimitedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = 0
-        async for chunk in self._inner:
-            newline = chunk.rfind(b"\n")
-            pending = len(chunk) - newline - 1 if newline >= 0 else pending + len(chunk)
-            if pending > self._limit:
-                raise _LineTooLongError(self._limit)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _OllamaTransport(httpx.AsyncBaseTransport):
-    """Wraps the real transport: records headers, bounds `/api/chat` stream lines."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, max_line_bytes: int) -> None:
-        self._inner = inner
-        self._max_line_bytes = max_line_bytes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        meta = request.extensions.get(_META_KEY)
-        if isinstance(meta, _ResponseMeta):
-            meta.status = response.status_code
-            meta.headers = {k.lower(): v for k, v in response.headers.items()}
-        if request.url.path.endswith("/api/chat") and isinstance(response.stream, httpx.AsyncByteStream):
-            return httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=_LineLimitedStream(response.stream, self._max_line_bytes),
-                extensions=response.extensions,
-                request=request,
-            )
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+def _record(response: httpx.Response) -> None:
+    meta = response.request.extensions.get(_META_KEY)
+    if isinstance(meta, _ResponseMeta):
+        meta.status = response.status_code
+        meta.headers = {k.lower(): v for k, v in response.headers.items()}
 
 
 # ----- the provider -----------------------------------------------------------------------
 
 
-class OllamaProvider(RemoteProvider):
+class OllamaProvider(RemoteProvider[OllamaConfig]):
     """An Ollama server (`/api/chat`, `/api/embed`, `/api/show`) through the official SDK."""
 
     backend = "ollama"
+    http_package = "httpx"
 
     def __init__(
         self,
@@ -182,35 +127,25 @@ class OllamaProvider(RemoteProvider):
                 streaming=True, embeddings=embeddings, tools=True, vision=True, structured_output=True
             ),
         )
-        self.config: OllamaConfig = config
         self._reported = Capabilities(streaming=True, embeddings=embeddings, tools=True, structured_output=True)
         self._caps_known = False
         self._caps_lock = asyncio.Lock()
         self._completion = True
-        self._closed = False
 
-        headers: dict[str, str] = {}
-        secret = config.secret()
-        env_key = os.environ.get("OLLAMA_API_KEY")  # the SDK sends it itself when no key is given
-        register_secret(env_key)
-        if secret is not None:
-            headers["authorization"] = f"Bearer {secret.get_secret_value()}"
-        check_url_safety(config, config.base_url, secret is not None or bool(env_key))
-
-        kwargs = httpx_client_kwargs(config, transport=transport)
-        inner = kwargs.pop("transport", None)
-        limits = kwargs.pop("limits")
-        if inner is None:
-            inner = httpx.AsyncHTTPTransport(limits=limits)
-        self._client = ollama.AsyncClient(
-            host=config.base_url,
-            headers=headers or None,
-            transport=_OllamaTransport(inner, max_line_bytes),
-            **kwargs,
-        )
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        kwargs = httpx_client_kwargs(config, transport=transport, line_limit=max_line_bytes, on_response=_record)
+        extra_headers = kwargs.pop("headers")
+        self._client = ollama.AsyncClient(host=config.base_url, headers=headers or None, **kwargs)
         if not hasattr(self._client, "_request"):  # pragma: no cover - guards a future SDK change
             raise ConfigError("this version of the ollama SDK is not supported (no AsyncClient._request)")
-        self.base_url = str(self._client._client.base_url).rstrip("/")
+        http = self._client._client
+        http.headers.update(extra_headers)
+        if not self.api_key:
+            # The SDK sends OLLAMA_API_KEY from the environment to whatever host is configured;
+            # only a key the config asked for (api_key / api_key_env) may leave the process.
+            http.headers.pop("authorization", None)
+        self.base_url = str(http.base_url).rstrip("/")
+        self._on_close(http.aclose)
 
     # ----- capabilities -----------------------------------------------------------------
 
@@ -223,7 +158,7 @@ class OllamaProvider(RemoteProvider):
         deadline = time.monotonic() + self.config.timeout_secs
         try:
             async with self._caps_lock:
-                await self._fetch_capabilities(deadline)
+                await self.within(deadline, self._fetch_capabilities(deadline))
         except LlmError:
             raise
         except Exception as exc:
@@ -235,7 +170,7 @@ class OllamaProvider(RemoteProvider):
             return
         async with self._caps_lock:
             if not self._caps_known:
-                await self._fetch_capabilities(deadline)
+                await self.within(deadline, self._fetch_capabilities(deadline))
 
     async def _fetch_capabilities(self, deadline: float) -> None:
         meta = _ResponseMeta()
@@ -318,13 +253,6 @@ class OllamaProvider(RemoteProvider):
             try:
                 async for chunk in self._chunks(parts):
                     yield chunk
-                # Read on to the end of the body (normally nothing follows the done line), so the
-                # connection returns to the pool; closing a half-read response discards it.
-                after_done = 0
-                async for _ in parts:
-                    after_done += 1
-                    if after_done > _MAX_LINES_AFTER_DONE:
-                        break
             finally:
                 await _aclose(parts)
         except ollama.ResponseError as exc:
@@ -351,9 +279,9 @@ class OllamaProvider(RemoteProvider):
             raise self._response_error(exc, meta) from exc
         content = response.content
         try:
-            bodies = [json.loads(content)]
-        except json.JSONDecodeError:
-            bodies = [json.loads(line) for line in content.splitlines() if line.strip()]
+            bodies = [loads(content, provider=self.name)]
+        except BadResponseError:  # NDJSON after all (or not JSON: then each line's error says why)
+            bodies = [loads(line, provider=self.name) for line in content.splitlines() if line.strip()]
         parts: list[dict[str, Any]] = []
         for body in bodies:
             if not isinstance(body, dict):
@@ -381,12 +309,17 @@ class OllamaProvider(RemoteProvider):
             except httpx.HTTPStatusError as exc:
                 await exc.response.aread()
                 raise ollama.ResponseError(exc.response.text, exc.response.status_code) from None
-            async for line in response.aiter_lines():
-                part = json.loads(line)
+            body = response.aiter_bytes()
+            async for line in iter_lines(body):
+                part = loads(line, provider=self.name, what="line")  # invalid UTF-8 is refused, not replaced
                 if not isinstance(part, dict):
                     raise BadResponseError("the server sent a line that is not a JSON object", provider=self.name)
                 if err := part.get("error"):
                     raise ollama.ResponseError(err)
+                if part.get("done") is True:
+                    # Read on to the end of the body (bounded; normally nothing follows the done
+                    # line), so the connection returns to the pool.
+                    await drain(body)
                 yield part
 
     def _shape_error(self, what: str) -> BadResponseError:
@@ -394,6 +327,7 @@ class OllamaProvider(RemoteProvider):
 
     async def _chunks(self, parts: AsyncIterator[dict[str, Any]]) -> AsyncIterator[StreamChunk]:
         """`/api/chat` message objects (plain dicts, checked as the SDK's model would) -> chunks."""
+        calls_seen = ToolCallAccumulator(provider=self.name)
         index = 0
         async for part in parts:
             message = part.get("message")
@@ -416,10 +350,9 @@ class OllamaProvider(RemoteProvider):
                 raw_arguments = function.get("arguments") if isinstance(function, dict) else None
                 if not isinstance(name, str) or not isinstance(raw_arguments, dict):
                     raise self._shape_error("a tool call without a function name and an arguments object")
-                arguments = dict(raw_arguments)
-                canonical = json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
-                call_id = stable_tool_call_id(index, name, canonical)
-                yield ToolUseChunk(tool_call=ToolCall(id=call_id, name=name, arguments=arguments))
+                calls_seen.add(index, None, name, raw_arguments)
+                for call in calls_seen.complete(index):
+                    yield ToolUseChunk(tool_call=call)
                 index += 1
             done = part.get("done")
             if not isinstance(done, bool | None):
@@ -430,9 +363,10 @@ class OllamaProvider(RemoteProvider):
                 reason = part.get("done_reason")
                 model = part.get("model")
                 if not all(
-                    isinstance(v, int | None) and not isinstance(v, bool) for v in (prompt_tokens, output_tokens)
+                    isinstance(v, int | None) and not isinstance(v, bool) and (v or 0) >= 0
+                    for v in (prompt_tokens, output_tokens)
                 ):
-                    raise self._shape_error("a token count is not an integer")
+                    raise self._shape_error("a token count is not a non-negative integer")
                 if not isinstance(reason, str | None) or not isinstance(model, str | None):
                     raise self._shape_error("`done_reason` / `model` is not text")
                 yield UsageChunk(usage=Usage(input_tokens=prompt_tokens or 0, output_tokens=output_tokens or 0))
@@ -442,7 +376,7 @@ class OllamaProvider(RemoteProvider):
 
     @staticmethod
     def _finish_reason(reason: str | None, has_tool_calls: bool) -> FinishReason:
-        finish = map_finish_reason(reason or "stop", aliases=(("load", "stop"), ("unload", "stop")))
+        finish = map_finish_reason(reason or "stop")
         if has_tool_calls and finish == "stop":
             return "tool_use"
         return finish
@@ -564,10 +498,6 @@ class OllamaProvider(RemoteProvider):
 
     # ----- errors -------------------------------------------------------------------------
 
-    def _timeout(self, deadline: float) -> httpx.Timeout:
-        remaining = self.remaining(deadline)
-        return httpx.Timeout(remaining, connect=min(remaining, self.config.connect_timeout_secs))
-
     def _response_error(self, exc: ollama.ResponseError, meta: _ResponseMeta, *, model: str | None = None) -> LlmError:
         status = exc.status_code
         message = str(exc.error)
@@ -580,18 +510,14 @@ class OllamaProvider(RemoteProvider):
                 provider=self.name,
             )
         if status < 0:  # an {"error": ...} line inside a 200 stream
-            if any(hint in lowered for hint in _CONTEXT_HINTS):
-                return ContextLengthError(f"error in the stream: {message}", provider=self.name)
-            return ProviderUnavailableError(f"error in the stream: {message}", provider=self.name)
-        return error_from_status(status, message, provider=self.name, headers=meta.headers)
+            return error_event(message, provider=self.name)
+        return status_error(status, message, provider=self.name, headers=meta.headers)
 
     def _connection_error(self, exc: ConnectionError) -> LlmError:
         """The SDK turns httpx's ConnectError into a bare ConnectionError `from None`; type the original."""
         return self._map_error(_sdk_cause(exc))
 
     def _map_error(self, exc: BaseException) -> LlmError:
-        if isinstance(exc, _LineTooLongError):
-            return BadResponseError(f"a streamed line exceeded {exc.limit} bytes; refusing it", provider=self.name)
         if isinstance(exc, json.JSONDecodeError):
             return BadResponseError(f"the server sent a line that is not valid JSON ({exc})", provider=self.name)
         if isinstance(exc, ValidationError):
@@ -607,16 +533,7 @@ class OllamaProvider(RemoteProvider):
                 f"cannot connect: is Ollama running at {self.base_url}? ({type(exc).__name__}: {exc})",
                 provider=self.name,
             )
-        mapped = map_transport_error(exc, self.name)
-        if mapped is not None:
-            return mapped
-        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._client._client.aclose()
+        return super()._map_error(exc)
 
 
 def _sdk_cause(exc: BaseException) -> BaseException:
@@ -633,6 +550,4 @@ async def _aclose(source: AsyncIterator[Any]) -> None:
             await aclose()
 
 
-def build(config: OllamaConfig, registry: Registry) -> OllamaProvider:
-    """The factory's entry point for `type = "ollama"`."""
-    return OllamaProvider(config)
+build = OllamaProvider.build

@@ -27,12 +27,11 @@ Wire mapping, in short:
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx2
 import openai
@@ -44,28 +43,21 @@ from zeph_providers.backends._convert import (
     json_arguments,
     map_finish_reason,
     schema_name,
-    stable_tool_call_id,
     strict_json_schema,
     tool_parameters,
     tool_result_text,
 )
-from zeph_providers.backends._remote import (
-    RemoteProvider,
-    check_url_safety,
-    httpx2_client,
-    map_transport_error,
-)
+from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._remote import RemoteProvider, httpx2_client
+from zeph_providers.backends._tools import ToolCallAccumulator
+from zeph_providers.backends._wire import count, drain, loads
 from zeph_providers.config import CompatibleConfig, OpenAIConfig
 from zeph_providers.errors import (
     BadResponseError,
-    ContextLengthError,
     InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
-    ProviderUnavailableError,
     UnsupportedCapabilityError,
-    error_from_status,
-    register_secret,
 )
 from zeph_providers.protocol import Capabilities, ChatOptions
 from zeph_providers.types import (
@@ -78,15 +70,11 @@ from zeph_providers.types import (
     StreamChunk,
     TextPart,
     ThinkingChunk,
-    ToolCall,
     ToolUseChunk,
     ToolUsePart,
     Usage,
     UsageChunk,
 )
-
-if TYPE_CHECKING:
-    from zeph_providers.registry import Registry
 
 __all__ = [
     "NO_KEY_PLACEHOLDER",
@@ -103,9 +91,6 @@ NO_KEY_PLACEHOLDER = "not-needed"
 """Sent to compatible servers that need no key: the SDK refuses to run without one."""
 
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
-_DRAIN_LIMIT = 1 << 20
-"""Bytes read past `[DONE]` to reuse the connection; a server sending more gets its connection closed."""
-_CONTEXT_CODES = ("context_length_exceeded", "exceed_context", "context_window", "string_above_max_length")
 
 
 # ----- model families ---------------------------------------------------------------------
@@ -218,21 +203,22 @@ def convert_response_format(options: ChatOptions) -> dict[str, Any] | None:
 
 
 @dataclass
-class _PendingCall:
-    id: str | None = None
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
-@dataclass
 class _StreamState:
-    response_id: str = ""
+    provider: str
     model: str = ""
     finish: str | None = None
     usage: Usage | None = None
-    calls: dict[int, _PendingCall] = field(default_factory=dict)
-    last_index: int = -1
+    calls: ToolCallAccumulator = field(init=False)
     events: int = 0
+    done: bool = False
+    """`data: [DONE]` arrived: the stream is complete even without a finish_reason."""
+
+    def __post_init__(self) -> None:
+        self.calls = ToolCallAccumulator(provider=self.provider, id_seed=("",))
+
+    @property
+    def response_id(self) -> str:
+        return str(self.calls.id_seed[0])
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -240,13 +226,15 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def _usage(raw: Any) -> Usage:
+def _usage(raw: Any, provider: str) -> Usage:
+    if not isinstance(raw, dict):
+        raise BadResponseError("malformed response: `usage` is not an object", provider=provider)
     details = _field(raw, "prompt_tokens_details")
-    cached = _field(details, "cached_tokens") if details is not None else None
+    cached = _field(details, "cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        input_tokens=int(_field(raw, "prompt_tokens") or 0),
-        output_tokens=int(_field(raw, "completion_tokens") or 0),
-        cache_read_tokens=int(cached or 0),
+        input_tokens=count(_field(raw, "prompt_tokens"), "prompt_tokens", provider=provider),
+        output_tokens=count(_field(raw, "completion_tokens"), "completion_tokens", provider=provider),
+        cache_read_tokens=count(cached, "cached_tokens", provider=provider),
     )
 
 
@@ -258,14 +246,6 @@ def _extra_text(delta: Any, *names: str) -> str:
     return ""
 
 
-def _stream_error(error: Any, response: httpx2.Response) -> openai.APIError:
-    """An error object inside the stream -> the `APIError` the SDK raised for it."""
-    message = error.get("message") if isinstance(error, dict) else None
-    if not message or not isinstance(message, str):
-        message = "An error occurred during streaming"
-    return openai.APIError(message=message, request=response.request, body=error)
-
-
 def _error_code(exc: openai.APIError) -> str:
     """The body's `code` and `type` (llama.cpp puts the HTTP status in `code`: left out)."""
     parts = [str(v) for v in (exc.code, exc.type) if v and not str(v).isdigit()]
@@ -275,21 +255,17 @@ def _error_code(exc: openai.APIError) -> str:
 # ----- the provider -----------------------------------------------------------------------
 
 
-class OpenAIProvider(RemoteProvider):
+class OpenAIProvider(RemoteProvider[OpenAIConfig]):
     """Chat Completions over the official SDK; also serves `type = "compatible"` servers."""
 
     backend = "openai"
+    default_base_url = OPENAI_BASE_URL
 
     def __init__(self, config: OpenAIConfig, *, transport: Any = None) -> None:
         super().__init__(config, capabilities=openai_capabilities(config))
         self.openai_config = config
         self.compatible = isinstance(config, CompatibleConfig)
-        secret = config.secret()
-        api_key = secret.get_secret_value() if secret is not None else None
-        if api_key:
-            register_secret(api_key)
-        self.base_url = config.base_url or OPENAI_BASE_URL
-        check_url_safety(config, self.base_url, has_key=bool(api_key))
+        api_key = self.api_key
         if config.use_max_completion_tokens is not None:
             self._max_completion_tokens = config.use_max_completion_tokens
         else:
@@ -303,6 +279,8 @@ class OpenAIProvider(RemoteProvider):
             timeout=httpx2.Timeout(config.timeout_secs, connect=config.connect_timeout_secs),
             http_client=self._http,
         )
+        self._on_close(self._client.close)
+        self._on_close(self._http.aclose)
         # The SDK fills these from OPENAI_* environment variables; never send them anywhere
         # the config did not ask for (a compatible server is a third party).
         self._client.admin_api_key = None
@@ -310,7 +288,6 @@ class OpenAIProvider(RemoteProvider):
         if self.compatible:
             self._client.organization = config.organization
             self._client.project = None
-        self._closed = False
 
     # ----- request ----------------------------------------------------------------------
 
@@ -384,10 +361,6 @@ class OpenAIProvider(RemoteProvider):
             params["extra_body"] = extra_body
         return params
 
-    def _timeout(self, deadline: float) -> httpx2.Timeout:
-        remaining = self.remaining(deadline)
-        return httpx2.Timeout(remaining, connect=min(self.openai_config.connect_timeout_secs, remaining))
-
     # ----- streaming --------------------------------------------------------------------
 
     async def _attempt(
@@ -400,12 +373,12 @@ class OpenAIProvider(RemoteProvider):
             for item in await self._complete(params, deadline):
                 yield item
             return
-        state = _StreamState(model=self.model)
+        state = _StreamState(self.name, model=self.model)
         request = self._client.chat.completions.with_streaming_response.create(
             **params, stream=True, timeout=self._timeout(deadline)
         )
         async with request as raw:  # HTTP error statuses raise APIStatusError here, as before
-            async for data in self._events(raw.http_response):
+            async for data in self._events(raw.http_response, state):
                 try:
                     out = self._on_chunk(data, state)
                 except LlmError:
@@ -416,6 +389,10 @@ class OpenAIProvider(RemoteProvider):
                     ) from exc
                 for item in out:
                     yield item
+        if state.finish is None and state.done and state.usage is not None:
+            # A compatible server that sent its final usage chunk and [DONE] but names no reason:
+            # complete, as `chat()` takes the same reply.
+            state.finish = "stop"
         if state.finish is None:
             if not state.events:
                 raise BadResponseError(
@@ -423,33 +400,35 @@ class OpenAIProvider(RemoteProvider):
                     provider=self.name,
                 )
             raise BadResponseError("the stream ended before the reply finished (no finish_reason)", provider=self.name)
-        if state.calls:  # a server that finished without emitting them at the finish chunk
-            for item in self._complete_calls(state):
-                yield item
-        finish: FinishReason = map_finish_reason(state.finish)
-        yield UsageChunk(usage=state.usage or Usage())
-        yield EndChunk(finish_reason=finish, model=state.model)
+        for item in self._end(state):
+            yield item
 
-    async def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
+    def _end(self, state: _StreamState) -> list[StreamChunk]:
+        out = self._complete_calls(state)  # calls a server finished without emitting at the finish chunk
+        finish: FinishReason = map_finish_reason(state.finish)
+        return [*out, UsageChunk(usage=state.usage or Usage()), EndChunk(finish_reason=finish, model=state.model)]
+
+    async def _events(self, response: httpx2.Response, state: _StreamState) -> AsyncIterator[Any]:
         """The raw SSE body -> each `data:` payload parsed with `json` (no SDK model per chunk).
 
-        Mirrors the SDK's stream: `[DONE]` ends it (the rest is drained so the connection can be
-        reused), an `error` object in the data (or an `event: error`) raises `openai.APIError`,
-        transport timeouts / failures raise `APITimeoutError` / `APIConnectionError`.
+        Mirrors the SDK's stream: `[DONE]` ends it (the rest is drained, bounded, so the connection
+        can be reused), an `error` object in the data (or an `event: error`) is typed by its
+        status / type, transport timeouts / failures raise `APITimeoutError` / `APIConnectionError`.
         """
         body = response.aiter_bytes()
         events = iter_sse(body)
         try:
             async for event, data in events:
                 if data.startswith("[DONE]"):
+                    state.done = True
                     break
                 if not data and event is None:
                     continue  # an empty event (a lone `id:` / `retry:`): nothing to parse
-                value = json.loads(data)
+                value = loads(data, provider=self.name, what="stream chunk")
                 if isinstance(value, dict) and value.get("error"):
-                    raise _stream_error(value["error"], response)
+                    raise openai.APIError("error in the stream", request=response.request, body=value["error"])
                 if event == "error":
-                    raise _stream_error(value, response)
+                    raise openai.APIError("error in the stream", request=response.request, body=value)
                 yield value
             else:
                 return
@@ -459,47 +438,19 @@ class OpenAIProvider(RemoteProvider):
             raise openai.APIConnectionError(request=response.request) from exc
         finally:
             await events.aclose()
-        # After [DONE]: read what is left (normally nothing) so the connection goes back to the pool.
-        drained = 0
-        try:
-            async for chunk in body:
-                drained += len(chunk)
-                if drained > _DRAIN_LIMIT:
-                    break
-        except (httpx2.RequestError, ssl.SSLError):
-            pass  # cleanup must not turn a complete reply into an error
+        await drain(body)
 
-    # ----- one non-streamed request ----------------------------------------------------
+    # ----- one non-streamed request: replayed as one chunk ------------------------------
 
     async def _complete(self, params: dict[str, Any], deadline: float) -> list[StreamChunk]:
-        """`chat()`'s request: one `chat.completion` body -> the chunks a stream would have given."""
+        """`chat()`'s request: one `chat.completion` body, replayed through the chunk translator."""
         params = {key: value for key, value in params.items() if key != "stream_options"}  # stream-only
         raw = await self._client.chat.completions.with_raw_response.create(**params, timeout=self._timeout(deadline))
-        body = json.loads(raw.http_response.content)
-        try:
-            return self._from_completion(body)
-        except LlmError:
-            raise
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            raise BadResponseError(f"malformed response ({type(exc).__name__}: {exc})", provider=self.name) from exc
-
-    def _from_completion(self, body: Any) -> list[StreamChunk]:
+        body = loads(raw.http_response.content, provider=self.name)
         if not isinstance(body, dict):
             raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
-        error = body.get("error")
-        if error and not body.get("choices"):  # an error object in a 200 body
-            detail = str(error.get("message") or error) if isinstance(error, dict) else str(error)
-            fields = (error.get("code"), error.get("type")) if isinstance(error, dict) else ()
-            code = " ".join(dict.fromkeys(str(v) for v in fields if v and not str(v).isdigit()))
-            text = f"the server reported an error: {detail}" + (f" ({code})" if code else "")
-            if any(hint in code for hint in _CONTEXT_CODES):
-                raise ContextLengthError(text, provider=self.name)
-            raise ProviderUnavailableError(text, provider=self.name)
-        state = _StreamState(model=self.model, response_id=str(body.get("id") or ""))
-        if body.get("model"):
-            state.model = str(body["model"])
-        if body.get("usage") is not None:
-            state.usage = _usage(body["usage"])
+        if body.get("error") and not body.get("choices"):  # an error object in a 200 body
+            raise error_event(body["error"], provider=self.name, where="in the response body")
         choices = body.get("choices")
         if not isinstance(choices, list):
             raise BadResponseError(
@@ -508,33 +459,35 @@ class OpenAIProvider(RemoteProvider):
         choice = next((c for c in choices if isinstance(c, dict) and (c.get("index") or 0) == 0), None)
         if choice is None:
             raise BadResponseError("the response has no choice", provider=self.name)
-        out: list[StreamChunk] = []
         message = choice.get("message") or {}
-        thinking = _extra_text(message, "reasoning_content", "reasoning")
-        if thinking:
-            out.append(ThinkingChunk(text=thinking))
-        if message.get("content"):
-            out.append(ContentChunk(text=str(message["content"])))
-        if message.get("refusal"):
-            out.append(ContentChunk(text=str(message["refusal"])))
-        for position, call in enumerate(message.get("tool_calls") or ()):
-            function = call.get("function") or {}
-            index = call.get("index")
-            self._add_fragment(
-                state,
-                int(index) if isinstance(index, int) else position,
-                call.get("id"),
-                function.get("name"),
-                function.get("arguments"),
-            )
-        legacy = message.get("function_call")
-        if legacy:  # the deprecated single-function shape
-            self._add_fragment(state, 0, None, legacy.get("name"), legacy.get("arguments"))
-        out.extend(self._complete_calls(state))
-        out.append(UsageChunk(usage=state.usage or Usage()))
-        finish: FinishReason = map_finish_reason(str(choice.get("finish_reason") or "stop"))
-        out.append(EndChunk(finish_reason=finish, model=state.model))
-        return out
+        if not isinstance(message, dict):
+            raise BadResponseError("malformed response (`message` is not an object)", provider=self.name)
+        delta = dict(message)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):  # a whole body: a call's position is its index
+            delta["tool_calls"] = [
+                {**call, "index": call.get("index") if isinstance(call.get("index"), int) else position}
+                if isinstance(call, dict)
+                else call
+                for position, call in enumerate(calls)
+            ]
+        chunk = {
+            "id": body.get("id"),
+            "model": body.get("model"),
+            "usage": body.get("usage"),
+            # A complete body without a finish reason is taken as "stop": it is whole by definition.
+            "choices": [{"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}],
+        }
+        state = _StreamState(self.name, model=self.model)
+        try:
+            out = self._on_chunk(chunk, state)
+        except LlmError:
+            raise
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise BadResponseError(f"malformed response ({type(exc).__name__}: {exc})", provider=self.name) from exc
+        return out + self._end(state)
+
+    # ----- the chunk translator ---------------------------------------------------------
 
     def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
         """One parsed `chat.completion.chunk` (a plain dict) -> our chunks."""
@@ -544,13 +497,13 @@ class OpenAIProvider(RemoteProvider):
         state.events += 1
         chunk_id = chunk.get("id")
         if chunk_id and not state.response_id:
-            state.response_id = str(chunk_id)
+            state.calls.id_seed = (str(chunk_id),)
         model = chunk.get("model")
         if model:
             state.model = str(model)
         usage = chunk.get("usage")
         if usage is not None:
-            state.usage = _usage(usage)  # cumulative where a server repeats it: keep the last
+            state.usage = _usage(usage, self.name)  # cumulative where a server repeats it: keep the last
         for choice in chunk.get("choices") or ():
             if (choice.get("index") or 0) != 0:
                 continue  # we never ask for n > 1
@@ -566,52 +519,20 @@ class OpenAIProvider(RemoteProvider):
                 if refusal:
                     out.append(ContentChunk(text=str(refusal)))
                 for call in delta.get("tool_calls") or ():
-                    self._add_call_fragment(state, call)
+                    function = call.get("function") or {}
+                    state.calls.add(call.get("index"), call.get("id"), function.get("name"), function.get("arguments"))
                 legacy = delta.get("function_call")
                 if legacy is not None:  # the deprecated single-function shape
-                    self._add_fragment(state, 0, None, legacy.get("name"), legacy.get("arguments"))
+                    state.calls.add(0, None, legacy.get("name"), legacy.get("arguments"))
             finish = choice.get("finish_reason")
             if finish:
                 state.finish = str(finish)
                 out.extend(self._complete_calls(state))
         return out
 
-    def _add_call_fragment(self, state: _StreamState, call: Any) -> None:
-        index = call.get("index")
-        call_id = call.get("id")
-        if index is None:  # servers that omit the index: a new id opens a new call
-            index = state.last_index
-            if call_id and (index < 0 or state.calls[index].id not in (None, call_id)):
-                index += 1
-            index = max(index, 0)
-        function = call.get("function")
-        name = function.get("name") if function is not None else None
-        arguments = function.get("arguments") if function is not None else None
-        self._add_fragment(state, int(index), call_id, name, arguments)
-
     @staticmethod
-    def _add_fragment(state: _StreamState, index: int, call_id: str | None, name: str | None, arguments: Any) -> None:
-        pending = state.calls.setdefault(index, _PendingCall())
-        state.last_index = index
-        if call_id:
-            pending.id = str(call_id)
-        if name:
-            pending.name = name if not pending.name or pending.name == name else pending.name + name
-        if arguments is not None:
-            pending.arguments.append(arguments if isinstance(arguments, str) else json.dumps(arguments))
-
-    def _complete_calls(self, state: _StreamState) -> list[StreamChunk]:
-        out: list[StreamChunk] = []
-        for index in sorted(state.calls):
-            pending = state.calls[index]
-            raw = "".join(pending.arguments)
-            if not pending.name:
-                raise BadResponseError(f"tool call #{index} arrived without a function name", provider=self.name)
-            arguments = self.parse_json_arguments(raw, provider=self.name, tool=pending.name)
-            call_id = pending.id or stable_tool_call_id(state.response_id, index, pending.name, raw)
-            out.append(ToolUseChunk(tool_call=ToolCall(id=call_id, name=pending.name, arguments=arguments)))
-        state.calls.clear()
-        return out
+    def _complete_calls(state: _StreamState) -> list[StreamChunk]:
+        return [ToolUseChunk(tool_call=call) for call in state.calls.complete()]
 
     # ----- embeddings -------------------------------------------------------------------
 
@@ -646,26 +567,11 @@ class OpenAIProvider(RemoteProvider):
             return self._status_error(exc)
         if isinstance(exc, openai.APITimeoutError):
             return ProviderTimeoutError("request timed out", provider=self.name)
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__
-            mapped = map_transport_error(cause, self.name) if cause is not None else None
-            if mapped is not None:
-                return mapped
-            return ProviderUnavailableError(f"cannot reach the server: {exc.message}", provider=self.name)
         if isinstance(exc, openai.APIResponseValidationError):
             return BadResponseError(f"malformed response: {exc.message}", provider=self.name)
-        if isinstance(exc, openai.APIError):  # an error event inside the stream
-            code = _error_code(exc)
-            message = f"the server reported an error mid-stream: {exc.message}" + (f" ({code})" if code else "")
-            if any(hint in code for hint in _CONTEXT_CODES):
-                return ContextLengthError(message, provider=self.name)
-            return ProviderUnavailableError(message, provider=self.name)
-        mapped = map_transport_error(exc, self.name)
-        if mapped is not None:
-            return mapped
-        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
-            return BadResponseError(f"malformed response ({exc})", provider=self.name)
-        return ProviderUnavailableError(f"unexpected {type(exc).__name__}: {exc}", provider=self.name)
+        if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+            return error_event(exc.body if exc.body is not None else exc.message, provider=self.name)
+        return super()._map_error(exc)
 
     def _status_error(self, exc: openai.APIStatusError) -> LlmError:
         body = exc.body
@@ -673,27 +579,10 @@ class OpenAIProvider(RemoteProvider):
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             message = body["message"]
         elif isinstance(body, str) and body.strip():
-            message = body.strip()[:500]
-        code = _error_code(exc)
-        if code:
-            message = f"{message} ({code})"
-        status = exc.status_code
-        if 400 <= status < 500 and status not in (401, 403, 429) and any(h in code for h in _CONTEXT_CODES):
-            return ContextLengthError(f"HTTP {status}: {message}", provider=self.name)
-        return error_from_status(status, message, provider=self.name, headers=exc.response.headers)
-
-    # ----- lifecycle --------------------------------------------------------------------
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._client.close()
-        finally:
-            await self._http.aclose()
+            message = body.strip()
+        return status_error(
+            exc.status_code, message, provider=self.name, code=_error_code(exc), headers=exc.response.headers
+        )
 
 
-def build(config: OpenAIConfig, registry: Registry) -> OpenAIProvider:
-    """The factory's entry for `type = "openai"` and `type = "compatible"`."""
-    return OpenAIProvider(config)
+build = OpenAIProvider.build
