@@ -10,9 +10,10 @@ import pytest
 from pydantic import Field
 
 from zeph_providers import factory
+from zeph_providers.base import BaseProvider
 from zeph_providers.config import ProviderConfigBase, catalog, parse_config
 from zeph_providers.errors import ConfigError
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.registry import Registry
 from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk
 

@@ -23,6 +23,7 @@ from zeph_providers.backends._wire import (
     ResponseLineTooLongError,
     line_limit_hook,
 )
+from zeph_providers.base import BaseProvider
 from zeph_providers.config import RemoteConfig
 from zeph_providers.errors import (
     BadResponseError,
@@ -32,7 +33,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     register_secret,
 )
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.retry import RetryPolicy, retry_stream
 from zeph_providers.types import Message, StreamChunk
 

@@ -53,7 +53,7 @@ from zeph_providers.errors import (
     InvalidRequestError,
     LlmError,
 )
-from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ChatResponse,
     ContentChunk,

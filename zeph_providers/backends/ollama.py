@@ -49,7 +49,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
-from zeph_providers.protocol import Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ContentChunk,
     EndChunk,
