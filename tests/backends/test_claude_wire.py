@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from tests.backends import HANG_GUARD_SECS
 from tests.conformance.harness_claude import (
     SERVED_MODEL,
     TEST_KEY,
@@ -532,7 +533,6 @@ async def test_ten_megabyte_sse_line_is_handled() -> None:
     big = "x" * (10 * 1024 * 1024)
     events = [message_start(input_tokens=4), *text_block(0, ["start ", big]), message_delta("end_turn", 9)]
     events.append(message_stop())
-    started = time.monotonic()
     resp, _ = await stream_once(sse_response(events), timeout=30)
     assert len(resp.text) == len(big) + len("start ")
     # the same bytes as the network delivers them: 64 KB reads cutting through the line
@@ -546,7 +546,6 @@ async def test_ten_megabyte_sse_line_is_handled() -> None:
     ]
     with pytest.raises(BadResponseError):
         await stream_once(sse_response(garbage), timeout=30)
-    assert time.monotonic() - started < 20
 
 
 async def test_stream_that_never_ends_times_out() -> None:
@@ -562,10 +561,10 @@ async def test_stream_that_never_ends_times_out() -> None:
         [lambda request: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=forever())]
     )
     async with provider_for(server) as provider:
-        started = time.monotonic()
-        with pytest.raises(ProviderTimeoutError):
-            await provider.chat(HELLO, timeout=0.4)
-    assert time.monotonic() - started < 3
+        # The guard only turns a hang (the deadline ignored) into a failure; it bounds no speed.
+        async with asyncio.timeout(HANG_GUARD_SECS):
+            with pytest.raises(ProviderTimeoutError):
+                await provider.chat(HELLO, timeout=0.4)
 
 
 async def test_prompt_too_long_is_context_length_error() -> None:

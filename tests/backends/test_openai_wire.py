@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from pydantic import BaseModel, SecretStr
 
+from tests.backends import HANG_GUARD_SECS
 from tests.conformance.harness_openai import (
     DONE,
     TEST_KEY,
@@ -622,16 +623,13 @@ async def test_ten_megabyte_sse_line() -> None:
     server = server_of(in_pieces(valid), in_pieces(garbage))
     async with make_provider(server) as provider:
         tracemalloc.start()
-        started = time.monotonic()
         resp = await provider.chat_stream(HELLO, timeout=20).collect()  # SSE reassembly across reads
         assert len(resp.text) == len(big_text)
         del resp
         with pytest.raises(BadResponseError):
             await provider.chat_stream(HELLO, timeout=20).collect()
-        elapsed = time.monotonic() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert elapsed < 15
     assert peak < 400 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
 
 
@@ -646,10 +644,10 @@ async def test_stream_that_never_ends_hits_the_deadline() -> None:
         lambda _req: httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=EventStream(forever))
     )
     async with make_provider(server) as provider:
-        started = time.monotonic()
-        with pytest.raises(ProviderTimeoutError):
-            await provider.chat(HELLO, timeout=0.4)
-    assert time.monotonic() - started < 2.0
+        # The guard only turns a hang (the deadline ignored) into a failure; it bounds no speed.
+        async with asyncio.timeout(HANG_GUARD_SECS):
+            with pytest.raises(ProviderTimeoutError):
+                await provider.chat(HELLO, timeout=0.4)
 
 
 async def test_server_that_never_answers_hits_the_deadline() -> None:
@@ -658,10 +656,9 @@ async def test_server_that_never_answers_hits_the_deadline() -> None:
         raise AssertionError("unreachable")
 
     async with make_provider(hang, max_retries=3) as provider:
-        started = time.monotonic()
-        with pytest.raises(ProviderTimeoutError):
-            await provider.chat(HELLO, timeout=0.3)
-    assert time.monotonic() - started < 2.0
+        async with asyncio.timeout(HANG_GUARD_SECS):
+            with pytest.raises(ProviderTimeoutError):
+                await provider.chat(HELLO, timeout=0.3)
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 
 import pytest
 from pydantic import BaseModel
 
+from tests.backends import HANG_GUARD_SECS
 from tests.router.helpers import USER, FakeClock, Gauge, PeakMock, mock, router
 from zeph_providers import (
     AllProvidersFailedError,
@@ -377,10 +377,9 @@ async def test_one_deadline_across_hanging_members() -> None:
     hang = MockReply(text="never", delay_secs=30)
     a, b = mock("a", hang), mock("b", hang)
     r = router([a, b], timeout_secs=0.3)
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeoutError) as caught:
-        await r.chat(USER)
-    assert time.monotonic() - started < 2.0
+    with pytest.raises(ProviderTimeoutError) as caught:  # not after 2 x 30 s: one deadline for both
+        async with asyncio.timeout(HANG_GUARD_SECS):
+            await r.chat(USER)
     assert caught.value.provider == "router"
     assert "0.3s deadline" in str(caught.value)
 
@@ -388,10 +387,9 @@ async def test_one_deadline_across_hanging_members() -> None:
 async def test_per_call_timeout_overrides_the_router_timeout() -> None:
     a = mock("a", MockReply(text="never", delay_secs=30))
     r = router([a, mock("b")], timeout_secs=300)
-    started = time.monotonic()
     with pytest.raises(ProviderTimeoutError) as caught:
-        await r.chat(USER, timeout=0.2)
-    assert time.monotonic() - started < 2.0
+        async with asyncio.timeout(HANG_GUARD_SECS):
+            await r.chat(USER, timeout=0.2)
     assert "a: ProviderTimeoutError" in str(caught.value)  # what each member did
     assert r.status()["a"]["failures"] == 1  # the hung member is charged for it
 
