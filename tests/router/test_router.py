@@ -364,6 +364,41 @@ async def test_embed_goes_to_embedding_members_and_falls_back() -> None:
     assert r2.status()["x"]["failures"] == 1
 
 
+class SlowEmbedder(MockProvider):
+    """A member whose embeddings never come, with its own (short) timeout: a plugin that does not
+    enforce it itself, as a drip-fed server would hold a call that ignores its deadline."""
+
+    def __init__(self, name: str, *, timeout: float) -> None:
+        super().__init__(name, replies=[f"from {name}"])
+        self._default_timeout = timeout
+        self.embed_calls = 0
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        self.embed_calls += 1
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+
+async def test_member_timeout_caps_its_embeddings() -> None:
+    """Issue 10 item 6: a member's own timeout caps embed/embed_batch inside a router, as it caps chat.
+
+    The router's deadline (30 s) is far away: before the fix the call waited all of it and failed."""
+    slow, fast = SlowEmbedder("slow", timeout=0.2), mock("fast")
+    r = router([slow, fast], timeout_secs=30)
+    assert await r.embed("hi") == await fast.embed("hi")
+    assert await r.embed_batch(["p", "q"]) == await fast.embed_batch(["p", "q"])
+    assert slow.embed_calls == 2
+    assert r.status()["slow"]["failures"] == 2  # timed out by its own clock: charged to it
+
+    alone = router([SlowEmbedder("slow", timeout=0.2)], timeout_secs=30)
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await alone.embed("hi")
+    (error,) = caught.value.errors
+    assert isinstance(error, ProviderTimeoutError)
+    assert error.provider == "slow"
+    assert "0.2s" in error.message
+
+
 async def test_embed_without_embedding_members_is_unsupported() -> None:
     r = router([mock("a", capabilities=Capabilities(streaming=True))])
     with pytest.raises(UnsupportedCapabilityError, match="embeddings"):

@@ -476,8 +476,11 @@ class RouterProvider(BaseProvider):
         embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
         for name, member, admission, remaining in embedders:
             started = time.perf_counter()
+            # The member's own timeout caps its embeddings as it caps its chat (`options.within`).
+            own = member.default_timeout
+            limit = remaining if own is None or (remaining is not None and remaining <= own) else own
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(limit):
                     vectors = await member.embed_batch(texts)
             except LlmError as exc:
                 errors.append(exc)
@@ -487,7 +490,8 @@ class RouterProvider(BaseProvider):
             except Exception as exc:
                 error: LlmError
                 if isinstance(exc, TimeoutError):
-                    error = ProviderTimeoutError("no embedding within the router's deadline", provider=name)
+                    where = "the router's deadline" if limit is remaining else f"the member's {own:g}s timeout"
+                    error = ProviderTimeoutError(f"no embedding within {where}", provider=name)
                 else:
                     error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
                 error.__cause__ = exc
