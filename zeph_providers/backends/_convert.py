@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from zeph_providers.types import (
@@ -21,10 +21,12 @@ from zeph_providers.types import (
 )
 
 __all__ = [
+    "function_tools",
     "iter_sse",
     "image_data_url",
     "json_arguments",
     "map_finish_reason",
+    "put_extra_body",
     "schema_name",
     "stable_tool_call_id",
     "strict_json_schema",
@@ -45,6 +47,29 @@ def tool_parameters(tool: ToolDefinition) -> dict[str, Any]:
     if schema.get("type") == "object":
         schema.setdefault("properties", {})
     return schema
+
+
+def function_tools(tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
+    """Tool definitions in the `{"type": "function", "function": {...}}` shape (OpenAI, Ollama)."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool_parameters(tool)},
+        }
+        for tool in tools
+    ]
+
+
+def put_extra_body(params: dict[str, Any], extra: Mapping[str, Any], **values: Any) -> None:
+    """Set the SDK's `extra_body`: the `values` that are not None, then the caller's `extra={...}`.
+
+    What an SDK's typed arguments no longer take (Claude's sampling values, OpenAI's `top_k`) and
+    whatever the caller passes as `extra` travel there; nothing is set when both are empty.
+    """
+    body = {key: value for key, value in values.items() if value is not None}
+    body.update(extra)
+    if body:
+        params["extra_body"] = body
 
 
 def json_arguments(arguments: dict[str, Any]) -> str:

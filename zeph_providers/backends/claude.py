@@ -27,13 +27,15 @@ Decisions worth knowing:
   blocks only when they carry a signature (the API rejects unsigned ones).
 - Claude has no embeddings API: `capabilities.embeddings` is False, so `embed()` raises
   `UnsupportedCapabilityError`.
+
+Layout: capabilities, then the request (its pure conversion in `_claude_request`, so this module
+stays one screenful per concern), the stream translator, and the provider with its error mapping.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,15 @@ from typing import Any
 import anthropic
 import httpx2
 
+from zeph_providers.backends._claude_request import (
+    DEFAULT_MAX_TOKENS,
+    Structured,
+    build_request,
+    convert_messages,
+    convert_tool_choice,
+    convert_tools,
+    structured_tool,
+)
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
@@ -59,17 +70,10 @@ from zeph_providers.types import (
     ContentChunk,
     EndChunk,
     FinishReason,
-    ImagePart,
     Message,
-    Role,
     StreamChunk,
-    TextPart,
     ThinkingChunk,
-    ThinkingPart,
-    ToolDefinition,
-    ToolResultPart,
     ToolUseChunk,
-    ToolUsePart,
     Usage,
     UsageChunk,
 )
@@ -87,7 +91,6 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-DEFAULT_MAX_TOKENS = 4096
 
 CLAUDE_CAPABILITIES = Capabilities(
     streaming=True,
@@ -98,114 +101,14 @@ CLAUDE_CAPABILITIES = Capabilities(
     thinking=True,
 )
 
-_TOOL_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
+# ----- request: the conversion lives in `_claude_request` (pure functions, re-exported here) ----
 
-
-# ----- request conversion (pure functions) ------------------------------------------------------
+# ----- stream translation ----------------------------------------------------------------------
 
 
 def map_stop_reason(reason: str | None) -> FinishReason:
     """Anthropic's `stop_reason` -> the neutral finish reason (the shared table)."""
     return map_finish_reason(reason)
-
-
-def _part_block(part: Any, role: str) -> dict[str, Any] | None:
-    if isinstance(part, TextPart):
-        # The API rejects empty text blocks.
-        return {"type": "text", "text": part.text} if part.text else None
-    if isinstance(part, ImagePart):
-        return {
-            "type": "image",
-            "source": {"type": "base64", "media_type": part.mime_type, "data": part.base64},
-        }
-    if isinstance(part, ToolUsePart):
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": dict(part.arguments)}
-    if isinstance(part, ToolResultPart):
-        return {
-            "type": "tool_result",
-            "tool_use_id": part.tool_call_id,
-            "content": part.content,
-            "is_error": part.is_error,
-        }
-    if isinstance(part, ThinkingPart):
-        # Only the assistant thinks, and the API accepts a thinking block only with its signature.
-        if role != "assistant" or not part.signature:
-            return None
-        return {"type": "thinking", "thinking": part.text, "signature": part.signature}
-    raise TypeError(f"unknown message part {type(part).__name__}")
-
-
-def convert_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Neutral messages -> (`system`, `messages`) for the Messages API.
-
-    System messages (wherever they are) are joined into the `system` parameter. Tool results
-    become `tool_result` blocks in a user turn; consecutive turns of the same role are merged into
-    one (the API wants alternating turns), with tool results first in a merged user turn.
-    """
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role == Role.SYSTEM:
-            if message.text:
-                system.append(message.text)
-            continue
-        role = "assistant" if message.role == Role.ASSISTANT else "user"
-        blocks = [b for b in (_part_block(p, role) for p in message.parts) if b is not None]
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        if turn["role"] == "user":
-            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    return ("\n\n".join(system) if system else None), turns
-
-
-def convert_tools(tools: Sequence[ToolDefinition]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "description": t.description, "input_schema": dict(t.parameters)} for t in tools]
-
-
-def convert_tool_choice(choice: str | None) -> dict[str, Any] | None:
-    """Map "auto" / "none" / "required" (or "any") / a tool's name to the API's `tool_choice`."""
-    if choice is None:
-        return None
-    if choice in ("auto", "none", "any"):
-        return {"type": choice}
-    if choice == "required":
-        return {"type": "any"}
-    return {"type": "tool", "name": choice}
-
-
-@dataclass(frozen=True)
-class _Structured:
-    """The synthetic answer tool that carries structured output."""
-
-    name: str
-    wrapped: bool
-    """The schema is not an object: it travels as `{"value": <schema>}`."""
-
-
-def _structured_tool(options: ChatOptions) -> tuple[_Structured, dict[str, Any]] | None:
-    schema = options.json_schema()
-    if schema is None:
-        return None
-    name = _TOOL_NAME_BAD.sub("_", options.schema_name())[:64] or "response"
-    taken = {t.name for t in options.tools}
-    while name in taken:
-        name = (name + "_answer")[-64:]
-    kind = schema.get("type", "object" if "properties" in schema else None)
-    wrapped = kind != "object"
-    input_schema = (
-        {"type": "object", "properties": {"value": schema}, "required": ["value"]} if wrapped else dict(schema)
-    )
-    description = str(schema.get("description") or "Give the final answer in exactly this structure.")
-    tool = {"name": name, "description": description, "input_schema": input_schema}
-    return _Structured(name=name, wrapped=wrapped), tool
-
-
-# ----- stream translation ----------------------------------------------------------------------
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -225,7 +128,7 @@ class _Block:
 class _StreamTranslator:
     """Folds Anthropic's raw stream events into neutral chunks, one event at a time."""
 
-    def __init__(self, *, provider: str, model: str, structured: _Structured | None) -> None:
+    def __init__(self, *, provider: str, model: str, structured: Structured | None) -> None:
         self._provider = provider
         self._model = model
         self._structured = structured
@@ -454,48 +357,8 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     # ----- request --------------------------------------------------------------------
 
     def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
-        """The keyword arguments for `messages.create` (without `stream`/`timeout`)."""
-        config = self.claude_config
-        system, turns = convert_messages(messages)
-        max_tokens = options.max_tokens or config.max_tokens or DEFAULT_MAX_TOKENS
-        params: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
-        if system is not None:
-            params["system"] = system
-        if options.stop:
-            params["stop_sequences"] = list(options.stop)
-        thinking = config.thinking_budget_tokens
-        if thinking:
-            params["thinking"] = {"type": "enabled", "budget_tokens": thinking}
-
-        tools = convert_tools(options.tools)
-        tool_choice = convert_tool_choice(options.tool_choice) if options.tools else None
-        structured = _structured_tool(options)
-        if structured is not None:
-            spec, tool = structured
-            tools.append(tool)
-            if options.tools:
-                tool_choice = tool_choice or {"type": "any"}
-            elif thinking:
-                tool_choice = {"type": "any"}  # the API refuses a forced tool with extended thinking
-            else:
-                tool_choice = {"type": "tool", "name": spec.name}
-        if tools:
-            params["tools"] = tools
-        if tool_choice is not None:
-            params["tool_choice"] = tool_choice
-
-        extra_body: dict[str, Any] = {}
-        temperature = options.temperature if options.temperature is not None else config.temperature
-        if temperature is not None:
-            extra_body["temperature"] = temperature
-        if options.top_p is not None:
-            extra_body["top_p"] = options.top_p
-        if options.top_k is not None:
-            extra_body["top_k"] = options.top_k
-        extra_body.update(options.extra)
-        if extra_body:
-            params["extra_body"] = extra_body
-        return params
+        """The keyword arguments for `messages.create` (without `stream`/`timeout`); see `_claude_request`."""
+        return build_request(self.claude_config, self.model, messages, options)
 
     # ----- RemoteProvider hooks ---------------------------------------------------------
 
@@ -504,7 +367,7 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     ) -> AsyncIterator[StreamChunk]:
         try:
             params = self.build_request(messages, options)
-            structured = _structured_tool(options)
+            structured = structured_tool(options)
         except (TypeError, ValueError) as exc:  # our conversion, not the server: never retried
             raise InvalidRequestError(f"cannot build the request: {exc}", provider=self.name) from exc
         translator = _StreamTranslator(

@@ -83,7 +83,6 @@ _TOP_LEVEL_EXTRA = ("think", "keep_alive")
 """`extra` keys sent as top-level request fields; every other key goes into `options`."""
 
 
-
 # ----- response headers (for Retry-After, which the SDK's ResponseError does not carry) --------
 
 
