@@ -23,6 +23,10 @@ Wire mapping, in short:
   `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
 - a stream that ends without a finish reason raises `BadResponseError` after what it delivered;
   a complete non-streamed body without one is taken as "stop" (its body is whole by definition).
+
+Layout: model families and capabilities, then the request (its pure conversion in
+`_openai_request`; the provider adds the checks that need its config), the stream and the chunk
+translator, embeddings, and errors.
 """
 
 from __future__ import annotations
@@ -37,17 +41,11 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from zeph_providers.backends._convert import (
-    image_data_url,
-    iter_sse,
-    json_arguments,
-    map_finish_reason,
-    schema_name,
-    strict_json_schema,
-    tool_parameters,
-    tool_result_text,
-)
+from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request
+from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
+from zeph_providers.backends._openai_request import convert_response_format as convert_response_format
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import count, drain, loads
@@ -64,14 +62,11 @@ from zeph_providers.types import (
     ContentChunk,
     EndChunk,
     FinishReason,
-    ImagePart,
     Message,
     Role,
     StreamChunk,
-    TextPart,
     ThinkingChunk,
     ToolUseChunk,
-    ToolUsePart,
     Usage,
     UsageChunk,
 )
@@ -89,9 +84,6 @@ __all__ = [
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "not-needed"
 """Sent to compatible servers that need no key: the SDK refuses to run without one."""
-
-_TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
-
 
 # ----- model families ---------------------------------------------------------------------
 
@@ -134,69 +126,7 @@ def openai_capabilities(config: OpenAIConfig) -> Capabilities:
     )
 
 
-# ----- request conversion -----------------------------------------------------------------
-
-
-def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Our messages -> Chat Completions `messages` (tool results become role "tool" entries)."""
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        # Tool results answer the preceding assistant turn, so they come first (a user message
-        # may carry results and new text together, Claude-style).
-        for result in message.tool_results:
-            out.append({"role": "tool", "tool_call_id": result.tool_call_id, "content": tool_result_text(result)})
-        if message.role == Role.SYSTEM:
-            out.append({"role": "system", "content": message.text})
-        elif message.role == Role.ASSISTANT:
-            entry: dict[str, Any] = {"role": "assistant"}
-            calls = [p for p in message.parts if isinstance(p, ToolUsePart)]
-            text = message.text
-            # Reasoning text is not sent back: OpenAI-style APIs reject or ignore it in history.
-            entry["content"] = text if text or not calls else None
-            if calls:
-                entry["tool_calls"] = [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": json_arguments(call.arguments)},
-                    }
-                    for call in calls
-                ]
-            out.append(entry)
-        elif message.role == Role.USER:
-            content = _user_content(message)
-            if content is not None:
-                out.append({"role": "user", "content": content})
-    return out
-
-
-def _user_content(message: Message) -> str | list[dict[str, Any]] | None:
-    parts = [p for p in message.parts if isinstance(p, TextPart | ImagePart)]
-    if not parts:
-        return None if message.tool_results else ""
-    if all(isinstance(p, TextPart) for p in parts):
-        return message.text
-    content: list[dict[str, Any]] = []
-    for part in parts:
-        if isinstance(part, TextPart):
-            content.append({"type": "text", "text": part.text})
-        else:
-            content.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
-    return content
-
-
-def convert_response_format(options: ChatOptions) -> dict[str, Any] | None:
-    """`response_format` -> `{"type": "json_schema", ...}`, strict when the schema allows it."""
-    schema = options.json_schema()
-    if schema is None:
-        return None
-    strict_schema = strict_json_schema(schema)
-    spec: dict[str, Any] = {
-        "name": schema_name(options.schema_name()),
-        "schema": strict_schema if strict_schema is not None else schema,
-        "strict": strict_schema is not None,
-    }
-    return {"type": "json_schema", "json_schema": spec}
+# ----- request: the conversion lives in `_openai_request` (pure functions, re-exported here) ----
 
 
 # ----- stream assembly --------------------------------------------------------------------
@@ -307,7 +237,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                     detail="the Chat Completions API takes images in user messages only",
                 )
         choice = options.tool_choice
-        if choice is not None and choice not in _TOOL_CHOICES and choice not in {t.name for t in options.tools}:
+        if choice is not None and choice not in TOOL_CHOICES and choice not in {t.name for t in options.tools}:
             raise InvalidRequestError(
                 f"tool_choice {choice!r} is neither auto/none/required nor the name of a given tool",
                 provider=self.name,
@@ -316,50 +246,8 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             raise InvalidRequestError("tool_choice 'required' needs tools", provider=self.name)
 
     def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
-        """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`)."""
-        config = self.openai_config
-        params: dict[str, Any] = {
-            "model": config.model,
-            "messages": convert_messages(messages),
-            "stream_options": {"include_usage": True},
-        }
-        max_tokens = options.max_tokens if options.max_tokens is not None else config.max_tokens
-        if max_tokens is not None:
-            params["max_completion_tokens" if self._max_completion_tokens else "max_tokens"] = max_tokens
-        temperature = options.temperature if options.temperature is not None else config.temperature
-        if temperature is not None:
-            params["temperature"] = temperature
-        if options.top_p is not None:
-            params["top_p"] = options.top_p
-        if options.seed is not None:
-            params["seed"] = options.seed
-        if options.stop:
-            params["stop"] = list(options.stop)
-        if options.tools:
-            params["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool_parameters(tool),
-                    },
-                }
-                for tool in options.tools
-            ]
-            if options.tool_choice is not None:
-                mapped = _TOOL_CHOICES.get(options.tool_choice)
-                params["tool_choice"] = mapped or {"type": "function", "function": {"name": options.tool_choice}}
-        response_format = convert_response_format(options)
-        if response_format is not None:
-            params["response_format"] = response_format
-        extra_body: dict[str, Any] = {}
-        if options.top_k is not None:
-            extra_body["top_k"] = options.top_k
-        extra_body.update(options.extra)
-        if extra_body:
-            params["extra_body"] = extra_body
-        return params
+        """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`); see `_openai_request`."""
+        return build_request(self.openai_config, messages, options, max_completion_tokens=self._max_completion_tokens)
 
     # ----- streaming --------------------------------------------------------------------
 
