@@ -17,6 +17,10 @@
   A thin transport wrapper records each response's headers (for `Retry-After`, which the SDK's
   `ResponseError` does not carry) and bounds an NDJSON line's length, so a runaway line fails
   with `BadResponseError` instead of growing without limit.
+
+Layout: capabilities (`/api/show`), then the request (its body built in `_ollama_request`; every
+non-streamed call goes through one `_post()`, which records headers and types the SDK's errors),
+the NDJSON translator, embeddings, and errors.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import ollama
 from pydantic import ValidationError
 
-from zeph_providers.backends._convert import map_finish_reason, tool_parameters, tool_result_text
+from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._ollama_request import chat_payload
 from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import drain, iter_lines, loads
@@ -54,22 +59,13 @@ from zeph_providers.types import (
     ContentChunk,
     EndChunk,
     FinishReason,
-    ImagePart,
     Message,
-    Role,
     StreamChunk,
-    TextPart,
     ThinkingChunk,
-    ThinkingPart,
-    ToolResultPart,
     ToolUseChunk,
-    ToolUsePart,
     Usage,
     UsageChunk,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "OllamaProvider", "build"]
 
@@ -79,8 +75,6 @@ DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 """The longest NDJSON line accepted from `/api/chat` (a token or one tool call per line)."""
 
 _META_KEY = "zeph_providers.ollama.meta"
-_TOP_LEVEL_EXTRA = ("think", "keep_alive")
-"""`extra` keys sent as top-level request fields; every other key goes into `options`."""
 
 
 # ----- response headers (for Retry-After, which the SDK's ResponseError does not carry) --------
@@ -172,25 +166,16 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 await self.within(deadline, self._fetch_capabilities(deadline))
 
     async def _fetch_capabilities(self, deadline: float) -> None:
-        meta = _ResponseMeta()
         try:
-            shown = await self._client._request(
-                ollama.ShowResponse,
-                "POST",
-                "/api/show",
-                json={"model": self.model},
-                timeout=self._timeout(deadline),
-                extensions={_META_KEY: meta},
-            )
-        except ConnectionError as exc:
-            raise self._connection_error(exc) from _sdk_cause(exc)
-        except ollama.ResponseError as exc:
-            if exc.status_code in (405, 501):
+            shown = await self._post("/api/show", {"model": self.model}, deadline, response_type=ollama.ShowResponse)
+        except LlmError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ollama.ResponseError) and cause.status_code in (405, 501):
                 # A proxy or server without /api/show: keep the defaults rather than refuse every call.
-                log.warning("provider %r: /api/show failed (%s); not restricting requests", self.name, exc)
+                log.warning("provider %r: /api/show failed (%s); not restricting requests", self.name, cause)
                 self._caps_known = True
                 return
-            raise self._response_error(exc, meta) from exc
+            raise
         except ValidationError as exc:
             log.warning("provider %r: unexpected /api/show answer (%s); not restricting requests", self.name, exc)
             self._caps_known = True
@@ -230,7 +215,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             options = dataclasses.replace(options, tools=())
         super()._check_request(messages, options)
 
-    # ----- chat ---------------------------------------------------------------------------
+    # ----- chat (the request body: `_ollama_request.chat_payload`) ------------------------
 
     async def _attempt(
         self, messages: list[Message], options: ChatOptions, deadline: float
@@ -241,7 +226,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 "chat", provider=self.name, detail=f"{self.model!r} is not a completion model"
             )
         self._check_request(messages, options)  # again, now that the model's capabilities are known
-        payload = self._chat_payload(messages, options)
+        payload = chat_payload(self.config, self.model, messages, options)
         meta = _ResponseMeta()
         if not options.stream:
             for chunk in await self._complete(payload, meta, deadline):
@@ -263,19 +248,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
         The body is one JSON object; a server that streams NDJSON anyway is read line by line, the
         same as a stream. An `{"error": ...}` object is typed as the same error line in a stream.
         """
-        try:
-            request_raw: Any = self._client._request_raw  # the SDK leaves it untyped
-            response = await request_raw(
-                "POST",
-                "/api/chat",
-                json=payload,
-                timeout=self._timeout(deadline),
-                extensions={_META_KEY: meta},
-            )
-        except ConnectionError as exc:
-            raise self._connection_error(exc) from _sdk_cause(exc)
-        except ollama.ResponseError as exc:
-            raise self._response_error(exc, meta) from exc
+        response = await self._post("/api/chat", payload, deadline, meta=meta)
         content = response.content
         try:
             bodies = [loads(content, provider=self.name)]
@@ -380,114 +353,13 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             return "tool_use"
         return finish
 
-    def _chat_payload(self, messages: list[Message], options: ChatOptions) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": self._messages(messages),
-            "stream": options.stream,
-        }
-        if options.tools and options.tool_choice != "none":
-            payload["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool_parameters(tool),
-                    },
-                }
-                for tool in options.tools
-            ]
-        schema = options.json_schema()
-        if schema is not None:
-            payload["format"] = schema
-        extra = dict(options.extra)
-        top_level = {key: extra.pop(key) for key in _TOP_LEVEL_EXTRA if key in extra}
-        if self.config.think is not None:
-            payload["think"] = self.config.think
-        if self.config.keep_alive is not None:
-            payload["keep_alive"] = self.config.keep_alive
-        payload.update(top_level)
-        model_options: dict[str, Any] = {}
-        max_tokens = options.max_tokens if options.max_tokens is not None else self.config.max_tokens
-        temperature = options.temperature if options.temperature is not None else self.config.temperature
-        for key, value in (
-            ("num_predict", max_tokens),
-            ("temperature", temperature),
-            ("top_p", options.top_p),
-            ("top_k", options.top_k),
-            ("seed", options.seed),
-        ):
-            if value is not None:
-                model_options[key] = value
-        if options.stop:
-            model_options["stop"] = list(options.stop)
-        model_options.update(extra)  # repeat_penalty, num_ctx, min_p, ... (Ollama's own option names)
-        if model_options:
-            payload["options"] = model_options
-        return payload
-
-    @staticmethod
-    def _messages(messages: list[Message]) -> list[dict[str, Any]]:
-        """Our messages -> Ollama's: tool results become role "tool" messages naming their tool."""
-        tool_names: dict[str, str] = {}
-        out: list[dict[str, Any]] = []
-        for message in messages:
-            text: list[str] = []
-            thinking: list[str] = []
-            images: list[str] = []
-            calls: list[dict[str, Any]] = []
-            results: list[ToolResultPart] = []
-            for part in message.parts:
-                if isinstance(part, TextPart):
-                    text.append(part.text)
-                elif isinstance(part, ImagePart):
-                    images.append(part.base64)
-                elif isinstance(part, ThinkingPart):
-                    thinking.append(part.text)
-                elif isinstance(part, ToolUsePart):
-                    tool_names[part.id] = part.name
-                    calls.append({"function": {"name": part.name, "arguments": dict(part.arguments)}})
-                elif isinstance(part, ToolResultPart):
-                    results.append(part)
-            for result in results:
-                entry: dict[str, Any] = {"role": "tool", "content": tool_result_text(result)}
-                name = tool_names.get(result.tool_call_id)
-                if name:
-                    entry["tool_name"] = name
-                out.append(entry)
-            if results and not (text or images or calls or thinking):
-                continue
-            entry = {"role": message.role.value, "content": "".join(text)}
-            if thinking and message.role == Role.ASSISTANT:
-                entry["thinking"] = "".join(thinking)
-            if images:
-                entry["images"] = images
-            if calls:
-                entry["tool_calls"] = calls
-            out.append(entry)
-        return out
-
     # ----- embeddings ---------------------------------------------------------------------
 
     async def _embed_attempt(self, texts: list[str], deadline: float) -> list[list[float]]:
         body: dict[str, Any] = {"model": self.config.embedding_model or self.model, "input": texts}
         if self.config.keep_alive is not None:
             body["keep_alive"] = self.config.keep_alive
-        meta = _ResponseMeta()
-        try:
-            result = await self._client._request(
-                ollama.EmbedResponse,
-                "POST",
-                "/api/embed",
-                json=body,
-                timeout=self._timeout(deadline),
-                extensions={_META_KEY: meta},
-            )
-        except ConnectionError as exc:
-            raise self._connection_error(exc) from _sdk_cause(exc)
-        except ollama.ResponseError as exc:
-            raise self._response_error(exc, meta, model=body["model"]) from exc
+        result = await self._post("/api/embed", body, deadline, response_type=ollama.EmbedResponse, model=body["model"])
         vectors = [list(vector) for vector in result.embeddings]
         if len(vectors) != len(texts):
             raise BadResponseError(
@@ -496,6 +368,34 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
         return vectors
 
     # ----- errors -------------------------------------------------------------------------
+
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        deadline: float,
+        *,
+        response_type: Any = None,
+        meta: _ResponseMeta | None = None,
+        model: str | None = None,
+    ) -> Any:
+        """One non-streamed request through the SDK (`/api/show`, `/api/chat`, `/api/embed`).
+
+        Returns the SDK's `response_type` model, or the raw `httpx.Response` when none is given.
+        The response's status and headers are recorded in `meta` (for `Retry-After`); the SDK's
+        `ConnectionError` and `ResponseError` become typed errors, with `model` named in a 404.
+        """
+        meta = meta if meta is not None else _ResponseMeta()
+        options: dict[str, Any] = {"json": body, "timeout": self._timeout(deadline), "extensions": {_META_KEY: meta}}
+        try:
+            if response_type is None:
+                request_raw: Any = self._client._request_raw  # the SDK leaves it untyped
+                return await request_raw("POST", path, **options)
+            return await self._client._request(response_type, "POST", path, **options)
+        except ConnectionError as exc:
+            raise self._connection_error(exc) from _sdk_cause(exc)
+        except ollama.ResponseError as exc:
+            raise self._response_error(exc, meta, model=model) from exc
 
     def _response_error(self, exc: ollama.ResponseError, meta: _ResponseMeta, *, model: str | None = None) -> LlmError:
         status = exc.status_code
