@@ -1,20 +1,40 @@
-"""The router's parts that need no router: member statistics, request needs, stream helpers.
+"""The router's parts that need no router: member statistics, request needs, error verdicts,
+stream helpers, the final error and the cycle guard.
 
-`router.py` holds the routing itself; this module the pieces it is made of, so each reads alone.
+`router.py` holds the routing itself (the router class: members, order, breakers, the chat and
+embedding loops); this module the pieces it is made of that need no router instance, so each reads
+alone and `router.py` stays well under 500 lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
+from zeph_providers.errors import (
+    AllProvidersFailedError,
+    AuthenticationError,
+    ConfigError,
+    ContextLengthError,
+    InferenceError,
+    InvalidRequestError,
+    LlmError,
+    ProviderTimeoutError,
+    UnsupportedCapabilityError,
+)
 from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream
-from zeph_providers.types import Attempt, ChatResponse, ImagePart, Message, StreamChunk
+from zeph_providers.types import Attempt, ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.config import RouterConfig
+    from zeph_providers.registry import Registry
 
 _EMA_ALPHA = 0.3
 _MIN_SUCCESS = 0.05
@@ -129,3 +149,79 @@ async def next_chunk(stream: ChatStream, deadline: float | None, member: str) ->
 async def close_quietly(stream: ChatStream) -> None:
     with contextlib.suppress(Exception):
         await stream.aclose()
+
+
+class Verdict(enum.Enum):
+    """What one member's error means for the request and for that member's breaker."""
+
+    FAIL_AND_FALL_BACK = "fail"  # counts against the member; try the next one
+    SKIP = "skip"  # says nothing about the member's health; try the next one
+    RAISE = "raise"  # the request itself is at fault; stop here
+
+
+def verdict_for(error: LlmError, *, fallback_on_client_error: bool) -> Verdict:
+    """What one member's error means: fall back and count it, skip it, or raise it."""
+    if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
+        return Verdict.SKIP
+    if isinstance(error, InvalidRequestError):
+        return Verdict.SKIP if fallback_on_client_error else Verdict.RAISE
+    if isinstance(error, AuthenticationError):
+        # A bad key is the member's fault: it counts against its breaker either way.
+        return Verdict.FAIL_AND_FALL_BACK if fallback_on_client_error else Verdict.RAISE
+    return Verdict.FAIL_AND_FALL_BACK
+
+
+async def relay(
+    name: str,
+    member: LlmProvider,
+    stream: ChatStream,
+    first: StreamChunk | None,
+    deadline: float | None,
+) -> AsyncIterator[StreamChunk]:
+    """The member's chunks, its EndChunk stamped with its name (one is added if it sent none)."""
+    chunk = first
+    ended = False
+    while chunk is not None:
+        if isinstance(chunk, EndChunk):
+            ended = True
+            # A nested router already named its leaf member; keep the most precise name.
+            stamp = {"model": chunk.model or member.model, "provider": chunk.provider or name}
+            chunk = chunk.model_copy(update=stamp)
+        yield chunk
+        try:
+            chunk = await next_chunk(stream, deadline, name)
+        except StopAsyncIteration:
+            chunk = None
+    if not ended:
+        finish = stream.response.finish_reason if stream.done else "stop"
+        yield EndChunk(finish_reason=finish, model=member.model, provider=name)
+
+
+def exhausted(router: str, errors: list[LlmError], deadline: float | None, timeout: float | None) -> LlmError:
+    """The error for a request no member answered, carrying every member's error."""
+    group = ExceptionGroup("member errors", errors) if errors else None
+    error: LlmError
+    left = remaining(deadline)
+    if left is not None and left <= 0:
+        tried = "; ".join(f"{e.provider or '?'}: {type(e).__name__}: {e.message}" for e in errors)
+        error = ProviderTimeoutError(
+            f"no member answered within the {timeout or 0:g}s deadline" + (f" ({tried})" if tried else ""),
+            provider=router,
+        )
+    elif errors and all(isinstance(e, UnsupportedCapabilityError) for e in errors):
+        first = errors[0]
+        capability = first.capability if isinstance(first, UnsupportedCapabilityError) else "request"
+        error = UnsupportedCapabilityError(capability, provider=router, detail="no member accepted the request")
+    else:
+        error = AllProvidersFailedError(errors, provider=router)
+    error.__cause__ = group
+    return error
+
+
+def check_cycles(config: RouterConfig, registry: Registry) -> None:
+    """Config loading already refuses router cycles; this guards configs assembled in code."""
+    from zeph_providers.config.loading import router_cycles
+
+    for cycle in router_cycles(list(registry.config.providers)):
+        if config.name in cycle:
+            raise ConfigError(f"routers form a cycle: {' -> '.join(cycle)}", provider=config.name)

@@ -33,12 +33,15 @@ strategy = "fallback"                      # fallback | round_robin | latency
   (the union of the members') or `embed` builds them through the registry.
 - `resp.provider` (and `stream.response.provider`) names the member that answered.
 - The registry owns the members: `aclose()` on the router closes nothing but itself.
+
+Layout: this module is the router class (members, order, breakers, the chat and embedding
+loops); what needs no router instance (member statistics, error verdicts, the relay of a
+member's chunks, the final error, the cycle guard) is in `_routing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 import time
@@ -47,12 +50,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.backends._routing import Answer as _Answer
 from zeph_providers.backends._routing import MemberStats as _MemberStats
+from zeph_providers.backends._routing import Verdict, check_cycles, exhausted, relay, scores, verdict_for
 from zeph_providers.backends._routing import close_quietly as _close
 from zeph_providers.backends._routing import log_attempts as _log_attempts
 from zeph_providers.backends._routing import needs as _needs
 from zeph_providers.backends._routing import next_chunk as _next_chunk
 from zeph_providers.backends._routing import remaining as _remaining
-from zeph_providers.backends._routing import scores
 from zeph_providers.backends._routing import supports as _supports
 from zeph_providers.backends._routing import union as _union
 from zeph_providers.base import BaseProvider
@@ -61,9 +64,7 @@ from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
     ConfigError,
-    ContextLengthError,
     InferenceError,
-    InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -72,7 +73,7 @@ from zeph_providers.errors import (
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
-from zeph_providers.types import EndChunk, Message, StreamChunk
+from zeph_providers.types import Message, StreamChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -85,14 +86,6 @@ log = logging.getLogger("zeph_providers.router")
 Strategy = Literal["fallback", "round_robin", "latency"]
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
-
-
-class _Verdict(enum.Enum):
-    """What one member's error means for the request and for that member's breaker."""
-
-    FAIL_AND_FALL_BACK = "fail"  # counts against the member; try the next one
-    SKIP = "skip"  # says nothing about the member's health; try the next one
-    RAISE = "raise"  # the request itself is at fault; stop here
 
 
 class RouterProvider(BaseProvider):
@@ -249,29 +242,19 @@ class RouterProvider(BaseProvider):
         with self._lock:
             self._stats[name].fold(ok=ok, latency=latency, sequence=self._sequence)
 
-    def _verdict(self, error: LlmError) -> _Verdict:
-        if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
-            return _Verdict.SKIP
-        if isinstance(error, InvalidRequestError):
-            return _Verdict.SKIP if self.fallback_on_client_error else _Verdict.RAISE
-        if isinstance(error, AuthenticationError):
-            # A bad key is the member's fault: it counts against its breaker either way.
-            return _Verdict.FAIL_AND_FALL_BACK if self.fallback_on_client_error else _Verdict.RAISE
-        return _Verdict.FAIL_AND_FALL_BACK
-
-    def _settle(self, name: str, admission: Admission, error: LlmError) -> _Verdict:
+    def _settle(self, name: str, admission: Admission, error: LlmError) -> Verdict:
         """Record a member's failure in its breaker and EMAs; say whether to try the next member."""
         if not error.provider:
             error.provider = name
-        verdict = self._verdict(error)
+        verdict = verdict_for(error, fallback_on_client_error=self.fallback_on_client_error)
         breaker = self._breakers[name]
-        counts = isinstance(error, AuthenticationError) or verdict is _Verdict.FAIL_AND_FALL_BACK
+        counts = isinstance(error, AuthenticationError) or verdict is Verdict.FAIL_AND_FALL_BACK
         if counts:
             breaker.record_failure(admission)
         else:
             breaker.release(admission)
         self._note(name, ok=False if counts else None)
-        if verdict is not _Verdict.RAISE:
+        if verdict is not Verdict.RAISE:
             log.info("router %r: member %r failed (%s); trying the next member", self.name, name, type(error).__name__)
         return verdict
 
@@ -328,7 +311,7 @@ class RouterProvider(BaseProvider):
             except LlmError as exc:
                 _log_attempts(log_, None, clock, exc)
                 errors.append(exc)
-                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                if self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except Exception as exc:  # a plugin member that breaks the protocol
@@ -346,7 +329,7 @@ class RouterProvider(BaseProvider):
                 await _close(stream)
                 _log_attempts(log_, stream, clock, exc)
                 errors.append(exc)
-                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                if self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except BaseException as exc:
@@ -358,7 +341,7 @@ class RouterProvider(BaseProvider):
             latency = time.perf_counter() - started
             outcome: BaseException | None = None
             try:
-                async for chunk in self._relay(name, member, stream, first, deadline):
+                async for chunk in relay(name, member, stream, first, deadline):
                     yield chunk
             except LlmError as exc:
                 outcome = exc
@@ -378,33 +361,7 @@ class RouterProvider(BaseProvider):
             self._breakers[name].record_success(admission)
             self._note(name, ok=True, latency=latency)
             return
-        raise self._exhausted(errors, deadline, options.timeout)
-
-    async def _relay(
-        self,
-        name: str,
-        member: LlmProvider,
-        stream: ChatStream,
-        first: StreamChunk | None,
-        deadline: float | None,
-    ) -> AsyncIterator[StreamChunk]:
-        """The member's chunks, its EndChunk stamped with its name (one is added if it sent none)."""
-        chunk = first
-        ended = False
-        while chunk is not None:
-            if isinstance(chunk, EndChunk):
-                ended = True
-                # A nested router already named its leaf member; keep the most precise name.
-                stamp = {"model": chunk.model or member.model, "provider": chunk.provider or name}
-                chunk = chunk.model_copy(update=stamp)
-            yield chunk
-            try:
-                chunk = await _next_chunk(stream, deadline, name)
-            except StopAsyncIteration:
-                chunk = None
-        if not ended:
-            finish = stream.response.finish_reason if stream.done else "stop"
-            yield EndChunk(finish_reason=finish, model=member.model, provider=name)
+        raise exhausted(self.name, errors, deadline, options.timeout)
 
     def _candidates(
         self,
@@ -433,26 +390,6 @@ class RouterProvider(BaseProvider):
             errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
             log.debug("router %r: skipping %r (circuit open)", self.name, name)
         return admission
-
-    def _exhausted(self, errors: list[LlmError], deadline: float | None, timeout: float | None) -> LlmError:
-        """The error for a request no member answered, carrying every member's error."""
-        group = ExceptionGroup("member errors", errors) if errors else None
-        error: LlmError
-        remaining = _remaining(deadline)
-        if remaining is not None and remaining <= 0:
-            tried = "; ".join(f"{e.provider or '?'}: {type(e).__name__}: {e.message}" for e in errors)
-            error = ProviderTimeoutError(
-                f"no member answered within the {timeout or 0:g}s deadline" + (f" ({tried})" if tried else ""),
-                provider=self.name,
-            )
-        elif errors and all(isinstance(e, UnsupportedCapabilityError) for e in errors):
-            first = errors[0]
-            capability = first.capability if isinstance(first, UnsupportedCapabilityError) else "request"
-            error = UnsupportedCapabilityError(capability, provider=self.name, detail="no member accepted the request")
-        else:
-            error = AllProvidersFailedError(errors, provider=self.name)
-        error.__cause__ = group
-        return error
 
     # ----- embeddings ---------------------------------------------------------------
 
@@ -484,7 +421,7 @@ class RouterProvider(BaseProvider):
                     vectors = await member.embed_batch(texts)
             except LlmError as exc:
                 errors.append(exc)
-                if self._settle(name, admission, exc) is _Verdict.RAISE:
+                if self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except Exception as exc:
@@ -504,21 +441,12 @@ class RouterProvider(BaseProvider):
             self._breakers[name].record_success(admission)
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
-        raise self._exhausted(errors, deadline, self._default_timeout)
-
-
-def _check_cycles(config: RouterConfig, registry: Registry) -> None:
-    """Config loading already refuses router cycles; this guards configs assembled in code."""
-    from zeph_providers.config.loading import router_cycles
-
-    for cycle in router_cycles(list(registry.config.providers)):
-        if config.name in cycle:
-            raise ConfigError(f"routers form a cycle: {' -> '.join(cycle)}", provider=config.name)
+        raise exhausted(self.name, errors, deadline, self._default_timeout)
 
 
 def build(config: RouterConfig, registry: Registry) -> RouterProvider:
     """Build a router from its config; members are resolved through `registry.get` on first use."""
-    _check_cycles(config, registry)
+    check_cycles(config, registry)
     return RouterProvider(
         config.name,
         config.providers,
