@@ -103,8 +103,11 @@ def log_attempts(
         return
     tries = stream.attempts if stream is not None else []
     if not tries:
-        tries = [clock.done(outcome)]
-    elif isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
+        # A try of the router's own (`append`: reported to its hooks); a member's tries (`extend`)
+        # were reported by the member's own call.
+        log_.append(clock.done(outcome))
+        return
+    if isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
         # The router's own wait ran out first and cancelled the member's try: that try timed out.
         tries[-1] = tries[-1].model_copy(update={"outcome": type(outcome).__name__, "error": outcome.message})
     log_.extend(tries)

@@ -60,6 +60,7 @@ from zeph_providers.breaker import Admission, CircuitBreaker
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
+    BudgetExceededError,
     ConfigError,
     ContextLengthError,
     InferenceError,
@@ -250,7 +251,7 @@ class RouterProvider(BaseProvider):
             self._stats[name].fold(ok=ok, latency=latency, sequence=self._sequence)
 
     def _verdict(self, error: LlmError) -> _Verdict:
-        if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
+        if isinstance(error, UnsupportedCapabilityError | ContextLengthError | BudgetExceededError):
             return _Verdict.SKIP
         if isinstance(error, InvalidRequestError):
             return _Verdict.SKIP if self.fallback_on_client_error else _Verdict.RAISE
@@ -466,10 +467,13 @@ class RouterProvider(BaseProvider):
         text_list = list(texts)
         if not text_list:
             return []
+        return await self.observe_embedding(text_list, lambda batch: self._embed_in_slot_routed(batch, build_errors))
+
+    async def _embed_in_slot_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
         if self._semaphore is None:
-            return await self._embed_routed(text_list, build_errors)
+            return await self._embed_routed(texts, errors)
         async with self._semaphore:
-            return await self._embed_routed(text_list, build_errors)
+            return await self._embed_routed(texts, errors)
 
     async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline
