@@ -301,7 +301,13 @@ class RouterProvider(BaseProvider):
         answer = _Answer()
         source = self._guarded_stream(message_list, options, self._route(message_list, options, answer))
         return ChatStream(
-            source, provider=self.name, model=self.model, options=options, finalize=answer.finalize, timed=False
+            source,
+            provider=self.name,
+            model=self.model,
+            options=options,
+            finalize=answer.finalize,
+            timed=False,
+            call=self.new_call("chat", options=options, messages=message_list),
         )
 
     def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
