@@ -15,7 +15,7 @@ from zeph_providers.errors import InvalidRequestError, LlmError
 from zeph_providers.hooks import Call, Hook, add_hook, remove_hook
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.retry import RetryPolicy, retry_stream
-from zeph_providers.types import Attempt, ContentChunk, EndChunk, StreamChunk, UsageChunk, Usage
+from zeph_providers.types import Attempt, ContentChunk, EndChunk, StreamChunk, Usage, UsageChunk
 
 HELLO = [Message.user("hello there")]
 
@@ -95,7 +95,9 @@ class Flaky(BaseProvider):
         self.tries = 0
 
     def stream_chunks(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
-        return retry_stream(self._once, RetryPolicy(max_retries=2, base_delay=0.0), deadline=options.deadline, provider=self.name)
+        return retry_stream(
+            self._once, RetryPolicy(max_retries=2, base_delay=0.0), deadline=options.deadline, provider=self.name
+        )
 
     async def _once(self) -> AsyncIterator[StreamChunk]:
         self.tries += 1
@@ -143,7 +145,8 @@ async def test_router_members_are_child_calls(recorder: Recorder) -> None:
 
 async def test_a_hook_may_refuse_the_call_before_anything_is_sent() -> None:
     class Gate(Hook):
-        ended: list[Call] = []
+        def __init__(self) -> None:
+            self.ended: list[Call] = []
 
         def before_request(self, call: Call) -> None:
             raise InvalidRequestError("not today", provider=call.provider)
