@@ -47,12 +47,13 @@ PROVIDER_NAMES = {
     "claude": "anthropic",
     "ollama": "ollama",
     "local": "zeph.local",
+    "candle": "zeph.local",
     "mock": "zeph.mock",
     "router": "zeph.router",
 }
 """Backend type -> `gen_ai.provider.name` (the spec's well-known values where one applies)."""
 
-_IN_PROCESS = frozenset({"local", "mock"})
+_IN_PROCESS = frozenset({"local", "candle", "mock"})
 _SPAN = "zeph_providers.telemetry.span"
 _TRIES = "zeph_providers.telemetry.tries"
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
