@@ -7,7 +7,9 @@
 machine's load hits both alike; the median round of each is reported.
 
 Targets: the OpenAI-compatible backend against `bench/loopback_server.py` (a real HTTP round trip
-on 127.0.0.1) and the mock backend (no I/O at all: the worst case, pure overhead).
+on 127.0.0.1) and the mock backend (no I/O at all: the worst case, pure overhead). A first row
+measures the mock before the SDK is configured: what `opentelemetry-api` alone costs an app that
+never set up OpenTelemetry (the no-op providers).
 
     python bench/bench_telemetry.py [--quick] [--json OUT]
 """
@@ -75,7 +77,7 @@ async def _round(registry: Any, total: int) -> float:
     return float(result["per_s"])
 
 
-async def _compare(kind: str, url: str | None, total: int, rounds: int) -> dict[str, Any]:
+async def _compare(kind: str, url: str | None, total: int, rounds: int, label: str = "") -> dict[str, Any]:
     off, on = _registry(kind, url, False), _registry(kind, url, True)
     await _round(off, total // 4)  # warm both: connections, first-use imports
     await _round(on, total // 4)
@@ -87,7 +89,7 @@ async def _compare(kind: str, url: str | None, total: int, rounds: int) -> dict[
     await on.aclose()
     med_off, med_on = statistics.median(rates["off"]), statistics.median(rates["on"])
     return {
-        "target": kind,
+        "target": label or kind,
         "concurrency": CONCURRENCY,
         "calls_per_round": total,
         "rounds": rounds,
@@ -103,15 +105,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny rounds, for a smoke test")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    _install_sdk()
     rounds = 2 if args.quick else 5
-    results = []
+    results = [asyncio.run(_compare("mock", None, 500 if args.quick else 20000, rounds, "mock, no SDK"))]
+    _install_sdk()
     with loopback_server() as url:
         results.append(asyncio.run(_compare("compatible", url, 200 if args.quick else 3000, rounds)))
     results.append(asyncio.run(_compare("mock", None, 500 if args.quick else 20000, rounds)))
     for row in results:
         print(
-            f"{row['target']:>10}: off {row['off_per_s']:>9.1f} req/s   on {row['on_per_s']:>9.1f} req/s"
+            f"{row['target']:>12}: off {row['off_per_s']:>9.1f} req/s   on {row['on_per_s']:>9.1f} req/s"
             f"   change {row['change_pct']:+.2f}%   (concurrency {CONCURRENCY}, median of {rounds} rounds)"
         )
     if args.json:
