@@ -63,7 +63,7 @@ def _registry(kind: str, url: str | None, telemetry: bool) -> Any:
     return Registry.from_dict({"llm": {"telemetry": telemetry, "providers": [entry]}})
 
 
-async def _round(registry: Any, total: int) -> float:
+async def _round(registry: Any, total: int) -> tuple[float, float]:
     from zeph_providers import Message
 
     provider = registry.get("p")
@@ -74,7 +74,7 @@ async def _round(registry: Any, total: int) -> float:
         return len(response.text)
 
     result = await drive(chat, total, CONCURRENCY)
-    return float(result["per_s"])
+    return float(result["per_s"]), float(result["cpu_us_per_call"])
 
 
 async def _compare(kind: str, url: str | None, total: int, rounds: int, label: str = "") -> dict[str, Any]:
@@ -82,12 +82,16 @@ async def _compare(kind: str, url: str | None, total: int, rounds: int, label: s
     await _round(off, total // 4)  # warm both: connections, first-use imports
     await _round(on, total // 4)
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(rounds):
-        rates["off"].append(await _round(off, total))
-        rates["on"].append(await _round(on, total))
+        for arm, registry in (("off", off), ("on", on)):
+            per_s, cpu_us = await _round(registry, total)
+            rates[arm].append(per_s)
+            cpu[arm].append(cpu_us)
     await off.aclose()
     await on.aclose()
     med_off, med_on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
     return {
         "target": label or kind,
         "concurrency": CONCURRENCY,
@@ -96,6 +100,9 @@ async def _compare(kind: str, url: str | None, total: int, rounds: int, label: s
         "off_per_s": round(med_off, 1),
         "on_per_s": round(med_on, 1),
         "change_pct": round((med_on / med_off - 1.0) * 100.0, 2),
+        "cpu_us_per_call_off": round(cpu_off, 1),
+        "cpu_us_per_call_on": round(cpu_on, 1),
+        "cpu_change_pct": round((cpu_on / cpu_off - 1.0) * 100.0, 2),
         "all_rounds": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
     }
 
@@ -114,7 +121,9 @@ def main() -> None:
     for row in results:
         print(
             f"{row['target']:>12}: off {row['off_per_s']:>9.1f} req/s   on {row['on_per_s']:>9.1f} req/s"
-            f"   change {row['change_pct']:+.2f}%   (concurrency {CONCURRENCY}, median of {rounds} rounds)"
+            f"   change {row['change_pct']:+.2f}%   CPU/call {row['cpu_us_per_call_off']:.0f} -> "
+            f"{row['cpu_us_per_call_on']:.0f} us ({row['cpu_change_pct']:+.1f}%)"
+            f"   (concurrency {CONCURRENCY}, median of {rounds} rounds)"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
