@@ -11,17 +11,32 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-_installed: tuple[InMemorySpanExporter, InMemoryMetricReader] | None = None
+
+class SwitchedExporter(InMemorySpanExporter):
+    """Keeps spans only while `armed`: the global provider outlives the telemetry tests, and the
+    tests that run after them in the same process must not pile their spans up in memory."""
+
+    armed = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not self.armed:
+            return SpanExportResult.SUCCESS
+        return super().export(spans)
 
 
-def install_global_otel() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
-    """Set the global tracer and meter providers once per process; returns the exporter and reader."""
+_installed: tuple[SwitchedExporter, InMemoryMetricReader] | None = None
+
+
+def install_global_otel() -> tuple[SwitchedExporter, InMemoryMetricReader]:
+    """Set the global tracer and meter providers once per process; returns the exporter and reader.
+
+    Arm the exporter (`exporter.armed = True`) for the test, and disarm it after."""
     global _installed
     if _installed is None:
-        exporter = InMemorySpanExporter()
+        exporter = SwitchedExporter()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         trace.set_tracer_provider(tracer_provider)

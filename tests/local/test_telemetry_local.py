@@ -13,12 +13,15 @@ from zeph_providers.telemetry import Telemetry
 async def test_local_chat_and_stream_spans(tiny: LocalProvider) -> None:
     exporter, reader = install_global_otel()
     exporter.clear()
+    exporter.armed = True
     tiny.hooks.add(Telemetry())
     resp = await tiny.chat([Message.user("hello")], max_tokens=8)
     async with tiny.chat_stream([Message.user("again")], max_tokens=8) as stream:
         async for _ in stream:
             pass
+    exporter.armed = False
     spans = [s for s in exporter.get_finished_spans() if s.name == f"chat {tiny.model}"]
+    exporter.clear()
     assert len(spans) == 2
     plain, streamed = spans
     for span in spans:

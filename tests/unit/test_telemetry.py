@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 def otel() -> Iterator[Any]:
     exporter, reader = install_global_otel()
     exporter.clear()
+    exporter.armed = True
     yield exporter, reader
+    exporter.armed = False
     exporter.clear()
 
 
