@@ -14,6 +14,7 @@ from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
     BadResponseError,
+    BudgetExceededError,
     ConfigError,
     ContextLengthError,
     InferenceError,
@@ -25,6 +26,7 @@ from zeph_providers.errors import (
     RateLimitError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.hooks import Call, Hook, Hooks, add_hook, remove_hook
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions, ResponseFormat
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
@@ -67,6 +69,8 @@ __all__ = [
     "BlockingChatStream",
     "BlockingProvider",
     "BlockingRegistry",
+    "BudgetExceededError",
+    "Call",
     "Capabilities",
     "ChatKwargs",
     "ChatOptions",
@@ -77,6 +81,8 @@ __all__ = [
     "ContextLengthError",
     "EndChunk",
     "FinishReason",
+    "Hook",
+    "Hooks",
     "ImagePart",
     "InferenceError",
     "InvalidRequestError",
@@ -107,6 +113,8 @@ __all__ = [
     "Usage",
     "UsageChunk",
     "__version__",
+    "add_hook",
+    "remove_hook",
 ]
 
 

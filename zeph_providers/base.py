@@ -15,6 +15,10 @@ Extension points for backend (and plugin) authors, each with a working default:
 - `check_request(messages, options)`: refuse, with a typed error, what the backend would drop.
 - `structured_payload(response, options)` / `finalize(response, options)`: how a reply becomes
   the structured-output value (`response.parsed`).
+- `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
+
+Every call is reported to the provider's `hooks` (then its registry's, then the process's:
+`zeph_providers.hooks`) from here and from `ChatStream`, so no backend fires an event itself.
 
 The private names the built-in backends use (`_stream`, `_embed_batch`, `_check_request`,
 `_structured_payload`, `_finalize`) keep working: each public hook calls its private twin by default.
@@ -25,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Unpack
 
 from zeph_providers.errors import (
@@ -35,8 +39,9 @@ from zeph_providers.errors import (
     ProviderTimeoutError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
-from zeph_providers.stream import ChatStream
+from zeph_providers.stream import AttemptClock, ChatStream
 from zeph_providers.types import ChatResponse, ImagePart, Message, StreamChunk
 
 __all__ = ["BaseProvider"]
@@ -61,6 +66,15 @@ class BaseProvider:
         self._capabilities = capabilities or Capabilities()
         self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self._default_timeout = default_timeout
+        self._hooks = Hooks(parent=global_hooks())
+
+    @property
+    def hooks(self) -> Hooks:
+        """This provider's hooks; a registry sets their parent to its own (`registry.hooks`)."""
+        hooks: Hooks | None = getattr(self, "_hooks", None)
+        if hooks is None:  # a subclass that skipped __init__
+            hooks = self._hooks = Hooks(parent=global_hooks())
+        return hooks
 
     @property
     def name(self) -> str:
@@ -114,6 +128,7 @@ class BaseProvider:
             model=self._model,
             options=options,
             finalize=lambda response: self.finalize(response, options),
+            call=self.new_call("chat", options=options, messages=message_list),
         )
 
     async def embed(self, text: str) -> list[float]:
@@ -126,10 +141,68 @@ class BaseProvider:
         text_list = list(texts)
         if not text_list:
             return []
+        return await self.observe_embedding(text_list, self._embed_in_slot)
+
+    async def _embed_in_slot(self, texts: list[str]) -> list[list[float]]:
         if self._semaphore is None:
-            return await self.embed_texts(text_list)
+            return await self.embed_texts(texts)
         async with self._semaphore:
-            return await self.embed_texts(text_list)
+            return await self.embed_texts(texts)
+
+    # ----- hooks ------------------------------------------------------------------------
+
+    def call_attributes(self) -> dict[str, Any]:
+        """Facts about this provider that hook subscribers may record (no secrets)."""
+        return {}
+
+    def new_call(
+        self,
+        operation: Operation,
+        *,
+        options: ChatOptions | None = None,
+        messages: list[Message] | None = None,
+        texts: list[str] | None = None,
+    ) -> Call | None:
+        """The hooks' record of one call, or None when nobody subscribes (then nothing is reported)."""
+        subscribers = self.hooks.subscribers()
+        if not subscribers:
+            return None
+        return Call(
+            subscribers,
+            operation=operation,
+            provider=self._name,
+            backend=self.backend,
+            model=self._model,
+            options=options,
+            messages=messages,
+            texts=texts,
+            attributes=self.call_attributes(),
+        )
+
+    async def observe_embedding(
+        self, texts: list[str], run: Callable[[list[str]], Awaitable[list[list[float]]]]
+    ) -> list[list[float]]:
+        """`run(texts)` reported to the hooks as one embeddings call with one try."""
+        call = self.new_call("embeddings", texts=texts)
+        if call is None:
+            return await run(texts)
+        call.begin()
+        token = call.enter()
+        clock = AttemptClock(self._name)
+        try:
+            vectors = await run(texts)
+        except BaseException as exc:
+            attempt = clock.done(exc)
+            call.attempt(attempt)
+            call.end(error=exc, attempts=[attempt])
+            raise
+        finally:
+            Call.leave(token)
+        clock.first_chunk()
+        attempt = clock.done()
+        call.attempt(attempt)
+        call.end(attempts=[attempt])
+        return vectors
 
     async def aclose(self) -> None:
         """Release clients, sockets, threads and models. Safe to call twice."""

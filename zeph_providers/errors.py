@@ -25,6 +25,7 @@ __all__ = [
     "AllProvidersFailedError",
     "AuthenticationError",
     "BadResponseError",
+    "BudgetExceededError",
     "ConfigError",
     "ConfigProblem",
     "ContextLengthError",
@@ -427,6 +428,22 @@ class AllProvidersFailedError(ProviderUnavailableError):
     def as_exception_group(self) -> ExceptionGroup[LlmError]:
         """The member errors as an `ExceptionGroup`, for `except*` handling."""
         return ExceptionGroup(str(self), self.errors)
+
+
+class BudgetExceededError(LlmError):
+    """A provider's (or the registry's) `budget_usd` is spent: the call was refused before it was sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        budget_usd: float = 0.0,
+        spent_usd: float = 0.0,
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
 
 
 class InferenceError(LlmError):

@@ -12,6 +12,8 @@ from typing import Any
 from zeph_providers import factory
 from zeph_providers.config import LlmConfig, load_config, loads_config, parse_config
 from zeph_providers.errors import ProviderClosedError, ProviderNotFoundError
+from zeph_providers.hooks import Hooks, global_hooks
+from zeph_providers.pricing import CostTracker, ProviderTotals
 from zeph_providers.protocol import LlmProvider
 
 __all__ = ["Registry"]
@@ -22,6 +24,10 @@ class Registry:
 
     `get(name)` builds a provider the first time it is asked for and returns the same object
     afterwards; concurrent callers (tasks or threads) share exactly one build.
+
+    `hooks` are subscribed to every call of the providers built here (`zeph_providers.hooks`);
+    they start with the cost tracker (`costs`: `resp.cost`, `usage()`, budgets) and, unless
+    `[llm] telemetry = false`, OpenTelemetry spans and metrics (`zeph_providers.telemetry`).
     """
 
     def __init__(self, config: LlmConfig) -> None:
@@ -30,6 +36,13 @@ class Registry:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._closed = False
+        self.hooks = Hooks(parent=global_hooks())
+        self.costs = CostTracker(config)
+        self.hooks.add(self.costs)
+        if config.telemetry:
+            from zeph_providers.telemetry import Telemetry
+
+            self.hooks.add(Telemetry(record_content=config.telemetry_content))
 
     # ----- construction -------------------------------------------------------------
 
@@ -94,6 +107,9 @@ class Registry:
             built = self._providers.get(name)
             if built is None:
                 built = factory.build_provider(provider_config, self)
+                hooks = getattr(built, "hooks", None)
+                if isinstance(hooks, Hooks):
+                    hooks.parent = self.hooks
                 self._providers[name] = built
         return built
 
@@ -111,6 +127,14 @@ class Registry:
         if self._config.default:
             return self.get(self._config.default)
         raise ProviderNotFoundError("<embedding>", self.names())
+
+    def usage(self) -> dict[str, ProviderTotals]:
+        """Per provider: calls, tokens and cost so far (providers not called yet are absent)."""
+        return self.costs.totals()
+
+    def total_cost(self) -> float:
+        """USD spent by all providers together (a router's calls counted once, through its members)."""
+        return self.costs.total_cost()
 
     def built(self) -> dict[str, LlmProvider]:
         """The providers built so far."""

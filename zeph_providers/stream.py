@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from zeph_providers.errors import LlmError, ProviderTimeoutError
+from zeph_providers.hooks import Call
 from zeph_providers.options import ChatOptions
 from zeph_providers.types import (
     Attempt,
@@ -78,6 +79,32 @@ class AttemptClock:
             time_to_first_chunk=self._first,
             duration=time.perf_counter() - self.started,
         )
+
+
+class _AttemptLog(list[Attempt]):
+    """A call's attempt list that reports each try of its own to the call's hooks.
+
+    `append` is a try of this call's own (the retry loop, the stream's single try); `extend` adds
+    tries a nested call (a router's member) already reported. A try ended "cancelled" is reported
+    when the call ends, once the stream has said whether its deadline did it (then it timed out).
+    """
+
+    def __init__(self, call: Call) -> None:
+        super().__init__()
+        self._call = call
+        self._pending: list[int] = []
+
+    def append(self, attempt: Attempt) -> None:
+        super().append(attempt)
+        if attempt.outcome == "cancelled":
+            self._pending.append(len(self) - 1)
+        else:
+            self._call.attempt(attempt)
+
+    def flush(self) -> None:
+        for index in self._pending:
+            self._call.attempt(self[index])
+        self._pending.clear()
 
 
 class ResponseAssembler:
@@ -148,6 +175,9 @@ class ChatStream:
 
     `options.deadline` (a `time.monotonic()` value) bounds every read; `timed=False` leaves the
     deadline to the source (a router enforces it on its members, to report what each one did).
+
+    `call` (made by the provider when hooks are subscribed) reports the call to them: its start at
+    the first read, each try, and its end (`zeph_providers.hooks`).
     """
 
     def __init__(
@@ -159,6 +189,7 @@ class ChatStream:
         options: ChatOptions,
         finalize: Finalize | None = None,
         timed: bool = True,
+        call: Call | None = None,
     ) -> None:
         self._source = source
         self._name = provider
@@ -171,7 +202,8 @@ class ChatStream:
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Task[Any] | None = None
         self._expired = False
-        self._attempts: list[Attempt] = []
+        self._call = call
+        self._attempts: list[Attempt] = [] if call is None else _AttemptLog(call)
         self._clock: AttemptClock | None = None
 
     @property
@@ -204,23 +236,58 @@ class ChatStream:
     async def __anext__(self) -> StreamChunk:
         if self._closed:
             raise StopAsyncIteration
+        call = self._call
         if self._clock is None:
             self._clock = AttemptClock(self._name)
+            if call is not None:
+                await self._begin(call)
         token = _log.set(self._attempts)
+        call_token = None if call is None else call.enter()
         try:
             chunk = await self._next_within_deadline()
         except StopAsyncIteration:
-            _log.reset(token)
+            self._leave(token, call_token)
             self._finish()
             raise
         except BaseException as exc:
-            _log.reset(token)
+            self._leave(token, call_token)
             await self._fail(exc)
             raise
-        _log.reset(token)
+        self._leave(token, call_token)
         self._clock.first_chunk()
+        if call is not None and call.time_to_first_chunk is None:
+            call.time_to_first_chunk = time.perf_counter() - call.started
         self._assembler.add(chunk)
         return chunk
+
+    @staticmethod
+    def _leave(token: Any, call_token: Any) -> None:
+        if call_token is not None:
+            Call.leave(call_token)
+        _log.reset(token)
+
+    async def _begin(self, call: Call) -> None:
+        """Report the start; a hook's refusal (an `LlmError`) ends the call before anything is sent."""
+        try:
+            call.begin()
+        except LlmError as exc:
+            self._closed = True
+            self._stop_timer()
+            exc.attempts = []
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            raise
+
+    def _end_call(self, response: ChatResponse | None, error: BaseException | None) -> None:
+        call = self._call
+        if call is None or call.ended:
+            return
+        attempts = self._attempts
+        if isinstance(attempts, _AttemptLog):
+            attempts.flush()
+        call.end(response=response, error=error, attempts=list(attempts))
 
     async def _next_within_deadline(self) -> StreamChunk:
         if self._deadline is None:
@@ -278,15 +345,18 @@ class ChatStream:
                 response = self._finalize_response(response)
             except LlmError as exc:
                 exc.attempts = list(self._attempts)
+                self._end_call(None, exc)
                 raise
         response.attempts = list(self._attempts)
         self._response = response
+        self._end_call(response, None)
 
     async def _fail(self, exc: BaseException) -> None:
         if not self._closed:
             self._record(exc)
         if isinstance(exc, LlmError):
             exc.attempts = list(self._attempts)
+        self._end_call(None, exc)
         await self.aclose()
 
     async def collect(self) -> ChatResponse:
@@ -300,8 +370,10 @@ class ChatStream:
         if self._closed:
             return
         self._closed = True
-        if self._clock is not None and not self._attempts:
-            self._attempts.append(self._clock.done(asyncio.CancelledError()))
+        if self._clock is not None:
+            if not self._attempts:
+                self._attempts.append(self._clock.done(asyncio.CancelledError()))
+            self._end_call(None, asyncio.CancelledError())
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):

@@ -226,6 +226,9 @@ class Attempt(_Frozen):
         return self.outcome == "ProviderTimeoutError"
 
 
+_NOT_COMPARED = frozenset({"attempts", "cost"})
+
+
 class ChatResponse(BaseModel):
     """One complete assistant reply; `stream.response` and `chat()` return equal ones."""
 
@@ -245,12 +248,15 @@ class ChatResponse(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     """Every try made to produce this reply (retries and router fallbacks), in order; the last one
     answered. Not part of equality: two equal replies may have taken different paths."""
+    cost: float | None = None
+    """What the call cost in USD, when its price is known (`zeph_providers.pricing`); None when
+    unknown, never a guessed zero. Not part of equality."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChatResponse):
             return NotImplemented
-        mine = {k: v for k, v in self.__dict__.items() if k != "attempts"}
-        theirs = {k: v for k, v in other.__dict__.items() if k != "attempts"}
+        mine = {k: v for k, v in self.__dict__.items() if k not in _NOT_COMPARED}
+        theirs = {k: v for k, v in other.__dict__.items() if k not in _NOT_COMPARED}
         return mine == theirs
 
     def to_message(self) -> Message:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
+    BudgetExceededError,
     ConfigError,
     ContextLengthError,
     InferenceError,
@@ -123,8 +124,11 @@ def log_attempts(
         return
     tries = stream.attempts if stream is not None else []
     if not tries:
-        tries = [clock.done(outcome)]
-    elif isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
+        # A try of the router's own (`append`: reported to its hooks); a member's tries (`extend`)
+        # were reported by the member's own call.
+        log_.append(clock.done(outcome))
+        return
+    if isinstance(outcome, ProviderTimeoutError) and tries[-1].outcome == "cancelled":
         # The router's own wait ran out first and cancelled the member's try: that try timed out.
         tries[-1] = tries[-1].model_copy(update={"outcome": type(outcome).__name__, "error": outcome.message})
     log_.extend(tries)
@@ -161,7 +165,7 @@ class Verdict(enum.Enum):
 
 def verdict_for(error: LlmError, *, fallback_on_client_error: bool) -> Verdict:
     """What one member's error means: fall back and count it, skip it, or raise it."""
-    if isinstance(error, UnsupportedCapabilityError | ContextLengthError):
+    if isinstance(error, UnsupportedCapabilityError | ContextLengthError | BudgetExceededError):
         return Verdict.SKIP
     if isinstance(error, InvalidRequestError):
         return Verdict.SKIP if fallback_on_client_error else Verdict.RAISE

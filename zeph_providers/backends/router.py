@@ -283,7 +283,13 @@ class RouterProvider(BaseProvider):
         answer = _Answer()
         source = self._guarded_stream(message_list, options, self._route(message_list, options, answer))
         return ChatStream(
-            source, provider=self.name, model=self.model, options=options, finalize=answer.finalize, timed=False
+            source,
+            provider=self.name,
+            model=self.model,
+            options=options,
+            finalize=answer.finalize,
+            timed=False,
+            call=self.new_call("chat", options=options, messages=message_list),
         )
 
     def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
@@ -403,10 +409,13 @@ class RouterProvider(BaseProvider):
         text_list = list(texts)
         if not text_list:
             return []
+        return await self.observe_embedding(text_list, lambda batch: self._embed_in_slot_routed(batch, build_errors))
+
+    async def _embed_in_slot_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
         if self._semaphore is None:
-            return await self._embed_routed(text_list, build_errors)
+            return await self._embed_routed(texts, errors)
         async with self._semaphore:
-            return await self._embed_routed(text_list, build_errors)
+            return await self._embed_routed(texts, errors)
 
     async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline

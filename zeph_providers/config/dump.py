@@ -18,6 +18,9 @@ def config_to_dict(config: LlmConfig) -> dict[str, Any]:
         llm["default"] = config.default
     if config.embedding:
         llm["embedding"] = config.embedding
+    for key, default in (("telemetry", True), ("telemetry_content", False), ("budget_usd", None)):
+        if getattr(config, key) != default:
+            llm[key] = getattr(config, key)
     providers = []
     for provider in config.providers:
         entry = provider.model_dump(mode="python", exclude_none=True, exclude={"api_key"})

@@ -36,7 +36,9 @@ __all__ = ["MAX_DEPTH", "load_config", "loads_config", "parse_config"]
 MAX_DEPTH = 32
 """Deepest nesting of tables and arrays a config may have (a real one needs 4)."""
 
-_LLM_KEYS = ["default", "embedding", "providers"]
+_LLM_KEYS = ["default", "embedding", "providers", "telemetry", "telemetry_content", "budget_usd"]
+_LLM_FLAGS = ("telemetry", "telemetry_content")
+_LLM_SETTINGS = (*_LLM_FLAGS, "budget_usd")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}")
 
 Path_ = tuple[str | int, ...]
@@ -206,6 +208,12 @@ def _llm_keys(llm: Mapping[str, Any], state: _Pass) -> None:
     for key in llm:
         if key not in _LLM_KEYS:
             state.add(f"unknown key {quote_value(key)} in [llm]" + _hint(str(key), _LLM_KEYS))
+        elif key in _LLM_FLAGS and not isinstance(llm[key], bool):
+            state.add(f"`{key}` must be true or false", field=key)
+        elif key == "budget_usd":
+            value = llm[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                state.add("`budget_usd` must be a number >= 0", field=key)
     raw = llm.get("providers", [])
     if not isinstance(raw, list):
         state.add("`providers` must be an array of tables ([[llm.providers]])", field="providers")
@@ -367,8 +375,9 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
     if state.problems:
         count = len(state.problems)
         raise state.fail(f"invalid configuration ({count} problem{'s' if count != 1 else ''})")
+    settings = {key: llm[key] for key in _LLM_SETTINGS if key in llm}
     return LlmConfig(
-        default=llm.get("default"), embedding=llm.get("embedding"), providers=state.providers, source=source
+        default=llm.get("default"), embedding=llm.get("embedding"), providers=state.providers, source=source, **settings
     )
 
 

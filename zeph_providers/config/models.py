@@ -33,6 +33,7 @@ __all__ = [
     "MockConfig",
     "OllamaConfig",
     "OpenAIConfig",
+    "PricingConfig",
     "ProviderConfig",
     "ProviderConfigBase",
     "RemoteConfig",
@@ -68,6 +69,20 @@ class GenerationConfig(_Strict):
     """Strings that end the reply (not included in it)."""
 
 
+class PricingConfig(_Strict):
+    """`[llm.providers.pricing]`: USD per million tokens, for models the price library does not know
+    (self-hosted, new, negotiated). It replaces the library's price for this provider's calls."""
+
+    input: Annotated[float, Field(ge=0)]
+    """Per million uncached input tokens."""
+    output: Annotated[float, Field(ge=0)]
+    """Per million output tokens."""
+    cache_read: Annotated[float, Field(ge=0)] | None = None
+    """Per million input tokens read from the cache (default: the input price)."""
+    cache_write: Annotated[float, Field(ge=0)] | None = None
+    """Per million input tokens written to the cache (default: the input price)."""
+
+
 class ProviderConfigBase(_Strict):
     """Fields every provider accepts."""
 
@@ -77,6 +92,10 @@ class ProviderConfigBase(_Strict):
     type: str
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
     """At most this many calls in flight at once through this provider (a semaphore)."""
+    pricing: PricingConfig | None = None
+    """Prices per million tokens for this provider's calls, instead of the price library's."""
+    budget_usd: Annotated[float, Field(ge=0)] | None = None
+    """Refuse calls (`BudgetExceededError`) once this provider's calls have cost this much."""
 
     @property
     def model_name(self) -> str:
@@ -354,6 +373,12 @@ class LlmConfig(BaseModel):
     default: str | None = None
     embedding: str | None = None
     providers: list[ProviderConfigBase] = Field(default_factory=list)
+    telemetry: bool = True
+    """OpenTelemetry spans and metrics (when `opentelemetry-api` is installed); false turns them off."""
+    telemetry_content: bool = False
+    """Also record message contents on spans (off: prompts and replies never leave the process)."""
+    budget_usd: Annotated[float, Field(ge=0)] | None = None
+    """Refuse calls once all providers together have cost this much."""
     source: str | None = Field(default=None, exclude=True)
 
     def provider(self, name: str) -> ProviderConfigBase | None:
