@@ -10,7 +10,7 @@ import httpx2
 
 from zeph_providers.backends.openai import OpenAIProvider
 from zeph_providers.config import CompatibleConfig
-from zeph_providers.types import ContentChunk, Message
+from zeph_providers.types import ContentChunk, Message, ToolUseChunk
 
 HELLO = [Message.user("Say hello.")]
 
@@ -74,3 +74,27 @@ async def test_cr_ending_a_chunk_inside_a_multiline_event() -> None:
     first = f"data: {whole[:cut]}\r".encode()
     rest = f"\ndata: {whole[cut:]}\r\n\r\ndata: [DONE]\r\n\r\n".encode()
     assert await _text([first, rest]) == "Hello"
+
+
+def _delta_event(delta: dict[str, object], finish: str | None = None) -> str:
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def test_indexless_tool_call_fragment_with_new_id_opens_a_new_call() -> None:
+    def call(call_id: str, name: str) -> dict[str, object]:
+        fn = {"name": name, "arguments": "{}"}
+        return {"tool_calls": [{"id": call_id, "type": "function", "function": fn}]}
+
+    wire = _delta_event(call("call_a", "first")) + _delta_event(call("call_b", "second"))
+    wire += _delta_event({}, finish="tool_calls") + "data: [DONE]\n\n"
+    async with _provider([wire.encode()]) as provider:
+        stream = provider.chat_stream(HELLO)
+        calls = [c.tool_call async for c in stream if isinstance(c, ToolUseChunk)]
+    assert [(c.id, c.name) for c in calls] == [("call_a", "first"), ("call_b", "second")]
