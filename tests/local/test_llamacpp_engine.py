@@ -16,7 +16,7 @@ import pytest
 
 from zeph_providers import Registry
 from zeph_providers.config import CandleConfig
-from zeph_providers.errors import ConfigError, ContextLengthError, ProviderTimeoutError
+from zeph_providers.errors import ConfigError, ContextLengthError, ProviderTimeoutError, ProviderUnavailableError
 from zeph_providers.local import llamacpp
 from zeph_providers.local.llamacpp import LlamaCppEngine, select_engine
 from zeph_providers.local.provider import LocalProvider
@@ -324,3 +324,27 @@ async def test_aclose_frees_the_model(smollm2_gguf: Path) -> None:
     await provider.aclose()
     assert engine.server is None and provider.worker.engine is None
     await provider.aclose()  # twice is fine
+
+
+@slow
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_closing_mid_generation_is_an_error_not_a_truncated_reply(
+    smollm2_gguf: Path, fresh: list[Any], slots: int
+) -> None:
+    provider = LocalProvider(gguf_config(smollm2_gguf, max_batch_size=slots))
+    fresh.append(provider)
+    entered = threading.Event()
+
+    def hold(job: Job) -> None:
+        entered.set()
+        job.cancel.wait(HANG_GUARD)  # keep generating until the close cancels this job
+
+    provider.worker.step_hook = hold
+    prompts = [f"Tell a long story {i}." for i in range(slots)]
+    tasks = [asyncio.create_task(provider.chat([Message.user(p)], max_tokens=400)) for p in prompts]
+    assert await asyncio.to_thread(entered.wait, HANG_GUARD)
+    await provider.aclose()
+    for task in tasks:
+        with pytest.raises(ProviderUnavailableError, match="closed") as info:
+            await asyncio.wait_for(task, HANG_GUARD)
+        assert info.value.provider == "gguf"

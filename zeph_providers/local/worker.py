@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -102,6 +103,16 @@ class Job:
         return self.cancel.is_set()
 
 
+def _terminal_note(text: str) -> None:
+    """Show load progress on an interactive terminal (stderr a TTY); silent otherwise (logs still say it)."""
+    stream = sys.stderr
+    try:
+        if stream is not None and stream.isatty():
+            print(text, file=stream, flush=True)
+    except (OSError, ValueError):  # a closed or odd stderr must never fail a load
+        pass
+
+
 class InferenceWorker:
     """Owns the model thread, its bounded queue and the lazily loaded engine; shared by every handle."""
 
@@ -113,8 +124,13 @@ class InferenceWorker:
         capacity: int = 4,
         timeout: float = 120.0,
         max_batch_size: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.clock = clock
+        """The monotonic clock every wait is measured on (tests pass a controllable one)."""
+        self.ready_at: float | None = None
+        """When the engine finished loading (on `clock`); waits are timed from here, never across a load."""
         self._load = load
         self.capacity = capacity
         self.timeout = timeout
@@ -167,17 +183,32 @@ class InferenceWorker:
                 self._thread.start()
             return self._thread, self._queue
 
+    def wait_deadline(self, since: float) -> float | None:
+        """When a wait that began at `since` times out; None while the model is still loading.
+
+        Loading is not inference: a wait that began before (or during) the load is timed from the
+        moment the worker became ready, so a slow first load never eats `inference_timeout_secs`.
+        """
+        if self._loading or self._engine is None:
+            return None
+        ready = self.ready_at
+        return max(since, ready if ready is not None else since) + self.timeout
+
+    def _load_expired(self, since: float) -> bool:
+        return (self._loading or self._engine is None) and self.clock() - since >= _LOAD_LIMIT_SECS
+
     async def submit(self, job: Job) -> None:
-        """Queue a job, waiting at most `timeout` seconds for room."""
+        """Queue a job, waiting at most `timeout` seconds for room (timed from when the model is ready)."""
         job.step_hook = self.step_hook
-        deadline = time.monotonic() + self.timeout
+        since = self.clock()
         delay = 0.002
         while True:
             thread, jobs = self._ensure_thread()
             try:
                 jobs.put_nowait(job)
             except queue.Full:
-                if time.monotonic() >= deadline:
+                deadline = self.wait_deadline(since)
+                if (deadline is not None and self.clock() >= deadline) or self._load_expired(since):
                     raise ProviderTimeoutError(
                         f"the local model's queue stayed full ({self.capacity} waiting) for {self.timeout:g}s; "
                         "raise queue_capacity or inference_timeout_secs, or send fewer requests at once",
@@ -191,7 +222,7 @@ class InferenceWorker:
 
     async def next_event(self, job: Job) -> Event:
         """The job's next event, waiting at most `timeout` seconds (longer while the model loads)."""
-        waited_since = time.monotonic()
+        since = self.clock()
         while True:
             try:
                 async with asyncio.timeout(_POLL_SECS):
@@ -203,10 +234,8 @@ class InferenceWorker:
                 if not job.events.empty():
                     return job.events.get_nowait()
                 return Failed(InferenceError("the local worker thread died", provider=self.name))
-            elapsed = time.monotonic() - waited_since
-            if self._loading and elapsed < _LOAD_LIMIT_SECS:
-                continue
-            if elapsed >= self.timeout:
+            deadline = self.wait_deadline(since)
+            if (deadline is not None and self.clock() >= deadline) or self._load_expired(since):
                 job.cancel.set()
                 raise ProviderTimeoutError(
                     f"the local model produced nothing for {self.timeout:g}s (busy or stuck); "
@@ -219,10 +248,17 @@ class InferenceWorker:
     def _engine_or_load(self) -> InferenceEngine:
         if self._engine is None:
             self._loading = True
+            started = time.monotonic()
+            log.info("loading the local model for %r (not counted against inference_timeout_secs)", self.name)
+            _terminal_note(f"zeph-providers: loading the local model for {self.name!r}...")
             try:
                 self._engine = self._load()
+                self.ready_at = self.clock()
             finally:
                 self._loading = False
+            seconds = time.monotonic() - started
+            log.info("local model for %r ready in %.1fs", self.name, seconds)
+            _terminal_note(f"zeph-providers: local model for {self.name!r} ready in {seconds:.1f}s")
         return self._engine
 
     def _error(self, exc: Exception) -> LlmError:
@@ -232,10 +268,20 @@ class InferenceWorker:
             return exc
         return InferenceError(f"generation failed: {type(exc).__name__}: {exc}", provider=self.name)
 
+    def _interrupted(self) -> LlmError:
+        if self._closed:
+            return ProviderUnavailableError(
+                "the local provider was closed while generating; the reply was cut short", provider=self.name
+            )
+        return ProviderUnavailableError("the local generation was interrupted before it ended", provider=self.name)
+
     def _finish(self, job: Job, outcome: GenerationResult | Exception) -> None:
         """Deliver a job's outcome (a result, or the error that failed it alone) and mark it done."""
         if isinstance(outcome, Exception):
             job.post(Failed(self._error(outcome)))
+        elif job.cancel.is_set():
+            # Cut short (provider closed, caller gone, timed out): the text so far is not a reply.
+            job.post(Failed(self._interrupted()))
         else:
             job.post(Done(outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason))
         job.done.set()
