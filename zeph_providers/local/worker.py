@@ -268,19 +268,18 @@ class InferenceWorker:
             return exc
         return InferenceError(f"generation failed: {type(exc).__name__}: {exc}", provider=self.name)
 
-    def _interrupted(self) -> LlmError:
-        if self._closed:
-            return ProviderUnavailableError(
-                "the local provider was closed while generating; the reply was cut short", provider=self.name
-            )
-        return ProviderUnavailableError("the local generation was interrupted before it ended", provider=self.name)
+    def _interrupted(self) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            "the local provider was closed while generating; the reply was cut short", provider=self.name
+        )
 
     def _finish(self, job: Job, outcome: GenerationResult | Exception) -> None:
         """Deliver a job's outcome (a result, or the error that failed it alone) and mark it done."""
         if isinstance(outcome, Exception):
             job.post(Failed(self._error(outcome)))
-        elif job.cancel.is_set():
-            # Cut short (provider closed, caller gone, timed out): the text so far is not a reply.
+        elif job.cancel.is_set() and self._closed:
+            # Cut short by aclose(): the text so far is not a reply. (A caller that closed its own
+            # stream, or timed out, is gone: what it would be told does not matter.)
             job.post(Failed(self._interrupted()))
         else:
             job.post(Done(outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason))
