@@ -274,9 +274,12 @@ async def test_stuck_worker_times_out(smollm2_gguf: Path, fresh: list[Any]) -> N
 @slow
 async def test_full_queue_times_out(smollm2_gguf: Path, fresh: list[Any]) -> None:
     # Two slots: the queue fills once both are busy (the worker admits into a free slot at once).
-    config = gguf_config(smollm2_gguf, inference_timeout_secs=0.5, queue_capacity=1, max_batch_size=2)
+    # The short timeout starts once both slots are busy: a loaded, busy machine may take longer than
+    # 0.5 s to reach a first token, and this test is about a full queue, not a slow first token.
+    config = gguf_config(smollm2_gguf, inference_timeout_secs=HANG_GUARD, queue_capacity=1, max_batch_size=2)
     provider = LocalProvider(config)
     fresh.append(provider)
+    await provider.chat([Message.user("Hi")], max_tokens=2)  # load outside the short-timeout part
     release, both = threading.Event(), threading.Event()
     inside: set[int] = set()
     lock = threading.Lock()
@@ -292,6 +295,7 @@ async def test_full_queue_times_out(smollm2_gguf: Path, fresh: list[Any]) -> Non
     try:
         running = [asyncio.create_task(provider.chat([Message.user(p)])) for p in ("a", "b")]
         assert await asyncio.to_thread(both.wait, HANG_GUARD)  # both slots are busy
+        provider.worker.timeout = 0.5
         queued = asyncio.create_task(provider.chat([Message.user("c")]))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(ProviderTimeoutError) as info:

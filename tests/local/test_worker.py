@@ -51,7 +51,8 @@ async def test_stuck_worker_times_out(make_provider: ProviderFactory) -> None:
 
 
 async def test_full_queue_times_out(make_provider: ProviderFactory) -> None:
-    provider = make_provider(inference_timeout_secs=0.5, queue_capacity=1)
+    # The short timeout starts once the worker is busy (a first token may take longer on a loaded machine).
+    provider = make_provider(inference_timeout_secs=HANG_GUARD, queue_capacity=1)
     release, entered = threading.Event(), threading.Event()
 
     def block(job: Job) -> None:
@@ -62,6 +63,7 @@ async def test_full_queue_times_out(make_provider: ProviderFactory) -> None:
     try:
         running = asyncio.create_task(provider.chat([Message.user("a")]))
         await _wait_thread_event(entered)  # the worker is busy with the first request
+        provider.worker.timeout = 0.5
         queued = asyncio.create_task(provider.chat([Message.user("b")]))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(ProviderTimeoutError) as info:
