@@ -17,8 +17,9 @@ import pytest
 from zeph_providers import Registry
 from zeph_providers.config import CandleConfig
 from zeph_providers.errors import ConfigError, ContextLengthError, ProviderTimeoutError, ProviderUnavailableError
-from zeph_providers.local import llamacpp
-from zeph_providers.local.llamacpp import LlamaCppEngine, select_engine
+from zeph_providers.local import engine
+from zeph_providers.local.engine import select_engine
+from zeph_providers.local.llamacpp import LlamaCppEngine
 from zeph_providers.local.provider import LocalProvider
 from zeph_providers.local.worker import Job
 from zeph_providers.types import ContentChunk, EndChunk, Message, UsageChunk
@@ -93,7 +94,7 @@ def test_llama_cpp_on_a_folder_is_a_config_error(tiny_model: Path) -> None:
 
 
 def test_missing_xllamacpp(smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llamacpp, "xllamacpp_installed", lambda: False)
+    monkeypatch.setattr(engine, "xllamacpp_installed", lambda: False)
     assert LocalProvider(gguf_config(smollm2_gguf)).engine_name == "transformers"  # auto falls back
     with pytest.raises(ConfigError, match="pip install xllamacpp"):
         LocalProvider(gguf_config(smollm2_gguf, engine="llama.cpp"))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from zeph_providers.errors import ProviderTimeoutError, ProviderUnavailableError
-from zeph_providers.local.generate import GenerationParams, GenerationResult, TokenSink
+from zeph_providers.local.engine import GenerationParams, GenerationResult, TokenSink, run_one_by_one
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
 from zeph_providers.types import Message
 
@@ -43,18 +43,19 @@ class TickingClock:
 
 
 @dataclass
-class _Loaded:
-    device: str = "cpu"
-
-
-@dataclass
 class BlockingEngine:
     """Streams "ab", but first blocks every job until `release` is set (a busy or stuck model)."""
 
     release: threading.Event = field(default_factory=threading.Event)
     entered: threading.Event = field(default_factory=threading.Event)
     max_batch_size: int = 1
-    loaded: _Loaded = field(default_factory=_Loaded)
+    device: str = "cpu"
+
+    def run_batch(self, jobs: Any, admit: Any, finish: Any, *, on_step: Any = None) -> None:
+        run_one_by_one(self, jobs, finish)
+
+    def close(self) -> None:
+        pass
 
     def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult:
         sink.on_text("a")

@@ -10,10 +10,10 @@
 - A worker thread that dies fails its in-flight and queued jobs with `InferenceError` and is
   replaced by a fresh thread (reusing the loaded model) at the next request.
 
-Batching: when the engine has `run_batch` (the transformers engine), the worker hands it the job
-it took plus every job already waiting (up to `max_batch_size`), and lets it take more from the
-queue between decode steps (continuous batching); each job still streams, finishes, fails and is
-cancelled on its own. Engines without `run_batch` run one job at a time. A failed forward pass
+The worker depends on `engine.InferenceEngine` only. Batching: it hands `run_batch` the job it
+took plus every job already waiting (up to `max_batch_size`), and lets the engine take more from
+the queue between decode steps (continuous batching); each job still streams, finishes, fails and
+is cancelled on its own. An engine with `max_batch_size` 1 serves one job at a time. A failed forward pass
 fails every job of that batch; a dying thread fails them all and the queue too.
 """
 
@@ -36,7 +36,7 @@ from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
 from zeph_providers.types import FinishReason, Message
 
 if TYPE_CHECKING:
-    from zeph_providers.local.generate import GenerationParams, GenerationResult, InferenceEngine
+    from zeph_providers.local.engine import GenerationParams, GenerationResult, InferenceEngine
 
 __all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
 
@@ -308,13 +308,9 @@ class InferenceWorker:
     def _serve(self, job: Job, jobs: queue.Queue[Job | None]) -> None:
         """Run `job`, batched with whatever else waits (and arrives) when the engine can batch."""
         engine = self._engine_or_load()
-        run_batch = getattr(engine, "run_batch", None)
-        limit = self.max_batch_size or int(getattr(engine, "max_batch_size", 1))
-        if run_batch is None or limit <= 1:  # engines without batching (llama.cpp): one job at a time
-            self._finish(job, engine.run(job.messages, job.params, job))
-            return
-        first = [job, *self._take(jobs, limit - 1)]
-        run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
+        limit = self.max_batch_size or engine.max_batch_size
+        first = [job, *self._take(jobs, max(0, limit - 1))]
+        engine.run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
 
     def _run(self, jobs: queue.Queue[Job | None]) -> None:
         try:
@@ -378,7 +374,9 @@ class InferenceWorker:
             await asyncio.to_thread(thread.join, 10.0)
         engine, self._engine = self._engine, None
         if engine is not None:
-            device = engine.loaded.device
+            device = engine.device
+            if thread is None or not thread.is_alive():
+                engine.close()
             del engine
             gc.collect()
             if device == "cuda":
