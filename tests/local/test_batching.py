@@ -16,7 +16,7 @@ import pytest
 
 from tests.local.conftest import ProviderFactory
 from zeph_providers.errors import InferenceError
-from zeph_providers.local.generate import GenerationParams, GenerationResult
+from zeph_providers.local.engine import GenerationParams, GenerationResult, run_one_by_one
 from zeph_providers.local.provider import LocalProvider
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
 from zeph_providers.types import ChatResponse, Message
@@ -250,10 +250,16 @@ async def test_max_batch_size_one_runs_requests_one_at_a_time(make_provider: Pro
 
 
 class _SequentialEngine:
-    """An engine without `run_batch` (like llama.cpp's): the worker must call `run` one job at a time."""
+    """An engine that serves one job at a time (like llama.cpp with one slot): `run_batch` runs them in turn."""
 
-    class loaded:  # mimics Engine.loaded for aclose()
-        device = "cpu"
+    max_batch_size = 1
+    device = "cpu"
+
+    def run_batch(self, jobs: Any, admit: Any, finish: Any, *, on_step: Any = None) -> None:
+        run_one_by_one(self, jobs, finish)
+
+    def close(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self.active = 0

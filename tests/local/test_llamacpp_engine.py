@@ -16,9 +16,10 @@ import pytest
 
 from zeph_providers import Registry
 from zeph_providers.config import CandleConfig
-from zeph_providers.errors import ConfigError, ContextLengthError, ProviderTimeoutError
-from zeph_providers.local import llamacpp
-from zeph_providers.local.llamacpp import LlamaCppEngine, select_engine
+from zeph_providers.errors import ConfigError, ContextLengthError, ProviderTimeoutError, ProviderUnavailableError
+from zeph_providers.local import engine
+from zeph_providers.local.engine import select_engine
+from zeph_providers.local.llamacpp import LlamaCppEngine
 from zeph_providers.local.provider import LocalProvider
 from zeph_providers.local.worker import Job
 from zeph_providers.types import ContentChunk, EndChunk, Message, UsageChunk
@@ -93,7 +94,7 @@ def test_llama_cpp_on_a_folder_is_a_config_error(tiny_model: Path) -> None:
 
 
 def test_missing_xllamacpp(smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llamacpp, "xllamacpp_installed", lambda: False)
+    monkeypatch.setattr(engine, "xllamacpp_installed", lambda: False)
     assert LocalProvider(gguf_config(smollm2_gguf)).engine_name == "transformers"  # auto falls back
     with pytest.raises(ConfigError, match="pip install xllamacpp"):
         LocalProvider(gguf_config(smollm2_gguf, engine="llama.cpp"))
@@ -274,9 +275,12 @@ async def test_stuck_worker_times_out(smollm2_gguf: Path, fresh: list[Any]) -> N
 @slow
 async def test_full_queue_times_out(smollm2_gguf: Path, fresh: list[Any]) -> None:
     # Two slots: the queue fills once both are busy (the worker admits into a free slot at once).
-    config = gguf_config(smollm2_gguf, inference_timeout_secs=0.5, queue_capacity=1, max_batch_size=2)
+    # The short timeout starts once both slots are busy: a loaded, busy machine may take longer than
+    # 0.5 s to reach a first token, and this test is about a full queue, not a slow first token.
+    config = gguf_config(smollm2_gguf, inference_timeout_secs=HANG_GUARD, queue_capacity=1, max_batch_size=2)
     provider = LocalProvider(config)
     fresh.append(provider)
+    await provider.chat([Message.user("Hi")], max_tokens=2)  # load outside the short-timeout part
     release, both = threading.Event(), threading.Event()
     inside: set[int] = set()
     lock = threading.Lock()
@@ -292,6 +296,7 @@ async def test_full_queue_times_out(smollm2_gguf: Path, fresh: list[Any]) -> Non
     try:
         running = [asyncio.create_task(provider.chat([Message.user(p)])) for p in ("a", "b")]
         assert await asyncio.to_thread(both.wait, HANG_GUARD)  # both slots are busy
+        provider.worker.timeout = 0.5
         queued = asyncio.create_task(provider.chat([Message.user("c")]))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(ProviderTimeoutError) as info:
@@ -324,3 +329,27 @@ async def test_aclose_frees_the_model(smollm2_gguf: Path) -> None:
     await provider.aclose()
     assert engine.server is None and provider.worker.engine is None
     await provider.aclose()  # twice is fine
+
+
+@slow
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_closing_mid_generation_is_an_error_not_a_truncated_reply(
+    smollm2_gguf: Path, fresh: list[Any], slots: int
+) -> None:
+    provider = LocalProvider(gguf_config(smollm2_gguf, max_batch_size=slots))
+    fresh.append(provider)
+    entered = threading.Event()
+
+    def hold(job: Job) -> None:
+        entered.set()
+        job.cancel.wait(HANG_GUARD)  # keep generating until the close cancels this job
+
+    provider.worker.step_hook = hold
+    prompts = [f"Tell a long story {i}." for i in range(slots)]
+    tasks = [asyncio.create_task(provider.chat([Message.user(p)], max_tokens=400)) for p in prompts]
+    assert await asyncio.to_thread(entered.wait, HANG_GUARD)
+    await provider.aclose()
+    for task in tasks:
+        with pytest.raises(ProviderUnavailableError, match="closed") as info:
+            await asyncio.wait_for(task, HANG_GUARD)
+        assert info.value.provider == "gguf"

@@ -36,7 +36,8 @@ PROMPTS = [" ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, 6)) for i in r
 
 async def test_200_callers_through_a_queue_of_4(make_provider: ProviderFactory) -> None:
     threads_before = {t.ident for t in threading.enumerate()}
-    provider = make_provider(queue_capacity=4, max_batch_size=4, inference_timeout_secs=60)
+    # A timeout far beyond the whole run's work: every caller must be served, on a machine of any speed.
+    provider = make_provider(queue_capacity=4, max_batch_size=4, inference_timeout_secs=600)
     solo = {p: (await provider.chat([Message.user(p)], max_tokens=8, temperature=0)).text for p in set(PROMPTS)}
     assert len(set(solo.values())) >= 5, "the prompts give distinguishable answers, so a mix-up would show"
 
@@ -51,7 +52,7 @@ async def test_200_callers_through_a_queue_of_4(make_provider: ProviderFactory) 
     answered = [(p, r) for p, r in zip(PROMPTS, results, strict=True) if isinstance(r, ChatResponse)]
     timed_out = [r for r in results if isinstance(r, ProviderTimeoutError)]
     assert len(answered) + len(timed_out) == CALLERS, "every caller got an answer or a typed error"
-    assert answered, "the worker served requests under load"
+    assert len(answered) == CALLERS, f"only {len(answered)} of {CALLERS} callers were served: {timed_out[:1]}"
     for prompt, resp in answered:
         assert resp.text == solo[prompt], "an answer reached the wrong caller or was mixed"
         assert resp.usage.output_tokens > 0 and resp.usage.input_tokens > 0

@@ -130,3 +130,40 @@ def test_importing_the_package_and_backend_module_stays_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_moved_names_stay_importable_from_their_old_modules_with_a_warning() -> None:
+    import importlib
+
+    from zeph_providers.local import decoding, engine, transformers_batch, transformers_engine
+
+    moved = {
+        "zeph_providers.local.generate": {
+            "GenerationParams": engine,
+            "GenerationResult": engine,
+            "TokenSink": engine,
+            "InferenceEngine": engine,
+            "IncrementalDecoder": decoding,
+            "StopMatcher": decoding,
+            "Engine": transformers_engine,
+        },
+        "zeph_providers.local.batch": {"run_batch": transformers_batch, "batchable": transformers_batch},
+        "zeph_providers.local.llamacpp": {"select_engine": engine, "names_gguf": engine, "EngineName": engine},
+    }
+    for old, names in moved.items():
+        module = importlib.import_module(old)
+        for name, new in names.items():
+            with pytest.warns(DeprecationWarning, match=f"moved to {new.__name__}"):
+                assert getattr(module, name) is getattr(new, name)
+    with pytest.raises(AttributeError):
+        importlib.import_module("zeph_providers.local.generate").nothing_here  # noqa: B018
+
+
+def test_the_engine_seam_has_no_import_circle_and_the_worker_needs_only_the_protocol() -> None:
+    code = (
+        "import sys, zeph_providers.local.worker, zeph_providers.local.engine, zeph_providers.local.decoding;"
+        "heavy = {'torch', 'transformers', 'xllamacpp', 'zeph_providers.local.transformers_engine',"
+        " 'zeph_providers.local.llamacpp', 'zeph_providers.local.generate', 'zeph_providers.local.batch'};"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

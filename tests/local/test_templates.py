@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from zeph_providers.local.generate import IncrementalDecoder, StopMatcher
+from zeph_providers.local.decoding import IncrementalDecoder, StopMatcher
 from zeph_providers.local.templates import TEMPLATES, eos_token_ids, select_template
 from zeph_providers.types import Message, ToolCall
 

@@ -51,7 +51,8 @@ async def test_stuck_worker_times_out(make_provider: ProviderFactory) -> None:
 
 
 async def test_full_queue_times_out(make_provider: ProviderFactory) -> None:
-    provider = make_provider(inference_timeout_secs=0.5, queue_capacity=1)
+    # The short timeout starts once the worker is busy (a first token may take longer on a loaded machine).
+    provider = make_provider(inference_timeout_secs=HANG_GUARD, queue_capacity=1)
     release, entered = threading.Event(), threading.Event()
 
     def block(job: Job) -> None:
@@ -62,6 +63,7 @@ async def test_full_queue_times_out(make_provider: ProviderFactory) -> None:
     try:
         running = asyncio.create_task(provider.chat([Message.user("a")]))
         await _wait_thread_event(entered)  # the worker is busy with the first request
+        provider.worker.timeout = 0.5
         queued = asyncio.create_task(provider.chat([Message.user("b")]))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(ProviderTimeoutError) as info:
@@ -223,3 +225,37 @@ async def test_aclose_stops_the_thread_and_refuses_new_work(make_provider: Provi
     with pytest.raises(ProviderUnavailableError):
         await provider.chat([Message.user("hi again")])
     await provider.aclose()  # twice is fine
+
+
+def _hold_until_cancelled(entered: threading.Event) -> object:
+    def hook(job: Job) -> None:
+        entered.set()
+        job.cancel.wait(HANG_GUARD)  # keep generating until the close cancels this job
+
+    return hook
+
+
+async def test_closing_the_provider_mid_generation_is_an_error_not_a_truncated_reply(
+    make_provider: ProviderFactory,
+) -> None:
+    provider = make_provider()
+    entered = threading.Event()
+    provider.worker.step_hook = _hold_until_cancelled(entered)  # type: ignore[assignment]
+    task = asyncio.create_task(provider.chat([Message.user("a long story")], max_tokens=400))
+    await _wait_thread_event(entered)
+    await provider.aclose()
+    with pytest.raises(ProviderUnavailableError, match="closed") as info:
+        await asyncio.wait_for(task, HANG_GUARD)
+    assert info.value.provider == "tiny"
+
+
+async def test_closing_the_provider_mid_batch_fails_every_row(make_provider: ProviderFactory) -> None:
+    provider = make_provider(max_batch_size=4)
+    entered = threading.Event()
+    provider.worker.step_hook = _hold_until_cancelled(entered)  # type: ignore[assignment]
+    tasks = [asyncio.create_task(provider.chat([Message.user(f"story {i}")], max_tokens=400)) for i in range(3)]
+    await _wait_thread_event(entered)
+    await provider.aclose()
+    for task in tasks:
+        with pytest.raises(ProviderUnavailableError):
+            await asyncio.wait_for(task, HANG_GUARD)

@@ -1,8 +1,8 @@
 """The llama.cpp engine: GGUF models run in-process through `xllamacpp` (llama.cpp's own server code).
 
-`LlamaCppEngine` has the interface the worker uses for `generate.Engine` (`load(config)`,
-`run(messages, params, sink)`), so queueing, timeouts, streaming and cancellation are the same
-for both engines. Requests go straight into llama.cpp's server core with
+`LlamaCppEngine` implements `engine.InferenceEngine`, as the transformers engine does, so
+queueing, timeouts, streaming and cancellation are the same for both engines.
+Requests go straight into llama.cpp's server core with
 `Server.handle_chat_completions` / `handle_completions` and a per-chunk callback; no HTTP is
 involved. The callback returns True to abort: llama.cpp then cancels the task within one token.
 
@@ -28,7 +28,6 @@ an explicit `chat_template` is rendered by `templates.py` and sent to the comple
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import secrets
@@ -42,77 +41,45 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.errors import ConfigError, ContextLengthError, InferenceError, InvalidRequestError, LlmError
-from zeph_providers.local.generate import GenerationResult
+from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one_by_one
 from zeph_providers.local.templates import ChatTemplate, select_template, to_turns
 
 if TYPE_CHECKING:
     from zeph_providers.config import CandleConfig
-    from zeph_providers.local.generate import GenerationParams, TokenSink
+    from zeph_providers.local.engine import Finish, GenerationParams, TokenSink
     from zeph_providers.types import Message
 
-__all__ = ["DEFAULT_N_CTX", "EngineName", "LlamaCppEngine", "names_gguf", "select_engine", "xllamacpp_installed"]
+__all__ = ["DEFAULT_N_CTX", "LlamaCppEngine", "LoadedGguf"]
+
+_MOVED = {"EngineName", "names_gguf", "select_engine", "xllamacpp_installed"}
+"""Engine selection moved to `local.engine` (importable from here for one release, with a warning)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from zeph_providers.local import engine
+
+    warnings.warn(
+        f"{__name__}.{name} moved to zeph_providers.local.engine.{name}; import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(engine, name)
+
 
 log = logging.getLogger("zeph_providers.local")
 
 DEFAULT_N_CTX = 4096
 """Context window (tokens) when the config sets none."""
 
-EngineName = Literal["transformers", "llama.cpp"]
-
-_INSTALL_HINT = "pip install xllamacpp (or pip install 'zeph-providers[local]')"
 
 _ADMIT_POLL_SECS = 0.005
 """While a slot is free, how often `run_batch` looks for newly queued jobs (the queue has no wake-up)."""
 _IDLE_POLL_SECS = 0.25
 """While every slot is busy, how often `run_batch` wakes anyway (so the worker thread stays killable)."""
-
-
-# ----- engine selection (no imports, no file access) -------------------------------------------
-
-
-def names_gguf(config: CandleConfig) -> bool:
-    """Whether the config's chat model is a GGUF file (`gguf_file`, or a `model_path` ending in .gguf)."""
-    if config.gguf_file:
-        return True
-    path = (config.model_path or "").strip()
-    return path.lower().endswith(".gguf")
-
-
-def xllamacpp_installed() -> bool:
-    """Whether `xllamacpp` can be imported (checked without importing it)."""
-    try:
-        return importlib.util.find_spec("xllamacpp") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def select_engine(config: CandleConfig) -> EngineName:
-    """The engine a config runs on: llama.cpp for GGUF sources (when installed), transformers otherwise.
-
-    `engine = "llama.cpp"` on a non-GGUF source, or without `xllamacpp`, is a `ConfigError`.
-    `engine = "auto"` picks llama.cpp for a GGUF file and falls back to transformers (which
-    de-quantises the file) when `xllamacpp` is not installed.
-    """
-    gguf = names_gguf(config)
-    if config.engine == "transformers":
-        return "transformers"
-    if config.engine == "llama.cpp":
-        if not gguf:
-            source = config.model_path or config.repo_id
-            raise ConfigError(
-                f'engine = "llama.cpp" runs GGUF files only, and {source!r} is not one: set model_path to a .gguf '
-                'file (or gguf_file), use engine = "transformers", or serve the model with a llama.cpp server '
-                'and a type = "compatible" provider',
-                provider=config.name,
-            )
-        if not xllamacpp_installed():
-            raise ConfigError(
-                f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=config.name
-            )
-        return "llama.cpp"
-    if gguf and xllamacpp_installed():
-        return "llama.cpp"
-    return "transformers"
 
 
 # ----- the engine --------------------------------------------------------------------------------
@@ -309,6 +276,10 @@ class LlamaCppEngine:
         loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
         return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots)
 
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
     # ----- requests ------------------------------------------------------------------------------
 
     @staticmethod
@@ -350,7 +321,7 @@ class LlamaCppEngine:
         self,
         jobs: Sequence[Any],
         admit: Callable[[int], list[Any]],
-        finish: Callable[[Any, GenerationResult | Exception], None],
+        finish: Finish,
         *,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
@@ -367,12 +338,7 @@ class LlamaCppEngine:
         """
         pool = self._pool
         if pool is None or self.max_batch_size <= 1:  # one slot: one job after another
-            for job in jobs:
-                try:
-                    outcome: GenerationResult | Exception = self.run(job.messages, job.params, job)
-                except Exception as exc:
-                    outcome = exc
-                finish(job, outcome)
+            run_one_by_one(self, jobs, finish)
             return
         rows = _Rows(self, on_step)
         with self._batches_lock:

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 
 from zeph_providers.errors import LlmError
 from zeph_providers.local.embed import Embedder
-from zeph_providers.local.generate import Engine, GenerationParams, InferenceEngine
-from zeph_providers.local.llamacpp import EngineName, select_engine
+from zeph_providers.local.engine import EngineName, GenerationParams, InferenceEngine, select_engine
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
 from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
 from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
@@ -100,12 +99,7 @@ class LocalProvider(BaseProvider):
         return await self.embedder.embed_batch(texts)
 
     async def aclose(self) -> None:
-        # llama.cpp: free the model as soon as the worker has stopped, not at garbage collection.
-        close: Callable[[], None] | None = getattr(self.worker.engine, "close", None)
-        await self.worker.aclose()
-        thread = self.worker.thread
-        if close is not None and (thread is None or not thread.is_alive()):
-            close()
+        await self.worker.aclose()  # stops the thread, then closes the engine (llama.cpp frees its model at once)
         if self.embedder is not None:
             await self.embedder.aclose()
 
@@ -116,7 +110,9 @@ def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], InferenceE
         from zeph_providers.local.llamacpp import LlamaCppEngine
 
         return lambda: LlamaCppEngine.load(config)
-    return lambda: Engine.load(config)
+    from zeph_providers.local.transformers_engine import TransformersEngine
+
+    return lambda: TransformersEngine.load(config)
 
 
 def _prefer_passive_openmp() -> None:

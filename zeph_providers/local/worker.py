@@ -10,10 +10,10 @@
 - A worker thread that dies fails its in-flight and queued jobs with `InferenceError` and is
   replaced by a fresh thread (reusing the loaded model) at the next request.
 
-Batching: when the engine has `run_batch` (the transformers engine), the worker hands it the job
-it took plus every job already waiting (up to `max_batch_size`), and lets it take more from the
-queue between decode steps (continuous batching); each job still streams, finishes, fails and is
-cancelled on its own. Engines without `run_batch` run one job at a time. A failed forward pass
+The worker depends on `engine.InferenceEngine` only. Batching: it hands `run_batch` the job it
+took plus every job already waiting (up to `max_batch_size`), and lets the engine take more from
+the queue between decode steps (continuous batching); each job still streams, finishes, fails and
+is cancelled on its own. An engine with `max_batch_size` 1 serves one job at a time. A failed forward pass
 fails every job of that batch; a dying thread fails them all and the queue too.
 """
 
@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
 from zeph_providers.types import FinishReason, Message
 
 if TYPE_CHECKING:
-    from zeph_providers.local.generate import GenerationParams, GenerationResult, InferenceEngine
+    from zeph_providers.local.engine import GenerationParams, GenerationResult, InferenceEngine
 
 __all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
 
@@ -102,6 +103,16 @@ class Job:
         return self.cancel.is_set()
 
 
+def _terminal_note(text: str) -> None:
+    """Show load progress on an interactive terminal (stderr a TTY); silent otherwise (logs still say it)."""
+    stream = sys.stderr
+    try:
+        if stream is not None and stream.isatty():
+            print(text, file=stream, flush=True)
+    except (OSError, ValueError):  # a closed or odd stderr must never fail a load
+        pass
+
+
 class InferenceWorker:
     """Owns the model thread, its bounded queue and the lazily loaded engine; shared by every handle."""
 
@@ -113,8 +124,13 @@ class InferenceWorker:
         capacity: int = 4,
         timeout: float = 120.0,
         max_batch_size: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.clock = clock
+        """The monotonic clock every wait is measured on (tests pass a controllable one)."""
+        self.ready_at: float | None = None
+        """When the engine finished loading (on `clock`); waits are timed from here, never across a load."""
         self._load = load
         self.capacity = capacity
         self.timeout = timeout
@@ -167,17 +183,32 @@ class InferenceWorker:
                 self._thread.start()
             return self._thread, self._queue
 
+    def wait_deadline(self, since: float) -> float | None:
+        """When a wait that began at `since` times out; None while the model is still loading.
+
+        Loading is not inference: a wait that began before (or during) the load is timed from the
+        moment the worker became ready, so a slow first load never eats `inference_timeout_secs`.
+        """
+        if self._loading or self._engine is None:
+            return None
+        ready = self.ready_at
+        return max(since, ready if ready is not None else since) + self.timeout
+
+    def _load_expired(self, since: float) -> bool:
+        return (self._loading or self._engine is None) and self.clock() - since >= _LOAD_LIMIT_SECS
+
     async def submit(self, job: Job) -> None:
-        """Queue a job, waiting at most `timeout` seconds for room."""
+        """Queue a job, waiting at most `timeout` seconds for room (timed from when the model is ready)."""
         job.step_hook = self.step_hook
-        deadline = time.monotonic() + self.timeout
+        since = self.clock()
         delay = 0.002
         while True:
             thread, jobs = self._ensure_thread()
             try:
                 jobs.put_nowait(job)
             except queue.Full:
-                if time.monotonic() >= deadline:
+                deadline = self.wait_deadline(since)
+                if (deadline is not None and self.clock() >= deadline) or self._load_expired(since):
                     raise ProviderTimeoutError(
                         f"the local model's queue stayed full ({self.capacity} waiting) for {self.timeout:g}s; "
                         "raise queue_capacity or inference_timeout_secs, or send fewer requests at once",
@@ -191,7 +222,7 @@ class InferenceWorker:
 
     async def next_event(self, job: Job) -> Event:
         """The job's next event, waiting at most `timeout` seconds (longer while the model loads)."""
-        waited_since = time.monotonic()
+        since = self.clock()
         while True:
             try:
                 async with asyncio.timeout(_POLL_SECS):
@@ -203,10 +234,8 @@ class InferenceWorker:
                 if not job.events.empty():
                     return job.events.get_nowait()
                 return Failed(InferenceError("the local worker thread died", provider=self.name))
-            elapsed = time.monotonic() - waited_since
-            if self._loading and elapsed < _LOAD_LIMIT_SECS:
-                continue
-            if elapsed >= self.timeout:
+            deadline = self.wait_deadline(since)
+            if (deadline is not None and self.clock() >= deadline) or self._load_expired(since):
                 job.cancel.set()
                 raise ProviderTimeoutError(
                     f"the local model produced nothing for {self.timeout:g}s (busy or stuck); "
@@ -219,10 +248,17 @@ class InferenceWorker:
     def _engine_or_load(self) -> InferenceEngine:
         if self._engine is None:
             self._loading = True
+            started = time.monotonic()
+            log.info("loading the local model for %r (not counted against inference_timeout_secs)", self.name)
+            _terminal_note(f"zeph-providers: loading the local model for {self.name!r}...")
             try:
                 self._engine = self._load()
+                self.ready_at = self.clock()
             finally:
                 self._loading = False
+            seconds = time.monotonic() - started
+            log.info("local model for %r ready in %.1fs", self.name, seconds)
+            _terminal_note(f"zeph-providers: local model for {self.name!r} ready in {seconds:.1f}s")
         return self._engine
 
     def _error(self, exc: Exception) -> LlmError:
@@ -232,10 +268,19 @@ class InferenceWorker:
             return exc
         return InferenceError(f"generation failed: {type(exc).__name__}: {exc}", provider=self.name)
 
+    def _interrupted(self) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            "the local provider was closed while generating; the reply was cut short", provider=self.name
+        )
+
     def _finish(self, job: Job, outcome: GenerationResult | Exception) -> None:
         """Deliver a job's outcome (a result, or the error that failed it alone) and mark it done."""
         if isinstance(outcome, Exception):
             job.post(Failed(self._error(outcome)))
+        elif job.cancel.is_set() and self._closed:
+            # Cut short by aclose(): the text so far is not a reply. (A caller that closed its own
+            # stream, or timed out, is gone: what it would be told does not matter.)
+            job.post(Failed(self._interrupted()))
         else:
             job.post(Done(outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason))
         job.done.set()
@@ -263,13 +308,9 @@ class InferenceWorker:
     def _serve(self, job: Job, jobs: queue.Queue[Job | None]) -> None:
         """Run `job`, batched with whatever else waits (and arrives) when the engine can batch."""
         engine = self._engine_or_load()
-        run_batch = getattr(engine, "run_batch", None)
-        limit = self.max_batch_size or int(getattr(engine, "max_batch_size", 1))
-        if run_batch is None or limit <= 1:  # engines without batching (llama.cpp): one job at a time
-            self._finish(job, engine.run(job.messages, job.params, job))
-            return
-        first = [job, *self._take(jobs, limit - 1)]
-        run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
+        limit = self.max_batch_size or engine.max_batch_size
+        first = [job, *self._take(jobs, max(0, limit - 1))]
+        engine.run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
 
     def _run(self, jobs: queue.Queue[Job | None]) -> None:
         try:
@@ -333,7 +374,9 @@ class InferenceWorker:
             await asyncio.to_thread(thread.join, 10.0)
         engine, self._engine = self._engine, None
         if engine is not None:
-            device = engine.loaded.device
+            device = engine.device
+            if thread is None or not thread.is_alive():
+                engine.close()
             del engine
             gc.collect()
             if device == "cuda":
