@@ -70,8 +70,15 @@ def register_secret(value: str | None) -> None:
         install_log_redaction()
 
 
+def _is_token_char(char: str) -> bool:
+    return char.isalnum() or char in "-_"
+
+
 def _fragments(text: str, secret: str) -> list[tuple[int, int]]:
-    """Spans of `text` holding a maximal prefix or suffix (>= _FRAGMENT chars) of `secret`."""
+    """Spans of `text` holding a maximal prefix or suffix (>= _FRAGMENT chars) of `secret`, where a cut
+    could have left it: a prefix must end the word it is in (the cut came right after it), a suffix
+    must start its word. So "xllamacpp" survives a key ending in "-for-llamacpp", and "ollama pull"
+    a key starting "ollama-p..."; a key cut in half never shows its first or last half."""
     spans: list[tuple[int, int]] = []
     if len(secret) <= _FRAGMENT:
         return spans
@@ -81,7 +88,8 @@ def _fragments(text: str, secret: str) -> list[tuple[int, int]]:
         end = start + _FRAGMENT
         while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
             end += 1
-        spans.append((start, end))
+        if end == len(text) or not _is_token_char(text[end]):
+            spans.append((start, end))
         start = text.find(head, start + 1)
     found = text.find(tail)
     while found != -1:
@@ -89,7 +97,8 @@ def _fragments(text: str, secret: str) -> list[tuple[int, int]]:
         while begin > 0 and offset > 0 and text[begin - 1] == secret[offset - 1]:
             begin -= 1
             offset -= 1
-        spans.append((begin, found + _FRAGMENT))
+        if begin == 0 or not _is_token_char(text[begin - 1]):
+            spans.append((begin, found + _FRAGMENT))
         found = text.find(tail, found + 1)
     return spans
 

@@ -479,3 +479,15 @@ def test_words_sharing_a_short_prefix_with_a_key_are_left_alone() -> None:
     register_secret("ollama-proxy-secret-0123456789")
     assert redact("run `ollama pull not-pulled`") == "run `ollama pull not-pulled`"
     assert redact("cut: ollama-proxy-sec") == "cut: [REDACTED]"
+
+
+def test_words_containing_the_end_of_a_key_are_left_alone() -> None:
+    """A key ending in "-for-llamacpp" must not eat the package name in "pip install xllamacpp"."""
+    from zeph_providers.errors import redact, register_secret
+
+    register_secret("sk-dummy-key-for-llamacpp")
+    assert redact("needs the xllamacpp package: pip install xllamacpp") == (
+        "needs the xllamacpp package: pip install xllamacpp"
+    )
+    assert redact("cut ...-for-llamacpp here") == "cut ...[REDACTED] here"
+    assert redact("body: sk-dummy-key") == "body: [REDACTED]"
