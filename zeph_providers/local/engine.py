@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zeph_providers.errors import ConfigError, InvalidRequestError
 
 if TYPE_CHECKING:
-    from zeph_providers.config import CandleConfig, GenerationConfig
-    from zeph_providers.protocol import ChatOptions
+    from zeph_providers.config import GenerationConfig, LocalConfig
+    from zeph_providers.options import ChatOptions
     from zeph_providers.types import Message
 
 __all__ = [
@@ -166,7 +166,7 @@ def run_one_by_one(engine: InferenceEngine, jobs: Sequence[Any], finish: Finish)
 # ----- engine selection (no imports, no file access) -------------------------------------------
 
 
-def names_gguf(config: CandleConfig) -> bool:
+def names_gguf(config: LocalConfig) -> bool:
     """Whether the config's chat model is a GGUF file (`gguf_file`, or a `model_path` ending in .gguf)."""
     if config.gguf_file:
         return True
@@ -182,7 +182,7 @@ def xllamacpp_installed() -> bool:
         return False
 
 
-def select_engine(config: CandleConfig) -> EngineName:
+def select_engine(config: LocalConfig) -> EngineName:
     """The engine a config runs on: llama.cpp for GGUF sources (when installed), transformers otherwise.
 
     `engine = "llama.cpp"` on a non-GGUF source, or without `xllamacpp`, is a `ConfigError`.

@@ -45,7 +45,7 @@ from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one
 from zeph_providers.local.templates import ChatTemplate, select_template, to_turns
 
 if TYPE_CHECKING:
-    from zeph_providers.config import CandleConfig
+    from zeph_providers.config import LocalConfig
     from zeph_providers.local.engine import Finish, GenerationParams, TokenSink
     from zeph_providers.types import Message
 
@@ -212,7 +212,7 @@ class LlamaCppEngine:
         self._batches_lock = threading.Lock()
 
     @classmethod
-    def load(cls, config: CandleConfig) -> LlamaCppEngine:
+    def load(cls, config: LocalConfig) -> LlamaCppEngine:
         """Resolve the GGUF file (path, package file or hub download) and start llama.cpp on it (blocking)."""
         from zeph_providers.local.loader import config_source, materialize
 

@@ -39,7 +39,7 @@ from zeph_providers.errors import (
 )
 
 if TYPE_CHECKING:
-    from zeph_providers.config import CandleConfig
+    from zeph_providers.config import LocalConfig
 
 __all__ = [
     "LoadedModel",
@@ -164,8 +164,8 @@ def parse_source(
     return ModelSource(kind="folder", label=path.name, path=path.resolve())
 
 
-def config_source(config: CandleConfig) -> ModelSource:
-    """The chat model source a `CandleConfig` names."""
+def config_source(config: LocalConfig) -> ModelSource:
+    """The chat model source a `LocalConfig` names."""
     if config.repo_id is not None:
         return parse_source(
             config.repo_id,
@@ -373,7 +373,7 @@ def _convert_gguf(gguf: Path, target: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_causal_lm(config: CandleConfig) -> LoadedModel:
+def load_causal_lm(config: LocalConfig) -> LoadedModel:
     """Load the chat model and tokenizer a config names (blocking; runs on the worker thread)."""
     provider = config.name
     source = materialize(config_source(config), provider=provider, token_env=config.hf_token_env)

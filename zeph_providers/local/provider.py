@@ -1,4 +1,4 @@
-"""`LocalProvider`: a local model behind the provider protocol (config type "candle").
+"""`LocalProvider`: a local model behind the provider protocol (config type "local"; "candle" is read as it).
 
 Two engines share the worker, queue, timeouts and streaming: llama.cpp (in-process through
 `xllamacpp`; the default for GGUF files) and transformers (folders and hub repos; the fallback for
@@ -17,15 +17,16 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+from zeph_providers.base import BaseProvider
 from zeph_providers.errors import LlmError
 from zeph_providers.local.embed import Embedder
 from zeph_providers.local.engine import EngineName, GenerationParams, InferenceEngine, select_engine
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
-from zeph_providers.protocol import BaseProvider, Capabilities, ChatOptions
+from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
 
 if TYPE_CHECKING:
-    from zeph_providers.config import CandleConfig
+    from zeph_providers.config import LocalConfig
     from zeph_providers.registry import Registry
 
 __all__ = ["LocalProvider", "build"]
@@ -34,9 +35,9 @@ __all__ = ["LocalProvider", "build"]
 class LocalProvider(BaseProvider):
     """A local model on one dedicated worker thread, fed through a bounded queue."""
 
-    backend = "candle"
+    backend = "local"
 
-    def __init__(self, config: CandleConfig, *, load: Callable[[], InferenceEngine] | None = None) -> None:
+    def __init__(self, config: LocalConfig, *, load: Callable[[], InferenceEngine] | None = None) -> None:
         self.engine_name: EngineName = select_engine(config)  # ConfigError for llama.cpp on a non-GGUF source
         super().__init__(
             config.name,
@@ -104,7 +105,7 @@ class LocalProvider(BaseProvider):
             await self.embedder.aclose()
 
 
-def _loader(config: CandleConfig, engine: EngineName) -> Callable[[], InferenceEngine]:
+def _loader(config: LocalConfig, engine: EngineName) -> Callable[[], InferenceEngine]:
     """The engine's `load`, bound to the config (called on the worker thread at the first request)."""
     if engine == "llama.cpp":
         from zeph_providers.local.llamacpp import LlamaCppEngine
@@ -127,6 +128,6 @@ def _prefer_passive_openmp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def build(config: CandleConfig, registry: Registry) -> LocalProvider:
-    """Factory entry point for type "candle" (aliases "local", "transformers")."""
+def build(config: LocalConfig, registry: Registry) -> LocalProvider:
+    """Factory entry point for type "local" (aliases "candle" for zeph-llm configs, and "transformers")."""
     return LocalProvider(config)

@@ -18,7 +18,7 @@ from zeph_providers.local.engine import GenerationParams, GenerationResult, Toke
 from zeph_providers.local.templates import ChatTemplate, eos_token_ids, select_template
 
 if TYPE_CHECKING:
-    from zeph_providers.config import CandleConfig
+    from zeph_providers.config import LocalConfig
     from zeph_providers.local.loader import LoadedModel
     from zeph_providers.types import Message
 
@@ -104,7 +104,7 @@ class TransformersEngine:
         self._batchable: bool | None = None
 
     @classmethod
-    def load(cls, config: CandleConfig) -> TransformersEngine:
+    def load(cls, config: LocalConfig) -> TransformersEngine:
         from zeph_providers.local.loader import load_causal_lm
 
         loaded = load_causal_lm(config)
