@@ -10,16 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zeph_providers.base import BaseProvider
+from zeph_providers.config import load_config
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
     BadResponseError,
     BudgetExceededError,
     ConfigError,
+    ConfigProblem,
     ContextLengthError,
     InferenceError,
     InvalidRequestError,
     LlmError,
+    ProviderClosedError,
     ProviderNotFoundError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -29,6 +32,7 @@ from zeph_providers.errors import (
 from zeph_providers.hooks import Call, Hook, Hooks, add_hook, remove_hook
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions, ResponseFormat
 from zeph_providers.protocol import LlmProvider
+from zeph_providers.redaction import RedactingFilter, install_log_redaction
 from zeph_providers.registry import Registry
 from zeph_providers.stream import ChatStream, ResponseAssembler
 from zeph_providers.types import (
@@ -41,10 +45,13 @@ from zeph_providers.types import (
     Message,
     Role,
     StreamChunk,
+    TextChunk,
     TextPart,
     ThinkingChunk,
     ThinkingPart,
     ToolCall,
+    ToolCallChunk,
+    ToolCallPart,
     ToolDefinition,
     ToolResultPart,
     ToolUseChunk,
@@ -77,6 +84,7 @@ __all__ = [
     "ChatResponse",
     "ChatStream",
     "ConfigError",
+    "ConfigProblem",
     "ContentChunk",
     "ContextLengthError",
     "EndChunk",
@@ -91,20 +99,25 @@ __all__ = [
     "Message",
     "MockProvider",
     "MockReply",
+    "ProviderClosedError",
     "ProviderNotFoundError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RedactingFilter",
     "Registry",
     "ResponseAssembler",
     "ResponseFormat",
     "Role",
     "RouterProvider",
     "StreamChunk",
+    "TextChunk",
     "TextPart",
     "ThinkingChunk",
     "ThinkingPart",
     "ToolCall",
+    "ToolCallChunk",
+    "ToolCallPart",
     "ToolDefinition",
     "ToolResultPart",
     "ToolUseChunk",
@@ -114,6 +127,8 @@ __all__ = [
     "UsageChunk",
     "__version__",
     "add_hook",
+    "install_log_redaction",
+    "load_config",
     "remove_hook",
 ]
 

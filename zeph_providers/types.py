@@ -24,10 +24,13 @@ __all__ = [
     "Part",
     "Role",
     "StreamChunk",
+    "TextChunk",
     "TextPart",
     "ThinkingChunk",
     "ThinkingPart",
     "ToolCall",
+    "ToolCallChunk",
+    "ToolCallPart",
     "ToolDefinition",
     "ToolResultPart",
     "ToolUseChunk",
@@ -307,3 +310,12 @@ StreamChunk = Annotated[
     ContentChunk | ThinkingChunk | ToolUseChunk | UsageChunk | EndChunk,
     Field(discriminator="type"),
 ]
+
+
+# ----- names: one vocabulary -------------------------------------------------------------------
+# "Tool call" is the library's word (`resp.tool_calls`, `ToolCall`); the part and chunk classes
+# keep the Messages API's "tool use" names for compatibility, with "tool call" aliases. A streamed
+# piece of text is `TextChunk` (the same class as `ContentChunk`), as a message's is `TextPart`.
+ToolCallPart = ToolUsePart
+ToolCallChunk = ToolUseChunk
+TextChunk = ContentChunk

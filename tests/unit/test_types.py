@@ -152,3 +152,14 @@ def test_attempts_round_trip_and_stay_out_of_equality() -> None:
     assert resp == ChatResponse(text="hi", provider="b")  # same reply, another path
     assert resp != ChatResponse(text="hi!", provider="b", attempts=tries)
     assert resp != "hi"
+
+
+def test_one_vocabulary_aliases_and_top_level_exports() -> None:
+    import zeph_providers as zp
+    from zeph_providers import types
+
+    assert types.ToolCallChunk is types.ToolUseChunk and types.ToolCallPart is types.ToolUsePart
+    assert types.TextChunk is types.ContentChunk
+    for name in ("FinishReason", "ResponseFormat", "BlockingChatStream", "MockProvider", "MockReply",
+                 "RouterProvider", "ConfigProblem", "load_config", "ProviderClosedError", "RedactingFilter"):
+        assert name in zp.__all__ and getattr(zp, name) is not None, name
