@@ -1,6 +1,6 @@
 """The Ollama backend against a real loopback server speaking Ollama's REST API.
 
-Every test talks over real sockets to `tests.servers.ollama_server.OllamaServer`, which follows
+Every test talks over real sockets to `tests.fakes.ollama_server.OllamaServer`, which follows
 Ollama's documented payload shapes; the assertions check what went over the wire and what the
 caller gets back.
 """
@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from tests.backends import HANG_GUARD_SECS
-from tests.servers.ollama_server import (
+from tests.fakes.ollama_server import (
     BrokenReply,
     ChatReply,
     EmbedReply,
