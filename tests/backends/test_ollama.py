@@ -22,6 +22,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from tests.backends import HANG_GUARD_SECS
+from tests.fakes import ollama
 from tests.fakes.ollama_server import (
     BrokenReply,
     ChatReply,
@@ -500,18 +501,10 @@ async def test_custom_transport_and_close() -> None:
         if request.url.path == "/api/show":
             return httpx.Response(200, json={"model_info": {}, "capabilities": ["completion"]})
         lines = [
-            {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "hi"}, "done": False},
-            {
-                "model": "m",
-                "created_at": "t",
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                "done_reason": "stop",
-                "prompt_eval_count": 2,
-                "eval_count": 1,
-            },
+            ollama.delta("m", "hi", created_at="t"),
+            ollama.final("m", created_at="t", prompt_eval_count=2, eval_count=1),
         ]
-        return httpx.Response(200, content=b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+        return httpx.Response(200, content=b"".join(ollama.line(x) for x in lines))
 
     config = OllamaConfig(name="t", model="m", base_url="http://ollama.invalid:11434")
     p = OllamaProvider(config, transport=httpx.MockTransport(handler))
