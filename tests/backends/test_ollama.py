@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from tests.backends import HANG_GUARD_SECS
-from tests.fakes import ollama
+from tests.fakes import ollama as ollama_wire
 from tests.fakes.ollama_server import (
     BrokenReply,
     ChatReply,
@@ -501,10 +501,10 @@ async def test_custom_transport_and_close() -> None:
         if request.url.path == "/api/show":
             return httpx.Response(200, json={"model_info": {}, "capabilities": ["completion"]})
         lines = [
-            ollama.delta("m", "hi", created_at="t"),
-            ollama.final("m", created_at="t", prompt_eval_count=2, eval_count=1),
+            ollama_wire.delta("m", "hi", created_at="t"),
+            ollama_wire.final("m", created_at="t", prompt_eval_count=2, eval_count=1),
         ]
-        return httpx.Response(200, content=b"".join(ollama.line(x) for x in lines))
+        return httpx.Response(200, content=b"".join(ollama_wire.line(x) for x in lines))
 
     config = OllamaConfig(name="t", model="m", base_url="http://ollama.invalid:11434")
     p = OllamaProvider(config, transport=httpx.MockTransport(handler))
