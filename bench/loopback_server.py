@@ -24,9 +24,16 @@ import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The canned bodies come from the shared wire builders in tests/fakes (standard library only); this
+# script runs as `python bench/loopback_server.py`, so put the repo root on the path first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes import anthropic, ollama, openai
 
 MODEL = "bench-model"
 WORDS = ("Hello", " there", "!", " How", " can", " I", " help", " you", " today", "?")
@@ -42,47 +49,20 @@ def _text(n: int) -> str:
 
 # ----- OpenAI ----------------------------------------------------------------------------------
 
+_OPENAI_IDS: dict[str, Any] = {"response_id": "chatcmpl-bench", "model": MODEL, "created": 1_760_000_000}
+
 
 def openai_json(n: int) -> bytes:
-    return json.dumps(
-        {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": 1_760_000_000,
-            "model": MODEL,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": _text(n), "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n},
-            "system_fingerprint": "fp_bench",
-        }
-    ).encode()
+    body = openai.completion(_text(n), prompt=12, completion_tokens=n, fingerprint="fp_bench", **_OPENAI_IDS)
+    return json.dumps(body).encode()
 
 
 def openai_sse(n: int) -> bytes:
-    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True) -> bytes:
-        body: dict[str, Any] = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1_760_000_000,
-            "model": MODEL,
-            "system_fingerprint": "fp_bench",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else [],
-        }
-        if usage is not None:
-            body["usage"] = usage
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    parts = [chunk({"role": "assistant", "content": ""})]
-    parts.extend(chunk({"content": _piece(i)}) for i in range(n))
-    parts.append(chunk({}, finish="stop"))
-    parts.append(chunk({}, usage={"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}, choices=False))
-    parts.append(b"data: [DONE]\n\n")
+    pieces = [_piece(i) for i in range(n)]
+    role = {"role": "assistant", "content": ""}
+    parts = openai.text_stream(
+        pieces, prompt=12, completion_tokens=n, fingerprint="fp_bench", role_delta=role, **_OPENAI_IDS
+    )
     return b"".join(parts)
 
 
@@ -90,74 +70,20 @@ def openai_sse(n: int) -> bytes:
 
 
 def anthropic_json(n: int) -> bytes:
-    return json.dumps(
-        {
-            "id": "msg_bench",
-            "type": "message",
-            "role": "assistant",
-            "model": MODEL,
-            "content": [{"type": "text", "text": _text(n)}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": 12, "output_tokens": n},
-        }
-    ).encode()
+    body = anthropic.message(_text(n), input_tokens=12, output_tokens=n, model=MODEL, message_id="msg_bench")
+    return json.dumps(body).encode()
 
 
 def anthropic_sse(n: int) -> bytes:
-    def event(name: str, data: dict[str, Any]) -> bytes:
-        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-
-    parts = [
-        event(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_bench",
-                    "type": "message",
-                    "role": "assistant",
-                    "content": [],
-                    "model": MODEL,
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 12, "output_tokens": 1},
-                },
-            },
-        ),
-        event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ),
-        event("ping", {"type": "ping"}),
-    ]
-    parts.extend(
-        event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": _piece(i)}},
-        )
-        for i in range(n)
-    )
-    parts.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    parts.append(
-        event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": n},
-            },
-        )
-    )
-    parts.append(event("message_stop", {"type": "message_stop"}))
+    parts = anthropic.text_stream_head(input_tokens=12, model=MODEL, message_id="msg_bench")
+    parts.extend(anthropic.text_delta(0, _piece(i)) for i in range(n))
+    parts.extend(anthropic.text_stream_tail(output_tokens=n))
     return b"".join(parts)
 
 
 # ----- Ollama ----------------------------------------------------------------------------------
 
-_FINAL = {
-    "done": True,
-    "done_reason": "stop",
+_FINAL: dict[str, Any] = {
     "total_duration": 4_883_583_458,
     "load_duration": 1_334_875,
     "prompt_eval_count": 12,
@@ -168,41 +94,13 @@ _CREATED = "2026-11-01T12:00:00.000000Z"
 
 
 def ollama_json(n: int) -> bytes:
-    return json.dumps(
-        {
-            "model": MODEL,
-            "created_at": _CREATED,
-            "message": {"role": "assistant", "content": _text(n)},
-            **_FINAL,
-            "eval_count": n,
-        }
-    ).encode()
+    return json.dumps(ollama.final(MODEL, content=_text(n), created_at=_CREATED, **_FINAL, eval_count=n)).encode()
 
 
 def ollama_ndjson(n: int) -> bytes:
-    lines = [
-        json.dumps(
-            {
-                "model": MODEL,
-                "created_at": _CREATED,
-                "message": {"role": "assistant", "content": _piece(i)},
-                "done": False,
-            }
-        )
-        for i in range(n)
-    ]
-    lines.append(
-        json.dumps(
-            {
-                "model": MODEL,
-                "created_at": _CREATED,
-                "message": {"role": "assistant", "content": ""},
-                **_FINAL,
-                "eval_count": n,
-            }
-        )
-    )
-    return ("\n".join(lines) + "\n").encode()
+    lines = [ollama.line(ollama.delta(MODEL, _piece(i), created_at=_CREATED)) for i in range(n)]
+    lines.append(ollama.line(ollama.final(MODEL, created_at=_CREATED, **_FINAL, eval_count=n)))
+    return b"".join(lines)
 
 
 OLLAMA_SHOW = json.dumps(

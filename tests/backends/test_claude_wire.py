@@ -24,24 +24,26 @@ from tests.conformance.harness_claude import (
     SERVED_MODEL,
     TEST_KEY,
     FakeAnthropic,
+    error_response,
+    make_provider,
+    sse_response,
+    text_events,
+)
+from tests.conformance.scenarios import TextReply, ToolCallSpec, ToolReply
+from tests.fakes.anthropic import (
     block_delta,
     block_start,
     block_stop,
     error_event,
-    error_response,
-    make_provider,
     message_delta,
     message_start,
     message_stop,
     ping,
     sse,
-    sse_response,
     text_block,
-    text_events,
     thinking_block,
     tool_block,
 )
-from tests.conformance.scenarios import TextReply, ToolCallSpec, ToolReply
 from zeph_providers import (
     AuthenticationError,
     BadResponseError,

@@ -1,6 +1,6 @@
 """The Ollama backend against a real loopback server speaking Ollama's REST API.
 
-Every test talks over real sockets to `tests.servers.ollama_server.OllamaServer`, which follows
+Every test talks over real sockets to `tests.fakes.ollama_server.OllamaServer`, which follows
 Ollama's documented payload shapes; the assertions check what went over the wire and what the
 caller gets back.
 """
@@ -22,7 +22,8 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from tests.backends import HANG_GUARD_SECS
-from tests.servers.ollama_server import (
+from tests.fakes import ollama as ollama_wire
+from tests.fakes.ollama_server import (
     BrokenReply,
     ChatReply,
     EmbedReply,
@@ -500,18 +501,10 @@ async def test_custom_transport_and_close() -> None:
         if request.url.path == "/api/show":
             return httpx.Response(200, json={"model_info": {}, "capabilities": ["completion"]})
         lines = [
-            {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "hi"}, "done": False},
-            {
-                "model": "m",
-                "created_at": "t",
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                "done_reason": "stop",
-                "prompt_eval_count": 2,
-                "eval_count": 1,
-            },
+            ollama_wire.delta("m", "hi", created_at="t"),
+            ollama_wire.final("m", created_at="t", prompt_eval_count=2, eval_count=1),
         ]
-        return httpx.Response(200, content=b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+        return httpx.Response(200, content=b"".join(ollama_wire.line(x) for x in lines))
 
     config = OllamaConfig(name="t", model="m", base_url="http://ollama.invalid:11434")
     p = OllamaProvider(config, transport=httpx.MockTransport(handler))

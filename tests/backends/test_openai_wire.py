@@ -21,19 +21,15 @@ from pydantic import BaseModel, SecretStr
 
 from tests.backends import HANG_GUARD_SECS
 from tests.conformance.harness_openai import (
-    DONE,
     TEST_KEY,
     EventStream,
     ScriptedServer,
     answering_unstreamed,
-    chunk,
-    error_body,
     make_provider,
-    sse,
     sse_response,
     text_events,
-    usage_chunk,
 )
+from tests.fakes.openai import DONE, chunk, error_body, sse, usage_chunk
 from zeph_providers.backends.openai import OpenAIProvider, build, openai_capabilities
 from zeph_providers.config import CompatibleConfig, OpenAIConfig
 from zeph_providers.errors import (

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import anthropic, ollama
+from tests.fakes.openai import DONE, sse
 from zeph_providers import Message
 from zeph_providers.backends.claude import ClaudeProvider
 from zeph_providers.backends.ollama import OllamaProvider
@@ -87,16 +89,9 @@ def whole(body: bytes, content_type: str = "application/json", **extra: str) -> 
     return head(content_type, **extra) + piece(body) + b"0\r\n\r\n"
 
 
-def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
 def oa_chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top: Any) -> bytes:
     choices = [] if delta is None and finish is None else [{"index": 0, "delta": delta or {}, "finish_reason": finish}]
     return sse({"id": "c1", "model": "m", "choices": choices, **top})
-
-
-DONE = b"data: [DONE]\n\n"
 
 
 def compatible(url: str, **fields: Any) -> OpenAIProvider:
@@ -118,7 +113,7 @@ SHOW = json.dumps({"capabilities": ["completion", "tools"]}).encode()
 
 
 def ollama_line(**part: Any) -> bytes:
-    return json.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, **part}).encode() + b"\n"
+    return ollama.line({"model": "m", "message": {"role": "assistant", "content": ""}, **part})
 
 
 async def held_open(writer: asyncio.StreamWriter, data: bytes, content_type: str) -> None:
@@ -149,17 +144,12 @@ async def test_openai_stream_complete_but_body_held_open() -> None:
 async def test_claude_stream_complete_but_body_held_open() -> None:
     async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
         events = [
-            ("message_start", {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 2}}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
-            (
-                "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}},
-            ),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
-            ("message_stop", {"type": "message_stop"}),
+            anthropic.message_start(input_tokens=2, model="m"),
+            *anthropic.text_block(0, ["hello"]),
+            anthropic.message_delta("end_turn", 1),
+            anthropic.message_stop(),
         ]
-        body = b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+        body = b"".join(events)
         await held_open(writer, body, "text/event-stream")
 
     async with RawServer(handler) as server:
@@ -375,11 +365,7 @@ async def test_empty_legacy_function_call_placeholder_is_not_a_call() -> None:
 @pytest.mark.parametrize("framing", ["error-object", "event-error"])
 async def test_in_stream_invalid_request_error_is_typed_and_not_retried(framing: str) -> None:
     error = {"type": "invalid_request_error", "code": "bad_param", "status_code": 400, "message": "nope"}
-    event = (
-        sse({"error": error})
-        if framing == "error-object"
-        else b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
-    )
+    event = sse({"error": error}) if framing == "error-object" else anthropic.sse("error", error)
 
     async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(whole(event, "text/event-stream"))
@@ -486,4 +472,3 @@ async def test_ollama_capability_probe_obeys_the_deadline() -> None:
                 await _bounded(provider.refresh_capabilities())
         finally:
             await provider.aclose()
-

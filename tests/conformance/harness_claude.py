@@ -16,7 +16,7 @@ gives a body that breaks or is malformed the same way (see `harness_openai.non_s
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -31,6 +31,18 @@ from tests.conformance.scenarios import (
     TextReply,
     ToolReply,
     split_fragments,
+)
+from tests.fakes.anthropic import (
+    block_delta,
+    block_start,
+    block_stop,
+    message_delta,
+    message_start,
+    message_stop,
+    ping,
+    text_block,
+    thinking_block,
+    tool_block,
 )
 from zeph_providers.backends.claude import ClaudeProvider
 from zeph_providers.config import ClaudeConfig
@@ -65,95 +77,7 @@ _STATUS_ERROR_TYPE = {
 }
 
 
-# ----- SSE building blocks ------------------------------------------------------------------
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event exactly as the Messages API frames it."""
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-def message_start(
-    *, input_tokens: int, cache_read: int | None = None, cache_write: int | None = None, model: str = SERVED_MODEL
-) -> bytes:
-    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1}
-    if cache_read is not None:
-        usage["cache_read_input_tokens"] = cache_read
-    if cache_write is not None:
-        usage["cache_creation_input_tokens"] = cache_write
-    return sse(
-        "message_start",
-        {
-            "type": "message_start",
-            "message": {
-                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
-                "type": "message",
-                "role": "assistant",
-                "content": [],
-                "model": model,
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": usage,
-            },
-        },
-    )
-
-
-def ping() -> bytes:
-    return sse("ping", {"type": "ping"})
-
-
-def block_start(index: int, block: dict[str, Any]) -> bytes:
-    return sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
-
-
-def block_delta(index: int, delta: dict[str, Any]) -> bytes:
-    return sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-
-
-def block_stop(index: int) -> bytes:
-    return sse("content_block_stop", {"type": "content_block_stop", "index": index})
-
-
-def message_delta(stop_reason: str, output_tokens: int) -> bytes:
-    return sse(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": output_tokens},
-        },
-    )
-
-
-def message_stop() -> bytes:
-    return sse("message_stop", {"type": "message_stop"})
-
-
-def error_event(error_type: str, message: str) -> bytes:
-    return sse("error", {"type": "error", "error": {"type": error_type, "message": message}})
-
-
-def text_block(index: int, chunks: Iterable[str]) -> list[bytes]:
-    events = [block_start(index, {"type": "text", "text": ""})]
-    events.extend(block_delta(index, {"type": "text_delta", "text": c}) for c in chunks)
-    events.append(block_stop(index))
-    return events
-
-
-def thinking_block(index: int, chunks: Iterable[str], signature: str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3h") -> list[bytes]:
-    events = [block_start(index, {"type": "thinking", "thinking": ""})]
-    events.extend(block_delta(index, {"type": "thinking_delta", "thinking": c}) for c in chunks)
-    events.append(block_delta(index, {"type": "signature_delta", "signature": signature}))
-    events.append(block_stop(index))
-    return events
-
-
-def tool_block(index: int, call_id: str, name: str, fragments: Iterable[str]) -> list[bytes]:
-    events = [block_start(index, {"type": "tool_use", "id": call_id, "name": name, "input": {}})]
-    events.extend(block_delta(index, {"type": "input_json_delta", "partial_json": f}) for f in fragments)
-    events.append(block_stop(index))
-    return events
+# ----- SSE building blocks (tests.fakes.anthropic) ------------------------------------------
 
 
 def text_events(reply: TextReply, *, cache_read: int | None = None, cache_write: int | None = None) -> list[bytes]:

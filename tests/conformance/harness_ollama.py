@@ -1,6 +1,6 @@
 """The Ollama backend served through the conformance scenarios, over real loopback sockets.
 
-Each `provider()` starts a `tests.servers.ollama_server.OllamaServer` (a real HTTP server on
+Each `provider()` starts a `tests.fakes.ollama_server.OllamaServer` (a real HTTP server on
 127.0.0.1 speaking Ollama's documented `/api/chat` NDJSON, `/api/show`, `/api/embed`) and scripts
 it with the scenarios in Ollama's own shapes: content deltas, complete tool calls without ids,
 `{"error": ...}` bodies with their status and `Retry-After` header, a connection dropped mid-stream.
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from tests.conformance.scenarios import BrokenStream, ErrorReply, Scenario, Served, TextReply, ToolReply
-from tests.servers import ollama_server as wire
+from tests.fakes import ollama_server as wire
 from zeph_providers.backends.ollama import OllamaProvider
 from zeph_providers.config import OllamaConfig
 from zeph_providers.protocol import LlmProvider

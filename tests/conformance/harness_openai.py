@@ -29,6 +29,7 @@ from tests.conformance.scenarios import (
     ToolReply,
     split_fragments,
 )
+from tests.fakes.openai import DONE, chunk, error_body, sse, usage_chunk
 from zeph_providers.backends.openai import OpenAIProvider
 from zeph_providers.config import OpenAIConfig
 from zeph_providers.protocol import LlmProvider
@@ -48,49 +49,7 @@ _FINISH: dict[FinishReason, str] = {
 }
 
 
-# ----- real Chat Completions payload shapes ------------------------------------------------
-
-
-def sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload)
-    return f"data: {data}\n\n".encode()
-
-
-DONE = sse("[DONE]")
-
-
-def chunk(
-    delta: dict[str, Any] | None = None,
-    *,
-    finish: str | None = None,
-    response_id: str = "chatcmpl-conf",
-    model: str = SERVED_MODEL,
-) -> dict[str, Any]:
-    return {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": model,
-        "system_fingerprint": "fp_conf",
-        "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}],
-    }
-
-
-def usage_chunk(prompt: int, completion: int, *, cached: int = 0, response_id: str = "chatcmpl-conf") -> dict[str, Any]:
-    return {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": SERVED_MODEL,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
-    }
+# ----- real Chat Completions payload shapes (builders in tests.fakes.openai) ---------------
 
 
 def text_events(
@@ -125,17 +84,6 @@ def tool_events(reply: ToolReply) -> list[bytes]:
     events.append(sse(usage_chunk(reply.input_tokens, reply.output_tokens)))
     events.append(DONE)
     return events
-
-
-def error_body(message: str, error_type: str = "") -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": error_type or "invalid_request_error",
-            "param": None,
-            "code": error_type or None,
-        }
-    }
 
 
 class EventStream(httpx2.AsyncByteStream):

@@ -1,1 +1,1 @@
-"""Real loopback servers used by the tests."""
+"""Old home of the loopback test servers; they now live in `tests.fakes` and are re-exported here."""
