@@ -39,6 +39,19 @@ def scripted(harness: Harness) -> bool:
     return bool(getattr(harness, "scripts_replies", True))
 
 
+def maps_wire_errors(harness: Harness) -> bool:
+    """Whether the harness's provider turns a scripted failure on its wire into our error itself.
+
+    The mock cannot: its harness builds the error object (`error_from_status`) and the mock raises
+    that very object, so asserting its type would check only the test's own set-up (it cannot
+    fail). A harness may declare `maps_wire_errors`; without it, the mock is the one that does not.
+    """
+    declared = getattr(harness, "maps_wire_errors", None)
+    if declared is not None:
+        return bool(declared)
+    return harness.supports_scripted_errors and harness.name != "mock"
+
+
 def member_error(error: LlmError) -> LlmError:
     """A router's `AllProvidersFailedError` over a single member: that member's own error."""
     if isinstance(error, AllProvidersFailedError) and len(error.errors) == 1:
@@ -150,8 +163,8 @@ async def test_multi_turn_tool_conversation(harness: Harness) -> None:
     ],
 )
 async def test_http_errors_are_typed(harness: Harness, status: int, error_type: type[LlmError]) -> None:
-    if not harness.supports_scripted_errors:
-        pytest.skip(f"{harness.name} has no HTTP layer")
+    if not maps_wire_errors(harness):
+        pytest.skip(f"{harness.name} maps no wire errors of its own (see maps_wire_errors)")
     async with harness.provider([ErrorReply(status=status, message="scripted")]) as (provider, _):
         with pytest.raises(error_type) as info:
             await provider.chat(MESSAGES)
@@ -161,8 +174,8 @@ async def test_http_errors_are_typed(harness: Harness, status: int, error_type: 
 
 
 async def test_rate_limit_carries_retry_after(harness: Harness) -> None:
-    if not harness.supports_scripted_errors:
-        pytest.skip(f"{harness.name} has no HTTP layer")
+    if not maps_wire_errors(harness):
+        pytest.skip(f"{harness.name} maps no wire errors of its own (see maps_wire_errors)")
     async with harness.provider([ErrorReply(status=429, message="slow down", retry_after=7)]) as (provider, _):
         with pytest.raises(LlmError) as info:
             await provider.chat(MESSAGES)

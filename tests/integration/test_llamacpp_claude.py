@@ -69,6 +69,7 @@ async def test_usage_matches_a_non_streamed_call(claude: ClaudeProvider, llamacp
         )
     finally:
         await sdk.close()
+
     # llama.cpp reuses the cached prompt of the previous call and counts that part as cache reads:
     # the prompt's total (input + cache reads) is what every call must agree on.
     def prompt(usage: Any) -> int:

@@ -2,13 +2,18 @@
 
 The fault server (tests/servers/fault_server.py) picks each request's fault from the model name
 (`"fault:<plan>"`), so one provider entry per scenario exercises it. For every call the suite checks
-the outcome (typed error class, or success), how many attempts the server saw, and that the call
-ended within its deadline (plus `SLACK`: a "nothing hangs" bound, not a performance assertion).
-Providers: `timeout_secs = 1.5`, `max_retries = 2` (so at most 3 attempts), backoff base 0.05 s.
+the outcome (typed error class, or success) and how many attempts the server saw. No wall-clock
+ceiling: a call that must run into its deadline faces a server that stalls for 600 s (`secs=600`)
+while its deadline is short, so the typed `ProviderTimeoutError` can only come from the deadline
+being honoured; `HANG_GUARD` (far below the server's stall, far above any deadline) turns a call
+that ignores it into a failure instead of a hung suite. Calls that must not run into a deadline get
+a generous one, so a slow, busy machine does not change their outcome.
+Providers: `max_retries = 2` (so at most 3 attempts), backoff base 0.05 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -16,7 +21,6 @@ import pytest
 
 from tests.reliability.helpers import (
     REMOTE_BACKENDS,
-    SLACK,
     assert_typed,
     fast_retries,
     new_id,
@@ -39,9 +43,14 @@ from zeph_providers.errors import (
 )
 from zeph_providers.types import ContentChunk
 
-TIMEOUT = 1.5
+TIMEOUT = 30.0
+"""The deadline of scenarios that must not run into it: generous, a busy machine does not change them."""
 HANG_TIMEOUT = 1.0
 """The deadline of scenarios that always run into it (hang, forever), kept short so the suite is."""
+STALL = "secs=600"
+"""How long the server's hang / forever faults last: far past `HANG_GUARD`."""
+HANG_GUARD = 120.0
+"""A call still running after this long ignored its deadline: the test fails instead of hanging."""
 MAX_RETRIES = 2
 ALL_ATTEMPTS = MAX_RETRIES + 1
 
@@ -68,7 +77,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("503", ProviderUnavailableError, ALL_ATTEMPTS),
     Scenario("400", InvalidRequestError, 1),  # 4xx: never retried
     Scenario("401", AuthenticationError, 1),
-    Scenario("hang", ProviderTimeoutError, 1, HANG_TIMEOUT),  # the deadline is spent: no time to retry
+    Scenario(f"hang:{STALL}", ProviderTimeoutError, 1, HANG_TIMEOUT),  # the deadline is spent: no time to retry
     Scenario("close", ProviderUnavailableError, ALL_ATTEMPTS),  # no complete event arrived: retried
     Scenario("reset0", ProviderUnavailableError, ALL_ATTEMPTS),  # RST before any byte: retried
     # chat() makes one non-streamed request: a RST halfway through its body comes before any chunk
@@ -77,7 +86,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("badjson", BadResponseError, ALL_ATTEMPTS),
     Scenario("bigline:mb=20", BadResponseError, ALL_ATTEMPTS),  # refused at the line limit (16 MiB; Ollama 8)
     Scenario("nested:depth=100000", BadResponseError, ALL_ATTEMPTS),
-    Scenario("forever:ms=5", ProviderTimeoutError, 1, HANG_TIMEOUT),
+    Scenario(f"forever:ms=5:{STALL}", ProviderTimeoutError, 1, HANG_TIMEOUT),
 )
 
 
@@ -92,7 +101,8 @@ async def test_scenario(fault_server: FaultServer, scenario: Scenario, backend: 
     )
     request_id = new_id(backend)
     try:
-        outcome = await timed_chat(fast_retries(registry.get("p")), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(fast_retries(registry.get("p")), request_id)
     finally:
         await registry.aclose()
 
@@ -105,7 +115,6 @@ async def test_scenario(fault_server: FaultServer, scenario: Scenario, backend: 
         assert type(error) is scenario.error, repr(error)
         assert error.provider == "p"
     assert fault_server.attempts(request_id) == scenario.attempts
-    assert outcome.elapsed <= scenario.timeout + SLACK, f"took {outcome.elapsed:.2f}s"
     if "retry-after" in scenario.plan:  # honoured: the backoff base is 0.05 s, only the header explains the gaps
         assert isinstance(outcome.error, RateLimitError)
         assert outcome.error.retry_after == pytest.approx(0.3)
@@ -121,7 +130,8 @@ async def test_broken_stream_delivers_its_first_chunk_then_a_typed_error(
     registry = registry_of(provider_entry(backend, fault_server.url, "fault:reset", timeout_secs=TIMEOUT))
     request_id = new_id(backend)
     try:
-        outcome = await timed_chat(fast_retries(registry.get("p")), request_id, stream=True)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(fast_retries(registry.get("p")), request_id, stream=True)
     finally:
         await registry.aclose()
     assert isinstance(assert_typed(outcome.error), ProviderUnavailableError)
@@ -135,7 +145,7 @@ EMBED_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("429:retry-after=0", RateLimitError, ALL_ATTEMPTS),
     Scenario("500", ProviderUnavailableError, ALL_ATTEMPTS),
     Scenario("400", InvalidRequestError, 1),
-    Scenario("hang", ProviderTimeoutError, 1, HANG_TIMEOUT),
+    Scenario(f"hang:{STALL}", ProviderTimeoutError, 1, HANG_TIMEOUT),
     Scenario("close", ProviderUnavailableError, ALL_ATTEMPTS),
     Scenario("reset0", ProviderUnavailableError, ALL_ATTEMPTS),
     Scenario("badjson", BadResponseError, ALL_ATTEMPTS),
@@ -151,7 +161,8 @@ async def test_embed_scenario(fault_server: FaultServer, scenario: Scenario, bac
     )
     request_id = new_id(backend)
     try:
-        vectors, error, elapsed = await timed_embed(fast_retries(registry.get("p")), [request_id, "second"])
+        async with asyncio.timeout(HANG_GUARD):
+            vectors, error, _ = await timed_embed(fast_retries(registry.get("p")), [request_id, "second"])
     finally:
         await registry.aclose()
     if scenario.error is None:
@@ -161,13 +172,14 @@ async def test_embed_scenario(fault_server: FaultServer, scenario: Scenario, bac
         typed = assert_typed(error)
         assert type(typed) is scenario.error, repr(typed)
     assert fault_server.attempts(request_id, kind="embed") == scenario.attempts
-    assert elapsed <= scenario.timeout + SLACK, f"took {elapsed:.2f}s"
 
 
 # ----- the router: one faulty member, one healthy --------------------------------------------
 
-ROUTER_TIMEOUT = 2.0
+ROUTER_TIMEOUT = 60.0
+"""Generous: only `test_router_deadline_covers_members_slower_than_it` runs into a router deadline."""
 MEMBER_TIMEOUT = 0.6
+"""The deadline of a member that must run into it (hang, forever): its own, not the router's."""
 MEMBER_RETRIES = 1
 GOOD_MODEL = "healthy-model"
 
@@ -188,7 +200,7 @@ ROUTER_SCENARIOS: tuple[RouterScenario, ...] = (
     RouterScenario("429:retry-after=0", True, None, MEMBER_RETRIES + 1),
     RouterScenario("500", True, None, MEMBER_RETRIES + 1),
     RouterScenario("503", True, None, MEMBER_RETRIES + 1),
-    RouterScenario("hang", True, None, 1),  # the member's own 0.6 s deadline, not the router's 2 s
+    RouterScenario(f"hang:{STALL}", True, None, 1),  # the member's own 0.6 s deadline, not the router's 2 s
     RouterScenario("close", True, None, MEMBER_RETRIES + 1),
     RouterScenario("reset0", True, None, MEMBER_RETRIES + 1),
     RouterScenario("badjson", True, None, MEMBER_RETRIES + 1),
@@ -196,17 +208,28 @@ ROUTER_SCENARIOS: tuple[RouterScenario, ...] = (
     # chat() is non-streamed on the wire: nothing reached the caller when these fail, so the router
     # falls back (test_router_does_not_fall_back_after_the_first_chunk covers streams: no fallback).
     RouterScenario("reset", True, None, MEMBER_RETRIES + 1),
-    RouterScenario("forever", True, None, 1),  # the member's own deadline, then the next member
+    RouterScenario(f"forever:{STALL}", True, None, 1),  # the member's own deadline, then the next member
     RouterScenario("400", False, InvalidRequestError, 1),  # the request's fault: raised at once
 )
 
 
+def _member_timeout(plan: str) -> float:
+    """Short for a fault that only a deadline ends (hang, forever), generous for the rest."""
+    return MEMBER_TIMEOUT if plan.split(":")[0] in ("hang", "forever") else TIMEOUT
+
+
 def _router_registry(backend: str, url: str, bad_plan: str, good_model: str = GOOD_MODEL) -> Registry:
+    good_plan = good_model.removeprefix("fault:")
     bad = provider_entry(
-        backend, url, f"fault:{bad_plan}", name="bad", timeout_secs=MEMBER_TIMEOUT, max_retries=MEMBER_RETRIES
+        backend,
+        url,
+        f"fault:{bad_plan}",
+        name="bad",
+        timeout_secs=_member_timeout(bad_plan),
+        max_retries=MEMBER_RETRIES,
     )
     good = provider_entry(
-        backend, url, good_model, name="good", timeout_secs=MEMBER_TIMEOUT, max_retries=MEMBER_RETRIES
+        backend, url, good_model, name="good", timeout_secs=_member_timeout(good_plan), max_retries=MEMBER_RETRIES
     )
     router = {"name": "r", "type": "router", "providers": ["bad", "good"], "timeout_secs": ROUTER_TIMEOUT}
     registry = registry_of(bad, good, router)
@@ -221,7 +244,8 @@ async def test_router_scenario(fault_server: FaultServer, scenario: RouterScenar
     registry = _router_registry(backend, fault_server.url, scenario.plan)
     request_id = new_id(f"router-{backend}")
     try:
-        outcome = await timed_chat(registry.get("r"), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("r"), request_id)
     finally:
         await registry.aclose()
     bad_seen = fault_server.attempts(request_id, model=f"fault:{scenario.plan}")
@@ -238,13 +262,12 @@ async def test_router_scenario(fault_server: FaultServer, scenario: RouterScenar
         assert error.provider == "bad"
         assert good_seen == 0
     assert bad_seen == scenario.bad_attempts
-    assert outcome.elapsed <= ROUTER_TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("backend", REMOTE_BACKENDS)
 @pytest.mark.parametrize(
     ("plan", "error"),
-    [("reset", ProviderUnavailableError), ("forever", ProviderTimeoutError)],
+    [("reset", ProviderUnavailableError), (f"forever:{STALL}", ProviderTimeoutError)],
     ids=["reset", "forever"],
 )
 async def test_router_does_not_fall_back_after_the_first_chunk(
@@ -253,7 +276,8 @@ async def test_router_does_not_fall_back_after_the_first_chunk(
     registry = _router_registry(backend, fault_server.url, plan)
     request_id = new_id(f"router-{backend}")
     try:
-        outcome = await timed_chat(registry.get("r"), request_id, stream=True)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("r"), request_id, stream=True)
     finally:
         await registry.aclose()
     typed = assert_typed(outcome.error)
@@ -263,16 +287,18 @@ async def test_router_does_not_fall_back_after_the_first_chunk(
     assert texts[:1] == (["echo:"] if plan == "reset" else ["tick "])
     assert fault_server.attempts(request_id, model=f"fault:{plan}") == 1
     assert fault_server.attempts(request_id, model=GOOD_MODEL) == 0
-    assert outcome.elapsed <= ROUTER_TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("backend", REMOTE_BACKENDS)
-@pytest.mark.parametrize("plans", [("500", "503"), ("badjson", "close"), ("hang", "hang")], ids="+".join)
+@pytest.mark.parametrize(
+    "plans", [("500", "503"), ("badjson", "close"), (f"hang:{STALL}", f"hang:{STALL}")], ids="+".join
+)
 async def test_router_all_members_fail(fault_server: FaultServer, backend: str, plans: tuple[str, str]) -> None:
     registry = _router_registry(backend, fault_server.url, plans[0], good_model=f"fault:{plans[1]}")
     request_id = new_id(f"router-{backend}")
     try:
-        outcome = await timed_chat(registry.get("r"), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("r"), request_id)
     finally:
         await registry.aclose()
     error = assert_typed(outcome.error)
@@ -282,20 +308,22 @@ async def test_router_all_members_fail(fault_server: FaultServer, backend: str, 
     assert all(isinstance(e, LlmError) for e in error.errors)
     assert fault_server.attempts(request_id, model=f"fault:{plans[0]}") >= 1
     assert fault_server.attempts(request_id, model=f"fault:{plans[1]}") >= 1
-    assert outcome.elapsed <= ROUTER_TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("backend", ["openai", "ollama"])
 async def test_router_deadline_covers_members_slower_than_it(fault_server: FaultServer, backend: str) -> None:
-    """Members whose own deadline is longer than the router's: the router's deadline wins."""
-    bad = provider_entry(backend, fault_server.url, "fault:hang", name="bad", timeout_secs=30)
-    good = provider_entry(backend, fault_server.url, "fault:forever", name="good", timeout_secs=30)
+    """Members whose own deadline is longer than the router's: the router's deadline wins.
+
+    The members would wait 300 s, past `HANG_GUARD`: the typed timeout can only be the router's 1 s one.
+    """
+    bad = provider_entry(backend, fault_server.url, f"fault:hang:{STALL}", name="bad", timeout_secs=300)
+    good = provider_entry(backend, fault_server.url, f"fault:forever:{STALL}", name="good", timeout_secs=300)
     router = {"name": "r", "type": "router", "providers": ["bad", "good"], "timeout_secs": 1.0}
     registry = registry_of(bad, good, router)
     request_id = new_id(f"router-{backend}")
     try:
-        outcome = await timed_chat(registry.get("r"), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("r"), request_id)
     finally:
         await registry.aclose()
     assert isinstance(assert_typed(outcome.error), ProviderTimeoutError)
-    assert outcome.elapsed <= 1.0 + SLACK, f"took {outcome.elapsed:.2f}s"

