@@ -18,7 +18,6 @@ from zeph_providers.types import ChatResponse, StreamChunk
 REMOTE_BACKENDS: tuple[str, ...] = ("openai", "compatible", "claude", "ollama")
 FAST_BACKOFF = 0.05
 """Retry base delay for the suite (the library's 0.5 s would only make it slower, not stricter)."""
-SLACK = 1.0
 """Seconds past a deadline a call may take before the suite calls it a hang (not a perf bound)."""
 
 

@@ -435,8 +435,20 @@ def test_malformed_provider_names_file_provider_and_field(
     assert error.__cause__ is None or not isinstance(error.__cause__, ConfigError)
 
 
-def test_at_least_fifteen_malformed_cases() -> None:
-    assert len(PROVIDER_CASES) >= 15
+def test_every_builtin_type_has_a_malformed_case() -> None:
+    """The case table covers every built-in backend type (a new type without a case fails here)."""
+    import re
+
+    from zeph_providers.config import catalog
+
+    covered = {t for _, text, *_ in PROVIDER_CASES for t in re.findall(r'^\s*type = "([a-z_.]+)"', text, re.M)}
+    canonical = set()
+    for written in covered:
+        found = catalog.resolve(written)
+        if found is not None:
+            canonical.add(found.entry.type)
+    missing = set(catalog.BUILTIN) - canonical
+    assert not missing, f"no malformed-config case for: {sorted(missing)}"
 
 
 def test_toml_syntax_error_gives_line_and_column(write_config: WriteConfig) -> None:
