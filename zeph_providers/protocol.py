@@ -8,11 +8,10 @@ or implement these members directly. The request contract lives in `zeph_provide
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
 
+from zeph_providers._compat import moved_names
 from zeph_providers.options import ChatKwargs
 from zeph_providers.types import ChatResponse, Message
 
@@ -78,20 +77,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Names that moved out of this module still import from it, with a DeprecationWarning
-    (not for the package's own modules, which are migrating)."""
-    home = _MOVED.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    caller = sys._getframe(1).f_globals.get("__name__", "")
-    if not str(caller).startswith("zeph_providers"):
-        warnings.warn(
-            f"zeph_providers.protocol.{name} moved to {home}.{name}; import it from there "
-            "(or from zeph_providers); the old path goes away in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-    return getattr(importlib.import_module(home), name)
+__getattr__ = moved_names(__name__, _MOVED)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from zeph_providers._compat import moved_names
 
 _MOVED = {
     "BatchJob": "zeph_providers.local.transformers_batch",
@@ -16,13 +14,4 @@ _MOVED = {
 __all__: list[str] = []
 
 
-def __getattr__(name: str) -> Any:
-    target = _MOVED.get(name)
-    if target is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__}.{name} moved to {target}.{name}; import it from there",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(target), name)
+__getattr__ = moved_names(__name__, _MOVED)
