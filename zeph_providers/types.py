@@ -265,7 +265,7 @@ class ChatResponse(BaseModel):
     def to_message(self) -> Message:
         """The reply as an assistant message, to append to the conversation."""
         parts: list[Part] = []
-        if self.thinking:
+        if self.thinking or self.thinking_signature:  # a signed block with empty text must go back too
             parts.append(ThinkingPart(text=self.thinking, signature=self.thinking_signature))
         if self.text:
             parts.append(TextPart(text=self.text))

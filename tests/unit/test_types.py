@@ -163,3 +163,15 @@ def test_one_vocabulary_aliases_and_top_level_exports() -> None:
     for name in ("FinishReason", "ResponseFormat", "BlockingChatStream", "MockProvider", "MockReply",
                  "RouterProvider", "ConfigProblem", "load_config", "ProviderClosedError", "RedactingFilter"):
         assert name in zp.__all__ and getattr(zp, name) is not None, name
+
+
+def test_a_signed_thinking_block_with_empty_text_survives_to_message() -> None:
+    """Claude may sign a thinking block whose text is empty; the next turn must send it back."""
+    from zeph_providers.backends._claude_request import convert_messages
+    from zeph_providers.types import ChatResponse, ThinkingPart, Usage
+
+    reply = ChatResponse(text="4", thinking="", thinking_signature="sig-abc", usage=Usage(), finish_reason="stop")
+    message = reply.to_message()
+    assert ThinkingPart(text="", signature="sig-abc") in message.parts
+    _, wire = convert_messages([Message.user("2+2?"), message])
+    assert {"type": "thinking", "thinking": "", "signature": "sig-abc"} in wire[1]["content"]
