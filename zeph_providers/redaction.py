@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 
-from zeph_providers.errors import install_log_redaction, redact_record
+from zeph_providers._secrets import install_log_redaction, redact_record
 
 __all__ = ["RedactingFilter", "install_log_redaction", "redact_record"]
 

@@ -199,4 +199,4 @@ def test_config_and_factory_import_no_circle() -> None:
         names = imports(path)
         assert not {"zeph_providers.factory", "zeph_providers.registry"} & names, path
     assert "zeph_providers.registry" not in imports(root / "factory.py")
-    # errors being the bottom layer (no run-time import of ours) is checked in test_layering.py
+    # the bottom layers (_secrets, then errors) are checked in test_layering.py
