@@ -209,14 +209,27 @@ async def test_a_fatal_error_in_one_row_fails_every_row_then_restarts(make: Call
     await _solo(provider, "warm up", max_tokens=1)
     engine = _engine(provider)
     fired = threading.Event()
+    arrived: set[int] = set()
+    all_in = threading.Event()
+    lock = threading.Lock()
 
     def kill_once_batched(job: Job) -> None:
-        if engine.peak_rows >= 3 and job.steps >= 2 and not fired.is_set():
-            fired.set()
+        # Every row waits at its first token until all three are generating, so no row can end
+        # (a short answer, an early end of turn) before the fatal error: none is passed off as done.
+        with lock:
+            arrived.add(id(job))
+            if len(arrived) == 3:
+                all_in.set()
+        all_in.wait(HANG_GUARD)
+        with lock:
+            fire = job.steps >= 2 and not fired.is_set()
+            if fire:
+                fired.set()
+        if fire:
             raise SystemExit  # as a fatal error inside the thread would
 
     results = await _together(provider, [(p, {"max_tokens": 50}) for p in PROMPTS[:3]], kill_once_batched)
-    assert fired.is_set()
+    assert fired.is_set() and engine.peak_rows >= 3
     for result in results:
         assert isinstance(result, InferenceError) and "died" in str(result) and result.provider == "gguf"
     assert len(_row_threads()) <= engine.max_batch_size  # the pool's threads, idle: none leaked
