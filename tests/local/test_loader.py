@@ -162,6 +162,7 @@ def test_moved_names_stay_importable_from_their_old_modules_with_a_warning() -> 
 def test_the_engine_seam_has_no_import_circle_and_the_worker_needs_only_the_protocol() -> None:
     code = (
         "import sys, zeph_providers.local.worker, zeph_providers.local.engine, zeph_providers.local.decoding;"
+        "import zeph_providers.local.sources;"
         "heavy = {'torch', 'transformers', 'xllamacpp', 'zeph_providers.local.transformers_engine',"
         " 'zeph_providers.local.llamacpp', 'zeph_providers.local.generate', 'zeph_providers.local.batch'};"
         "assert not heavy & set(sys.modules), heavy & set(sys.modules)"

@@ -214,7 +214,7 @@ class LlamaCppEngine:
     @classmethod
     def load(cls, config: LocalConfig) -> LlamaCppEngine:
         """Resolve the GGUF file (path, package file or hub download) and start llama.cpp on it (blocking)."""
-        from zeph_providers.local.loader import config_source, materialize
+        from zeph_providers.local.sources import config_source, materialize
 
         provider = config.name
         source = materialize(config_source(config), provider=provider, token_env=config.hf_token_env)
