@@ -23,47 +23,21 @@ import psutil  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.reliability.helpers import fast_retries, provider_entry, registry_of
+from tests.reliability.helpers import chaos_router_registry
 from tests.servers.fault_server import FaultServer
-from zeph_providers import Message, Registry
+from zeph_providers import Message
 
-FAIL_RATE = 0.3
-MEMBERS = {
-    "m1": ("compatible", f"chaos:p={FAIL_RATE}:seed=1"),
-    "m2": ("claude", f"chaos:p={FAIL_RATE}:seed=2"),
-    "m3": ("ollama", f"chaos:p={FAIL_RATE}:seed=3"),
-}
 REFERENCE_BOUND_MB = 200
 
 
-def _registry(url: str) -> Registry:
-    entries = [
-        provider_entry(backend, url, model, name=name, timeout_secs=15, max_retries=1)
-        for name, (backend, model) in MEMBERS.items()
-    ]
-    router = {
-        "name": "r",
-        "type": "router",
-        "providers": list(MEMBERS),
-        "strategy": "round_robin",
-        "timeout_secs": 30,
-        "failure_threshold": 10_000,
-        "failure_window": 0,
-        "cooldown_secs": 0.01,
-    }
-    registry = registry_of(*entries, router)
-    for name in MEMBERS:
-        fast_retries(registry.get(name))
-    return registry
-
 
 async def _run(url: str, total: int, concurrency: int) -> tuple[int, int, float]:
-    warm = _registry(url)
+    warm = chaos_router_registry(url)
     await asyncio.gather(*(warm.get("r").chat([Message.user(f"warm-{i}")]) for i in range(30)), return_exceptions=True)
     await warm.aclose()
     process = psutil.Process()
     rss_before = process.memory_info().rss
-    registry = _registry(url)
+    registry = chaos_router_registry(url)
     router = registry.get("r")
     pending = list(range(total))
 

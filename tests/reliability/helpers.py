@@ -49,6 +49,38 @@ def fast_retries(provider: LlmProvider) -> LlmProvider:
     return provider
 
 
+CHAOS_FAIL_RATE = 0.3
+CHAOS_MEMBERS = {
+    "m1": ("compatible", f"chaos:p={CHAOS_FAIL_RATE}:seed=1"),
+    "m2": ("claude", f"chaos:p={CHAOS_FAIL_RATE}:seed=2"),
+    "m3": ("ollama", f"chaos:p={CHAOS_FAIL_RATE}:seed=3"),
+}
+"""The load test's members (and bench/bench_load_memory.py's): one of each HTTP backend, random faults."""
+
+
+def chaos_router_registry(url: str) -> Registry:
+    """A round-robin router "r" over `CHAOS_MEMBERS` on the fault server at `url`, fast retries."""
+    entries = [
+        provider_entry(backend, url, model, name=name, timeout_secs=15, max_retries=1)
+        for name, (backend, model) in CHAOS_MEMBERS.items()
+    ]
+    router = {
+        "name": "r",
+        "type": "router",
+        "providers": list(CHAOS_MEMBERS),
+        "strategy": "round_robin",
+        "timeout_secs": 30,
+        # Random faults, not a sick member: keep the breakers closed so every request is routed.
+        "failure_threshold": 10_000,
+        "failure_window": 0,
+        "cooldown_secs": 0.01,
+    }
+    registry = registry_of(*entries, router)
+    for name in CHAOS_MEMBERS:
+        fast_retries(registry.get(name))
+    return registry
+
+
 def new_id(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:12]}"
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import psutil  # type: ignore[import-untyped]
 
-from tests.reliability.helpers import fast_retries, provider_entry, registry_of
+from tests.reliability.helpers import CHAOS_MEMBERS, chaos_router_registry
 from tests.servers.fault_server import FaultServer, echo_text
-from zeph_providers import Message, Registry
+from zeph_providers import Message
 from zeph_providers.errors import (
     AllProvidersFailedError,
     LlmError,
@@ -38,35 +38,9 @@ from zeph_providers.types import ChatResponse
 
 TOTAL = 2000
 CONCURRENCY = 200
-FAIL_RATE = 0.3
-MEMBERS = {
-    "m1": ("compatible", f"chaos:p={FAIL_RATE}:seed=1"),
-    "m2": ("claude", f"chaos:p={FAIL_RATE}:seed=2"),
-    "m3": ("ollama", f"chaos:p={FAIL_RATE}:seed=3"),
-}
+MEMBERS = CHAOS_MEMBERS
 WALL_LIMIT = 600.0  # a hang guard, not a speed requirement (the machine may be slow and busy)
 
-
-def _registry(url: str) -> Registry:
-    entries = [
-        provider_entry(backend, url, model, name=name, timeout_secs=15, max_retries=1)
-        for name, (backend, model) in MEMBERS.items()
-    ]
-    router = {
-        "name": "r",
-        "type": "router",
-        "providers": list(MEMBERS),
-        "strategy": "round_robin",
-        "timeout_secs": 30,
-        # Random faults, not a sick member: keep the breakers closed so every request is routed.
-        "failure_threshold": 10_000,
-        "failure_window": 0,
-        "cooldown_secs": 0.01,
-    }
-    registry = registry_of(*entries, router)
-    for name in MEMBERS:
-        fast_retries(registry.get(name))
-    return registry
 
 
 def _client_sockets(port: int) -> int:
@@ -89,7 +63,7 @@ async def _settle(check: Callable[[], bool], *, secs: float = 5.0) -> None:
 async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None:
     with FaultServer() as server:
         # Warm up (lazy SDK imports, the loop's executor) with a registry of its own, then measure.
-        warm = _registry(server.url)
+        warm = chaos_router_registry(server.url)
         await asyncio.gather(
             *(warm.get("r").chat([Message.user(f"warm-{i}")]) for i in range(30)), return_exceptions=True
         )
@@ -104,7 +78,7 @@ async def test_load_every_request_gets_its_own_answer_or_a_typed_error() -> None
         sockets_before = _client_sockets(server.port)
         fds_before = _fds()
 
-        registry = _registry(server.url)
+        registry = chaos_router_registry(server.url)
         router = registry.get("r")
         results: list[ChatResponse | BaseException | None] = [None] * TOTAL
         pending: collections.deque[int] = collections.deque(range(TOTAL))
