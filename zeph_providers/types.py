@@ -30,6 +30,7 @@ __all__ = [
     "ThinkingPart",
     "ToolCall",
     "ToolCallChunk",
+    "ToolCallDeltaChunk",
     "ToolCallPart",
     "ToolDefinition",
     "ToolResultPart",
@@ -291,6 +292,24 @@ class ToolUseChunk(_Frozen):
     tool_call: ToolCall
 
 
+class ToolCallDeltaChunk(_Frozen):
+    """A piece of a tool call while it streams: which call (`index`), and the new argument text.
+
+    The first delta of a call carries its `name` (and its `id` when the API sends one early);
+    later ones carry only argument fragments. The complete `ToolUseChunk` still arrives when the
+    call ends, and the assembler ignores deltas, so `stream.response == await chat()` holds. The
+    `arguments` fragments of one call, concatenated, are its final arguments as JSON text (the
+    text the model or API produced; `json.loads` of it equals `ToolCall.arguments`).
+    """
+
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+    index: int
+    """The call's position among this reply's tool calls (0-based, in the order they start)."""
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
 class UsageChunk(_Frozen):
     """Token counts, emitted exactly once per response."""
 
@@ -307,7 +326,7 @@ class EndChunk(_Frozen):
 
 
 StreamChunk = Annotated[
-    ContentChunk | ThinkingChunk | ToolUseChunk | UsageChunk | EndChunk,
+    ContentChunk | ThinkingChunk | ToolUseChunk | ToolCallDeltaChunk | UsageChunk | EndChunk,
     Field(discriminator="type"),
 ]
 

@@ -2,8 +2,16 @@
 
 - `InferenceEngine`: the protocol both engines implement (`run`, `run_batch`, `close`, `device`,
   `max_batch_size`; all required). The worker depends on this protocol only.
-- `GenerationParams` (one request's resolved sampling settings), `GenerationResult`, and the
-  `TokenSink` a generation streams into (the worker's `Job`).
+- `GenerationParams` (one request's resolved sampling settings, plus what it asks of tools and
+  structured output), `GenerationResult`, and the `TokenSink` a generation streams into (the
+  worker's `Job`).
+- `Constraint` and `Prepared`: the engine-independent contract for tools and structured output.
+  An engine renders a request with `local.tooling.prepare(template, messages, params)`, which
+  returns the prompt text (prefill included), the `Constraint` to decode under (or None) and the
+  tool-call syntax the reply is parsed with. The engine reports it with `sink.on_prepared(...)`
+  before its first text, then decodes under the constraint (transformers: a grammar-constrained
+  sampler per row; llama.cpp: its own JSON-schema grammar). Engines never parse tool calls: the
+  provider does, from the text stream and the syntax, so both engines parse alike.
 - Engine selection: which engine a config runs on (`select_engine`), decided without importing
   torch, transformers or xllamacpp and without touching files.
 
@@ -14,6 +22,7 @@ in `transformers_batch`) and `llamacpp`. Decoding helpers are in `decoding`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,14 +33,16 @@ from zeph_providers.errors import ConfigError, InvalidRequestError
 if TYPE_CHECKING:
     from zeph_providers.config import GenerationConfig, LocalConfig
     from zeph_providers.options import ChatOptions
-    from zeph_providers.types import Message
+    from zeph_providers.types import Message, ToolDefinition
 
 __all__ = [
+    "Constraint",
     "EngineName",
     "Finish",
     "GenerationParams",
     "GenerationResult",
     "InferenceEngine",
+    "Prepared",
     "TokenSink",
     "names_gguf",
     "run_one_by_one",
@@ -46,6 +57,47 @@ _INSTALL_HINT = "pip install xllamacpp (or pip install 'zeph-providers[local]')"
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding for part of a reply: the constrained span is one JSON value matching `schema`.
+
+    - `trigger` None: the whole reply (after the prompt's prefill) is the JSON value; generation
+      ends as soon as the value is complete (finish "stop"), or at `max_tokens` ("length").
+    - `trigger` a string (e.g. "<tool_call>"): generation is free until the generated text contains
+      `trigger`; right after it the JSON value is constrained (whitespace before the value allowed,
+      at most one newline's worth); once the value is complete, generation is free again. With
+      `rearm`, the trigger then arms again (several tool calls in one reply); without, the rest of
+      the reply is free.
+
+    Engines may cache whatever they compile from `schema` (key: `schema_key`).
+    """
+
+    schema: dict[str, Any]
+    trigger: str | None = None
+    rearm: bool = False
+
+    @property
+    def schema_key(self) -> str:
+        """A stable text key for `schema` (sorted JSON), for compile caches."""
+        return json.dumps(self.schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request rendered for one engine's template: what to feed the model and how to read its reply."""
+
+    prompt: str
+    """The full prompt text, ending with `prefill` (where the model's own tokens begin)."""
+    prefill: str = ""
+    """Text put at the start of the assistant's reply in the prompt (e.g. "<tool_call>\n" for a forced
+    call). It is part of the reply as far as parsing goes, but the engine does not stream it."""
+    constraint: Constraint | None = None
+    syntax: Any = None
+    """The tool-call syntax (`local.tooling.ToolSyntax`) replies are parsed with; None without tools."""
+    add_special_tokens: bool = False
+    """Whether encoding `prompt` adds the tokenizer's BOS (the template's setting)."""
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     """Resolved sampling settings for one request (config defaults, then per-call overrides)."""
 
@@ -56,6 +108,12 @@ class GenerationParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    tools: tuple[ToolDefinition, ...] = ()
+    """Tools the model may call (empty with `tool_choice="none"`)."""
+    tool_choice: str | None = None
+    """"auto" (also None), "required", or the name of the one tool to call."""
+    schema: dict[str, Any] | None = None
+    """`response_format` as a JSON schema: the reply must be one JSON value matching it."""
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +136,9 @@ class GenerationParams:
             repeat_penalty=float(penalty),
             seed=options.seed if options.seed is not None else defaults.seed,
             stop=tuple(s for s in (options.stop or tuple(defaults.stop)) if s),
+            tools=() if options.tool_choice == "none" else tuple(options.tools),
+            tool_choice=None if options.tool_choice == "none" else options.tool_choice,
+            schema=options.json_schema(),
         )
         params.validate()
         return params
@@ -103,6 +164,10 @@ class TokenSink(Protocol):
     def on_step(self) -> None: ...
 
     def is_cancelled(self) -> bool: ...
+
+    def on_prepared(self, prepared: Prepared) -> None:
+        """The rendered request (called once, before the first `on_text`, by engines that render)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from zeph_providers.errors import InferenceError, LlmError, ProviderTimeoutError
 from zeph_providers.types import FinishReason, Message
 
 if TYPE_CHECKING:
-    from zeph_providers.local.engine import GenerationParams, GenerationResult, InferenceEngine
+    from zeph_providers.local.engine import GenerationParams, GenerationResult, InferenceEngine, Prepared
 
 __all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
 
@@ -82,6 +82,8 @@ class Job:
     """Tokens generated so far (written by the worker thread)."""
     step_hook: Callable[[Job], None] | None = None
     thread: threading.Thread | None = None
+    prepared: Prepared | None = None
+    """The rendered request, once the engine has rendered it (`on_prepared`)."""
 
     def post(self, event: Event) -> None:
         """Deliver an event to the caller's loop (thread-safe); a closed loop cancels the job."""
@@ -93,6 +95,9 @@ class Job:
     # TokenSink, called on the worker thread by the generation
     def on_text(self, text: str) -> None:
         self.post(Text(text))
+
+    def on_prepared(self, prepared: Prepared) -> None:
+        self.prepared = prepared
 
     def on_step(self) -> None:
         self.steps += 1
