@@ -122,6 +122,18 @@ class ChatTemplate:
     """Whether encoding the prompt adds the tokenizer's BOS (templates that write it themselves: no)."""
     _tokenizer: Any = None
     _builtin: _Builtin | None = None
+    source: str | None = None
+    """The Jinja source of the template, when it is one (the tokenizer's or a GGUF file's)."""
+    special_tokens: tuple[tuple[str, str], ...] = ()
+    """Values the Jinja source may use (bos_token, eos_token), for templates rendered without a tokenizer."""
+
+    @classmethod
+    def from_jinja(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
+        """A template from Jinja source alone (a GGUF file's `tokenizer.chat_template`), rendered
+        with transformers' own Jinja environment, as `apply_chat_template` would."""
+        ends = tuple(token for token in END_TOKENS if token in source or token == eos_token)
+        specials = (("bos_token", bos_token), ("eos_token", eos_token))
+        return cls("gguf", ends, add_special_tokens=False, source=source, special_tokens=specials)
 
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
@@ -130,6 +142,13 @@ class ChatTemplate:
             return self._builtin.render(turns)
         conversation = [{"role": role, "content": text} for role, text in turns]
         try:
+            if self._tokenizer is None and self.source is not None:
+                from transformers.utils.chat_template_utils import render_jinja_template
+
+                rendered, _ = render_jinja_template(  # (one text per conversation, generation indices)
+                    [conversation], chat_template=self.source, add_generation_prompt=True, **dict(self.special_tokens)
+                )
+                return str(rendered[0])
             text = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # jinja errors: e.g. a template that insists on alternating roles
             raise InvalidRequestError(f"the model's chat template rejected the conversation: {exc}") from exc
@@ -142,7 +161,7 @@ def select_template(name: str, tokenizer: Any) -> ChatTemplate:
         own = getattr(tokenizer, "chat_template", None)
         if isinstance(own, str) and own:
             ends = tuple(token for token in END_TOKENS if token in own)
-            return ChatTemplate("tokenizer", ends, add_special_tokens=False, _tokenizer=tokenizer)
+            return ChatTemplate("tokenizer", ends, add_special_tokens=False, _tokenizer=tokenizer, source=own)
         name = "chatml"
     builtin = TEMPLATES.get(name)
     if builtin is None:
