@@ -145,8 +145,10 @@ class ChatTemplate:
             if self._tokenizer is None and self.source is not None:
                 from transformers.utils.chat_template_utils import render_jinja_template
 
-                rendered, _ = render_jinja_template(  # (one text per conversation, generation indices)
-                    [conversation], chat_template=self.source, add_generation_prompt=True, **dict(self.special_tokens)
+                render: Any = render_jinja_template
+                specials: dict[str, Any] = dict(self.special_tokens)
+                rendered, _ = render(  # (one text per conversation, generation indices)
+                    [conversation], chat_template=self.source, add_generation_prompt=True, **specials
                 )
                 return str(rendered[0])
             text = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
