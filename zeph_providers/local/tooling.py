@@ -227,6 +227,7 @@ class ReplyParser:
         self._sent = 0  # argument characters of the current call already streamed
         self._named = False  # the current call's first delta was sent
         self._early: list[StreamChunk] = []
+        self._resumed = False  # non-whitespace text followed the last call
         syntax = self.syntax
         constraint = prepared.constraint
         if syntax is not None and constraint is not None and constraint.trigger is None:
@@ -255,7 +256,7 @@ class ReplyParser:
         self._run(out)
         state, pending = self._state, self._pending
         self._pending = ""
-        if state == "text" and pending:
+        if state == "text" and pending and (self._resumed or not self.calls):
             out.append(ContentChunk(text=pending))
         elif state == "bare":
             self._bare(pending, out)
@@ -287,6 +288,11 @@ class ReplyParser:
                 return  # waiting for more text
 
     def _text(self, syntax: ToolSyntax, out: list[StreamChunk]) -> None:
+        if self.calls and not self._resumed:  # whitespace right after a call is markup, not content
+            self._pending = self._pending.lstrip(_WS)
+            if not self._pending:
+                return
+            self._resumed = True
         pending = self._pending
         if syntax.bare_json and not self._started and not self.calls:
             stripped = pending.lstrip(_WS)
@@ -349,6 +355,7 @@ class ReplyParser:
         self._pending = self._pending[used:]
         self._stream_deltas(scan, out)
         if scan.done:
+            self._resumed = False
             self._finish_call(scan, out)
             self._scan = None
             self._state = "list" if self._in_list else "after" if syntax.closer else "text"
