@@ -238,6 +238,28 @@ def test_mistral_parallel_calls(split: Any) -> None:
     _check(chunks, "Sure. ", [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "UTC"})])
 
 
+def test_mistral_list_without_its_special_token_is_calls() -> None:
+    reply = MISTRAL_REPLY.removeprefix("[TOOL_CALLS]")  # an engine that skips special tokens drops it
+    _check(_run(_auto(MISTRAL), list(reply)), "", [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "UTC"})])
+    _check(_run(_auto(MISTRAL), ["[1] is a footnote"]), "[1] is a footnote", [])
+
+
+SYNTAX_CASES = [
+    (HERMES, HERMES_REPLY, "Let me check both.\n", EXPECTED),
+    (LLAMA3, LLAMA3_REPLY, "", [("get_weather", {"city": "Paris"})]),
+    (MISTRAL, "Sure. " + MISTRAL_REPLY, "Sure. ", [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "UTC"})]),
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(SYNTAX_CASES), cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=10))
+def test_every_syntax_survives_any_split(case: Any, cuts: list[float]) -> None:
+    syntax, reply, content, expected = case
+    points = sorted({int(c * len(reply)) for c in cuts})
+    pieces = [reply[a:b] for a, b in zip([0, *points], [*points, len(reply)], strict=True)]
+    _check(_run(_auto(syntax), pieces), content, expected)
+
+
 def test_mistral_forced_list_and_malformed() -> None:
     reply = MISTRAL_REPLY.removeprefix("[TOOL_CALLS]")
     _check(_run(_forced(MISTRAL), list(reply)), "", [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "UTC"})])

@@ -32,8 +32,9 @@ Public surface (what engines, the provider and end-to-end tests use):
   the call's index and name), so `chat()` and a stream produce equal responses. Malformed call
   text (invalid JSON, an unknown tool, arguments that are not an object, a cut-off call) raises
   `BadResponseError` naming the provider. A call whose "arguments" come before its "name"
-  (unconstrained output) gets all its deltas at its end; so does a Llama 3 reply that is a bare
-  JSON call (it is only known to be a call, not content, once complete).
+  (unconstrained output) gets all its deltas at its end; so does a reply that is bare call JSON
+  without its trigger (Llama 3's usual form; Mistral's list when `[TOOL_CALLS]` was not decoded):
+  it is only known to be a call, not content, once complete, and its deltas are re-serialised.
 
 The syntaxes themselves are in `toolsyntax`; rendering in `templates`.
 """
@@ -298,7 +299,9 @@ class ReplyParser:
             stripped = pending.lstrip(_WS)
             if not stripped:
                 return
-            if stripped.startswith("{"):
+            if syntax.trigger.startswith(stripped):
+                return  # maybe the trigger itself, still arriving
+            if stripped.startswith(syntax.bare_json) and not stripped.startswith(syntax.trigger):
                 self._state = "bare"
                 return
         found = pending.find(syntax.trigger)
@@ -418,21 +421,25 @@ class ReplyParser:
             raise self._bad(f"the model called an unknown tool {name!r} (tools given: {known})")
 
     def _bare(self, text: str, out: list[StreamChunk]) -> None:
-        """A Llama 3 reply that starts with `{`: a call if it is one, else content."""
+        """A reply that starts like call JSON without its trigger: calls if it is exactly that, else content."""
         try:
             value = json.loads(text)
         except ValueError:
             value = None
-        args = None
-        if isinstance(value, dict):
-            args = value.get("parameters", value.get("arguments"))
-        if not (isinstance(value, dict) and value.get("name") in self.tools and isinstance(args, dict)):
+        items = value if isinstance(value, list) and value else [value]
+        if not all(self._is_call(item) for item in items):
             self._content(text, out)
             return
-        scan = _CallScan(("parameters", "arguments"))
-        for char in text.strip(_WS):
-            scan.feed(char)
-        self._finish_call(scan, out)
+        for item in items:  # each call's own JSON text, for its argument deltas
+            scan = _CallScan(("parameters", "arguments"))
+            for char in json.dumps(item, ensure_ascii=False):
+                scan.feed(char)
+            self._finish_call(scan, out)
+
+    def _is_call(self, value: Any) -> bool:
+        if not isinstance(value, dict) or value.get("name") not in self.tools:
+            return False
+        return isinstance(value.get("parameters", value.get("arguments", {})), dict)
 
     def _bad(self, message: str) -> BadResponseError:
         return BadResponseError(message, provider=self.provider)

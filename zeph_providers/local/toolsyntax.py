@@ -9,10 +9,11 @@ constraint a call is decoded under, and parsing the reply). Three families:
   call (parallel calls: several blocks); tool results go back as `<tool_response>...</tool_response>`
   in a user turn (Qwen2.5's own template does the same).
 - `LLAMA3` (Llama 3.1 JSON tool calling): `{"name": ..., "parameters": {...}}`, optionally after
-  `<|python_tag|>` (the lazy-grammar trigger); a reply that starts with such a JSON object is a
-  call too. Tool results are an `ipython` turn.
+  `<|python_tag|>` (the lazy-grammar trigger); a reply that is such a JSON object is a call too.
+  Tool results are an `ipython` turn.
 - `MISTRAL`: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]` (parallel: the list);
-  results are `[TOOL_RESULTS]{"call_id": ..., "content": ...}[/TOOL_RESULTS]` in a user turn.
+  results are `[TOOL_RESULTS]{"call_id": ..., "content": ...}[/TOOL_RESULTS]` in a user turn. A
+  reply that is such a list without the (special, often undecoded) `[TOOL_CALLS]` is read as calls.
 
 `detect_syntax(name, source)` picks one from the template's Jinja source (its own call markup),
 or from the builtin formatter's name (llama3, mistral); everything else is Hermes.
@@ -70,8 +71,9 @@ class ToolSyntax:
     """The span is a JSON list of calls (Mistral)."""
     args_key: str = "arguments"
     """The key the arguments are written under (Llama 3: "parameters"); "arguments" is also read."""
-    bare_json: bool = False
-    """A reply that starts with a JSON call object (no trigger) is a call (Llama 3)."""
+    bare_json: str = ""
+    """A reply that starts with this character and is complete call JSON is a call without its trigger
+    (Llama 3 writes calls bare; engines that drop special tokens drop `<|python_tag|>`, `[TOOL_CALLS]`)."""
     result_role: str = "user"
     """The role tool results are spoken in when rendered as text."""
 
@@ -165,9 +167,9 @@ class ToolSyntax:
 
 HERMES = ToolSyntax("hermes", trigger="<tool_call>", prefill="<tool_call>\n", closer="</tool_call>")
 LLAMA3 = ToolSyntax(
-    "llama3", trigger="<|python_tag|>", prefill="", args_key="parameters", bare_json=True, result_role="ipython"
+    "llama3", trigger="<|python_tag|>", prefill="", args_key="parameters", bare_json="{", result_role="ipython"
 )
-MISTRAL = ToolSyntax("mistral", trigger="[TOOL_CALLS]", prefill="[TOOL_CALLS]", is_list=True)
+MISTRAL = ToolSyntax("mistral", trigger="[TOOL_CALLS]", prefill="[TOOL_CALLS]", is_list=True, bare_json="[")
 SYNTAXES: dict[str, ToolSyntax] = {s.name: s for s in (HERMES, LLAMA3, MISTRAL)}
 
 
