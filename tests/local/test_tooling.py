@@ -383,3 +383,21 @@ def test_tool_choice_none_sends_no_tools() -> None:
     template = select_template("chatml", None)
     prepared = prepare(template, CHAT, params)
     assert prepared.prompt == template.render(CHAT) and prepared.constraint is None and prepared.syntax is None
+
+
+def test_span_schemas_compile_as_llguidance_grammars() -> None:
+    llguidance = pytest.importorskip("llguidance")
+    from pydantic import BaseModel
+
+    class Place(BaseModel):
+        city: str
+
+    class Trip(BaseModel):
+        start: Place
+        end: Place
+
+    plan = ToolDefinition(name="plan", parameters=Trip.model_json_schema())
+    for syntax in (HERMES, LLAMA3, MISTRAL):
+        for tools in ([WEATHER], [WEATHER, TIME, plan]):
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(syntax.span_schema(tools)))
+            assert llguidance.LLMatcher.validate_grammar(grammar) == "", (syntax.name, len(tools))
