@@ -185,8 +185,8 @@ class CacheSettings(_Frozen):
 
 
 Part = Annotated[
-    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart | RedactedThinkingPart | CachePointPart
-    | DocumentPart,
+    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart  # (the original five)
+    | RedactedThinkingPart | CachePointPart | DocumentPart,  # issue 12
     Field(discriminator="type"),
 ]
 

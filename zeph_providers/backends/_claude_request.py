@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from zeph_providers.backends._convert import put_extra_body
@@ -122,8 +122,6 @@ class _Converted:
     turns: list[dict[str, Any]]
     system_ttl: CacheTTL | None = None
     """A `CachePointPart` in a system message: the system prompt is a breakpoint with this TTL."""
-    points: list[CacheTTL | None] = field(default_factory=list)
-    """The TTL asked by each cache point in the turns, in order (None: the call's default)."""
 
 
 def _convert(messages: Sequence[Message]) -> _Converted:
@@ -152,7 +150,6 @@ def _convert(messages: Sequence[Message]) -> _Converted:
                 if not before or before[-1]["type"] in ("thinking", "redacted_thinking"):
                     raise ValueError("a cache point must follow a cacheable content block (not thinking)")
                 before[-1]["cache_control"] = {"type": "ephemeral", "ttl": part.ttl}  # ttl filled in later
-                out.points.append(part.ttl)
                 continue
             block = _part_block(part, role)
             if block is not None:
