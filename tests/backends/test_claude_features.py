@@ -489,3 +489,11 @@ async def test_cache_points_and_redacted_thinking_are_left_out_by_ollama() -> No
         Message.user("Again"),
     ]
     assert ollama_messages(marked) == ollama_messages(plain)
+
+
+def test_a_router_needs_a_member_with_documents() -> None:
+    from zeph_providers.backends._routing import needs
+    from zeph_providers.options import ChatOptions
+
+    assert needs(messages_with(DocumentPart(text="t")), ChatOptions()) == ["documents"]
+    assert needs([Message.user("plain")], ChatOptions()) == []
