@@ -497,3 +497,19 @@ def test_a_router_needs_a_member_with_documents() -> None:
 
     assert needs(messages_with(DocumentPart(text="t")), ChatOptions()) == ["documents"]
     assert needs([Message.user("plain")], ChatOptions()) == []
+
+
+def test_new_chunks_and_fields_round_trip_through_json() -> None:
+    from pydantic import TypeAdapter
+
+    from zeph_providers.types import EndChunk, StreamChunk
+
+    adapter: TypeAdapter[Any] = TypeAdapter(StreamChunk)
+    for chunk in (
+        RedactedThinkingChunk(data=REDACTED, block=1),
+        ThinkingChunk(text="t", signature=SIG_1, block=0),
+        EndChunk(finish_reason="pause_turn", stop_sequence="END"),
+    ):
+        assert adapter.validate_json(adapter.dump_json(chunk)) == chunk
+    legacy = ChatResponse(thinking="x", thinking_signature=SIG_1)  # no blocks: the old one-part message
+    assert legacy.to_message().parts == (ThinkingPart(text="x", signature=SIG_1),)
