@@ -28,6 +28,7 @@ Issue 12 decisions:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -329,3 +330,28 @@ def _place_cache_points(params: dict[str, Any], converted: _Converted, cache: Ca
         )
     if "1h" in order and "5m" in order and order.index("5m") < len(order) - 1 - order[::-1].index("1h"):
         raise ValueError("a 1h cache breakpoint must come before every 5m one (tools, system, then messages)")
+
+
+# ----- structured output read back (used by `claude.py`) -------------------------------------
+
+
+def _split_trailing_json(text: str) -> tuple[str, Any] | None:
+    """(preamble, value) when `text` ends with a JSON object or array, else None."""
+    stripped = text.strip()
+    decoder = json.JSONDecoder()
+    for start, char in enumerate(stripped):
+        if char not in "{[":
+            continue
+        try:
+            value, end = decoder.raw_decode(stripped, start)
+        except json.JSONDecodeError:
+            continue
+        if end == len(stripped):
+            return stripped[:start], value
+    return None
+
+
+def _trailing_json(text: str) -> Any:
+    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
+    split = _split_trailing_json(text)
+    return text.strip() if split is None else split[1]

@@ -54,6 +54,8 @@ import httpx2
 from zeph_providers.backends._claude_request import (
     DEFAULT_MAX_TOKENS,
     Structured,
+    _split_trailing_json,
+    _trailing_json,
     build_request,
     convert_messages,
     convert_tool_choice,
@@ -327,28 +329,6 @@ class _ErrorBody(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         super().__init__(str(body))
-
-
-def _split_trailing_json(text: str) -> tuple[str, Any] | None:
-    """(preamble, value) when `text` ends with a JSON object or array, else None."""
-    stripped = text.strip()
-    decoder = json.JSONDecoder()
-    for start, char in enumerate(stripped):
-        if char not in "{[":
-            continue
-        try:
-            value, end = decoder.raw_decode(stripped, start)
-        except json.JSONDecodeError:
-            continue
-        if end == len(stripped):
-            return stripped[:start], value
-    return None
-
-
-def _trailing_json(text: str) -> Any:
-    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
-    split = _split_trailing_json(text)
-    return text.strip() if split is None else split[1]
 
 
 # ----- the provider ---------------------------------------------------------------------------
