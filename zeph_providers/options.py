@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypedDict
 
-from zeph_providers.types import ToolDefinition
+from zeph_providers.types import CacheSettings, ToolDefinition
 
 __all__ = ["Capabilities", "ChatKwargs", "ChatOptions", "ResponseFormat"]
 
@@ -29,6 +29,8 @@ class Capabilities:
     vision: bool = False
     structured_output: bool = False
     thinking: bool = False
+    documents: bool = False
+    """Accepts `DocumentPart`s (Claude; OpenAI's file input); others refuse them."""
 
     def names(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name)]
@@ -51,6 +53,8 @@ class ChatKwargs(TypedDict, total=False):
     """Seconds for the whole call, stream included, across retries and router members."""
     extra: dict[str, Any] | None
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    cache: CacheSettings | bool | None
+    """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config."""
 
 
 _KWARG_NAMES = frozenset(ChatKwargs.__annotations__)
@@ -74,6 +78,8 @@ class ChatOptions:
     """Seconds for the whole call, stream included, across retries."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    cache: CacheSettings | bool | None = None
+    """Prompt caching for this call (Claude); None: the provider's configured default."""
     stream: bool = True
     """Whether the caller consumes a stream. `chat()` sets it to False; a backend may then make one
     non-streamed request, provided it yields the same chunk vocabulary (so the assembled reply is
@@ -101,6 +107,7 @@ class ChatOptions:
             response_format=kwargs.get("response_format"),
             timeout=kwargs.get("timeout"),
             extra=dict(kwargs.get("extra") or {}),
+            cache=kwargs.get("cache"),
             stream=stream,
         )
 
@@ -118,6 +125,7 @@ class ChatOptions:
             response_format=self.response_format,
             timeout=self.timeout,
             extra=dict(self.extra),
+            cache=self.cache,
         )
 
     def started(self, default_timeout: float | None = None, *, now: float | None = None) -> ChatOptions:
