@@ -141,7 +141,7 @@ class ToolCallAccumulator:
         if first:
             pending.position = self._positions
             self._positions += 1
-            if pending.id is None and pending.whole and not "".join(pending.fragments).strip():
+            if pending.id is None and pending.whole is not None and not "".join(pending.fragments).strip():
                 pending.id = self._generated_id(index, pending)  # a whole call: its id is known now
         call_id = pending.id if pending.id and not pending.sent_id else ""
         name = pending.name[pending.sent_name :]
