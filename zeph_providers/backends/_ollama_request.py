@@ -21,7 +21,8 @@ grammar that constrains decoding; it does not show the schema to the model):
   would watch the constrained text. Instead, as Ollama's structured-output guide advises, the
   schema is also put in the prompt: a system instruction naming each allowed tool, its description
   and its parameters schema (appended to the leading system message, or a new one first).
-- The reply's text is that JSON object; `ollama.py` parses it into a `ToolCall` (no text chunk).
+- The reply's text is that JSON object; `parse_forced_call` checks it and `ollama.py` turns it into
+  a `ToolCall` (no text chunk).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import json
 from typing import Any
 
 from zeph_providers.backends._convert import function_tools, tool_result_text
+from zeph_providers.backends._wire import loads
 from zeph_providers.config import OllamaConfig
+from zeph_providers.errors import BadResponseError
 from zeph_providers.options import ChatOptions
 from zeph_providers.types import (
     ImagePart,
@@ -43,7 +46,14 @@ from zeph_providers.types import (
     ToolUsePart,
 )
 
-__all__ = ["chat_payload", "convert_messages", "forced_call_schema", "forced_instruction", "forced_tools"]
+__all__ = [
+    "chat_payload",
+    "convert_messages",
+    "forced_call_schema",
+    "forced_instruction",
+    "forced_tools",
+    "parse_forced_call",
+]
 
 _NOT_FORCED = (None, "auto", "none")
 
@@ -88,6 +98,33 @@ def forced_instruction(tools: list[ToolDefinition]) -> str:
         schema = json.dumps(tool.parameters or {"type": "object", "properties": {}}, ensure_ascii=False)
         lines.append(f"- {tool.name}{description}. Arguments (JSON schema): {schema}")
     return "\n".join(lines)
+
+
+def parse_forced_call(
+    text: str, tools: list[ToolDefinition], reason: str | None, *, provider: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The JSON reply to a forced tool (`{"name", "arguments"}`) -> the call's name and arguments.
+
+    Anything else (not JSON, cut at the token limit, another shape, a tool not allowed) is a
+    `BadResponseError` naming the provider.
+    """
+    cut = " (the reply was cut at the token limit: raise max_tokens)" if reason == "length" else ""
+    try:
+        value = loads(text, provider=provider, what="forced tool call")
+    except BadResponseError as exc:
+        raise BadResponseError(f"{exc.message}{cut}", provider=provider) from exc
+    allowed = [tool.name for tool in tools]
+    name = value.get("name") if isinstance(value, dict) else None
+    arguments = value.get("arguments") if isinstance(value, dict) else None
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        raise BadResponseError(
+            f'the reply to a forced tool call is not a {{"name", "arguments"}} object{cut}', provider=provider
+        )
+    if name not in allowed:
+        raise BadResponseError(
+            f"the reply to a forced tool call names {name!r}, not one of {allowed}", provider=provider
+        )
+    return name, arguments
 
 
 def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:

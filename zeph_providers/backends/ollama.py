@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
-from zeph_providers.backends._ollama_request import chat_payload, forced_tools
+from zeph_providers.backends._ollama_request import chat_payload, forced_tools, parse_forced_call
 from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import drain, iter_lines, loads
@@ -381,7 +381,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 if not isinstance(reason, str | None) or not isinstance(model, str | None):
                     raise self._shape_error("`done_reason` / `model` is not text")
                 if forced is not None and index == 0:
-                    name, arguments = self._forced_call("".join(forced_text), forced, reason)
+                    name, arguments = parse_forced_call("".join(forced_text), forced, reason, provider=self.name)
                     for chunk in [*calls_seen.add(index, None, name, arguments), *calls_seen.finish(index)]:
                         yield chunk
                     index += 1
@@ -391,26 +391,6 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 yield EndChunk(finish_reason=self._finish_reason(reason, index > 0), model=model or "")
                 return
         raise BadResponseError("the stream ended before Ollama sent its final (done) message", provider=self.name)
-
-    def _forced_call(self, text: str, tools: list[ToolDefinition], reason: str | None) -> tuple[str, dict[str, Any]]:
-        """The JSON reply to a forced tool (`{"name", "arguments"}`) -> the call's name and arguments."""
-        cut = " (the reply was cut at the token limit: raise max_tokens)" if reason == "length" else ""
-        try:
-            value = loads(text, provider=self.name, what="forced tool call")
-        except BadResponseError as exc:
-            raise BadResponseError(f"{exc.message}{cut}", provider=self.name) from exc
-        allowed = [tool.name for tool in tools]
-        name = value.get("name") if isinstance(value, dict) else None
-        arguments = value.get("arguments") if isinstance(value, dict) else None
-        if not isinstance(name, str) or not isinstance(arguments, dict):
-            raise BadResponseError(
-                f'the reply to a forced tool call is not a {{"name", "arguments"}} object{cut}', provider=self.name
-            )
-        if name not in allowed:
-            raise BadResponseError(
-                f"the reply to a forced tool call names {name!r}, not one of {allowed}", provider=self.name
-            )
-        return name, arguments
 
     @staticmethod
     def _finish_reason(reason: str | None, has_tool_calls: bool) -> FinishReason:
