@@ -45,6 +45,7 @@ from zeph_providers import (
     RateLimitError,
     ThinkingChunk,
     ToolCall,
+    ToolCallDeltaChunk,
     ToolDefinition,
     ToolUseChunk,
     UnsupportedCapabilityError,
@@ -181,16 +182,134 @@ async def test_structured_output_sends_schema_as_format(server: OllamaServer, pr
     assert resp.parsed == Weather(city="Paris", temp_c=18.5)
 
 
-async def test_tool_choice(server: OllamaServer, provider: OllamaProvider) -> None:
-    for choice in ("required", "get_weather"):
-        with pytest.raises(UnsupportedCapabilityError) as info:
-            provider.chat_stream([Message.user("hi")], tools=[WEATHER], tool_choice=choice)
-        assert "tool_choice" in str(info.value)
+async def test_tool_choice_none_and_auto(server: OllamaServer, provider: OllamaProvider) -> None:
     await provider.chat([Message.user("hi")], tools=[WEATHER], tool_choice="none")
     await provider.chat([Message.user("hi")], tools=[WEATHER], tool_choice="auto")
     no_tools, auto = server.chat_requests
-    assert "tools" not in no_tools
+    assert "tools" not in no_tools and "format" not in no_tools
     assert auto["tools"][0]["function"]["name"] == "get_weather"
+    assert "format" not in auto
+
+
+# ----- forced tools: emulated with the schema-constrained `format` -------------------------------
+
+TIME = ToolDefinition(
+    name="get_time",
+    description="The time in a timezone",
+    parameters={"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
+)
+FORCED_ARGS = {"location": {"city": "Paris", "country": "FR"}, "unit": "celsius"}
+FORCED_TEXT = json.dumps({"name": "get_weather", "arguments": FORCED_ARGS})
+
+
+def _call_schema(tool: ToolDefinition) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"name": {"type": "string", "enum": [tool.name]}, "arguments": tool.parameters},
+        "required": ["name", "arguments"],
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_tool_is_emulated_with_format(
+    server: OllamaServer, provider: OllamaProvider, stream: bool
+) -> None:
+    # The constrained reply arrives as text, split mid-token the way a model streams it.
+    server.script_chat(ChatReply(content=(FORCED_TEXT[:17], FORCED_TEXT[17:40], FORCED_TEXT[40:])))
+    messages = [Message.system("Be brief."), Message.user("Weather in Paris?")]
+    if stream:
+        async with provider.chat_stream(messages, tools=[WEATHER, TIME], tool_choice="get_weather") as s:
+            chunks = [chunk async for chunk in s]
+        resp = s.response
+    else:
+        resp = await provider.chat(messages, tools=[WEATHER, TIME], tool_choice="get_weather")
+        chunks = []
+    sent = server.chat_requests[0]
+    assert "tools" not in sent, "a forced tool is sent as `format`, not as tools"
+    assert sent["format"] == _call_schema(WEATHER)
+    system = sent["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("Be brief.\n\n")
+    assert "get_weather" in system["content"] and json.dumps(WEATHER.parameters) in system["content"]
+    assert "get_time" not in system["content"]
+    assert sent["messages"][1] == {"role": "user", "content": "Weather in Paris?"}
+    assert resp.text == "", "the JSON call is not the reply's text"
+    assert resp.finish_reason == "tool_use"
+    assert [(c.name, c.arguments) for c in resp.tool_calls] == [("get_weather", FORCED_ARGS)]
+    assert resp.tool_calls[0].id
+    if stream:
+        assert not [c for c in chunks if isinstance(c, ContentChunk)]
+        deltas = [c for c in chunks if isinstance(c, ToolCallDeltaChunk)]
+        assert [(d.index, d.name, d.id) for d in deltas] == [(0, "get_weather", resp.tool_calls[0].id)]
+        assert json.loads(deltas[0].arguments) == FORCED_ARGS
+        kinds = [type(c).__name__ for c in chunks]
+        assert kinds.index("ToolCallDeltaChunk") < kinds.index("ToolUseChunk")
+
+
+async def test_forced_required_offers_every_tool(server: OllamaServer, provider: OllamaProvider) -> None:
+    server.script_chat(ChatReply(content=(json.dumps({"name": "get_time", "arguments": {"tz": "UTC"}}),)))
+    resp = await provider.chat([Message.user("Time?")], tools=[WEATHER, TIME], tool_choice="required")
+    sent = server.chat_requests[0]
+    assert "tools" not in sent
+    assert sent["format"] == {"anyOf": [_call_schema(WEATHER), _call_schema(TIME)]}
+    assert sent["messages"][0]["role"] == "system"  # no system message given: the instruction is one
+    assert "get_weather" in sent["messages"][0]["content"] and "get_time" in sent["messages"][0]["content"]
+    assert [(c.name, c.arguments) for c in resp.tool_calls] == [("get_time", {"tz": "UTC"})]
+    again = await provider.chat([Message.user("Time?")], tools=[WEATHER, TIME], tool_choice="required")
+    assert again.tool_calls == resp.tool_calls, "the generated id is stable"
+    async with provider.chat_stream([Message.user("Time?")], tools=[WEATHER, TIME], tool_choice="any") as s:
+        async for _ in s:
+            pass
+    assert s.response == resp
+
+
+@pytest.mark.parametrize(
+    ("reply", "needle"),
+    [
+        (ChatReply(content=('{"name": "get_weather", "argu',), done_reason="length"), "token limit"),
+        (ChatReply(content=('{"name": "get_weather"}',)), "object"),
+        (ChatReply(content=('{"name": "launch_rockets", "arguments": {}}',)), "launch_rockets"),
+        (ChatReply(content=("Sure! It is sunny.",)), "forced tool call"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_tool_malformed_reply(
+    server: OllamaServer, provider: OllamaProvider, reply: ChatReply, needle: str, stream: bool
+) -> None:
+    server.script_chat(reply)
+    with pytest.raises(BadResponseError) as info:
+        if stream:
+            async with provider.chat_stream([Message.user("hi")], tools=[WEATHER], tool_choice="get_weather") as s:
+                async for _ in s:
+                    pass
+        else:
+            await provider.chat([Message.user("hi")], tools=[WEATHER], tool_choice="get_weather")
+    assert info.value.provider == "ollama"
+    assert needle in str(info.value)
+
+
+async def test_forced_tool_refusals(server: OllamaServer, provider: OllamaProvider) -> None:
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        await provider.chat([Message.user("hi")], tools=[WEATHER], tool_choice="get_weather", response_format=Weather)
+    assert "response_format" in str(info.value) and info.value.provider == "ollama"
+    with pytest.raises(InvalidRequestError):
+        await provider.chat([Message.user("hi")], tools=[WEATHER], tool_choice="nope")
+    with pytest.raises(InvalidRequestError):
+        await provider.chat([Message.user("hi")], tool_choice="required")
+    assert server.chat_requests == []
+
+
+async def test_forced_tool_needs_no_tool_support(server: OllamaServer) -> None:
+    # gemma:2b lists no "tools" capability: `format` is all the emulation needs.
+    p = make(server.url, "gemma:2b")
+    server.script_chat(ChatReply(content=(FORCED_TEXT,)))
+    resp = await p.chat([Message.user("hi")], tools=[WEATHER], tool_choice="required")
+    await p.aclose()
+    assert "tools" not in server.chat_requests[0]
+    assert [c.name for c in resp.tool_calls] == ["get_weather"]
+    plain = make(server.url, "gemma:2b")
+    with pytest.raises(UnsupportedCapabilityError):
+        await plain.chat([Message.user("hi")], tools=[WEATHER])  # unforced tools still need the model's support
+    await plain.aclose()
 
 
 async def test_api_key_header_and_secret_never_in_errors(server: OllamaServer) -> None:

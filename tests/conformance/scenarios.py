@@ -8,13 +8,14 @@ cannot script.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zeph_providers.protocol import LlmProvider
-from zeph_providers.types import FinishReason
+from zeph_providers.types import FinishReason, StreamChunk, ToolCall, ToolCallDeltaChunk, ToolUseChunk
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,43 @@ def split_fragments(text: str, pieces: int) -> list[str]:
 async def aiter_list(items: list[Any]) -> AsyncIterator[Any]:
     for item in items:
         yield item
+
+
+def check_tool_deltas(chunks: Sequence[StreamChunk]) -> list[ToolCall]:
+    """The streamed tool-call contract, on one stream's chunks; returns the calls, in stream order.
+
+    The k-th `ToolUseChunk` is the call whose `ToolCallDeltaChunk`s have index k. For every call:
+    at least one delta of its index arrives before its `ToolUseChunk` (none after it); the first
+    delta names the call (the names of its deltas concatenate to the call's name); a delta's id,
+    when it has one, is the call's id; and the argument fragments concatenate to JSON text whose
+    `json.loads` equals the call's arguments. No delta has an index without a call. Backend-neutral:
+    any harness (the local one included) can run it on a tool scenario's stream.
+    """
+    calls: list[ToolCall] = []
+    deltas: dict[int, list[ToolCallDeltaChunk]] = {}
+    for position, chunk in enumerate(chunks):
+        if isinstance(chunk, ToolCallDeltaChunk):
+            assert chunk.index >= 0, f"chunk {position}: negative delta index {chunk.index}"
+            assert chunk.index >= len(calls), (
+                f"chunk {position}: a delta for call {chunk.index} after that call's ToolUseChunk"
+            )
+            deltas.setdefault(chunk.index, []).append(chunk)
+        elif isinstance(chunk, ToolUseChunk):
+            index = len(calls)
+            call = chunk.tool_call
+            calls.append(call)
+            mine = deltas.get(index, [])
+            assert mine, f"ToolUseChunk {index} ({call.name!r}) came with no ToolCallDeltaChunk before it"
+            assert mine[0].name, f"the first delta of call {index} does not name its tool"
+            assert "".join(d.name for d in mine) == call.name, f"call {index}: delta names != {call.name!r}"
+            ids = {d.id for d in mine if d.id}
+            assert ids <= {call.id}, f"call {index}: delta ids {ids} != the call's id {call.id!r}"
+            text = "".join(d.arguments for d in mine)
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                raise AssertionError(f"call {index}: the deltas' arguments {text!r} are not JSON ({exc})") from exc
+            assert parsed == call.arguments, f"call {index}: deltas give {parsed!r}, the call has {call.arguments!r}"
+    extra = sorted(set(deltas) - set(range(len(calls))))
+    assert not extra, f"deltas for calls {extra} that never completed"
+    return calls

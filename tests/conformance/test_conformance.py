@@ -10,7 +10,9 @@ from tests.conformance.scenarios import (
     Harness,
     Scenario,
     TextReply,
+    ToolCallSpec,
     ToolReply,
+    check_tool_deltas,
 )
 from zeph_providers import (
     AllProvidersFailedError,
@@ -127,14 +129,37 @@ async def test_tool_call_reassembled_from_fragments(harness: Harness) -> None:
     async with harness.provider([reply, reply]) as (provider, _):
         resp = await provider.chat([Message.user("Weather in Paris?")], tools=[WEATHER])
         stream = provider.chat_stream([Message.user("Weather in Paris?")], tools=[WEATHER])
-        tool_chunks = [c async for c in stream if isinstance(c, ToolUseChunk)]
+        chunks = [c async for c in stream]
     expected = reply.calls[0]
     assert resp.finish_reason == "tool_use"
     assert len(resp.tool_calls) == 1
     call = resp.tool_calls[0]
     assert (call.name, call.arguments) == (expected.name, expected.arguments)
     assert call.id, "every tool call has an id"
-    assert [c.tool_call for c in tool_chunks] == resp.tool_calls
+    assert [c.tool_call for c in chunks if isinstance(c, ToolUseChunk)] == resp.tool_calls
+    assert check_tool_deltas(chunks) == resp.tool_calls
+    assert stream.response == resp
+
+
+async def test_parallel_tool_calls_stream_deltas_per_call(harness: Harness) -> None:
+    if not harness.supports_tools:
+        pytest.skip(f"{harness.name} cannot script tool calls")
+    reply = ToolReply(
+        calls=(
+            ToolCallSpec("call_a", "get_weather", {"city": "Paris", "unit": "celsius"}),
+            ToolCallSpec("call_b", "get_weather", {"city": "Tokyo"}),
+            ToolCallSpec("call_c", "get_weather", {"city": "Lima", "unit": "kelvin"}),
+        ),
+        text_before="Checking three cities.",
+        fragments=4,
+    )
+    async with harness.provider([reply, reply]) as (provider, _):
+        resp = await provider.chat([Message.user("Weather in three cities?")], tools=[WEATHER])
+        stream = provider.chat_stream([Message.user("Weather in three cities?")], tools=[WEATHER])
+        chunks = [c async for c in stream]
+    assert [(c.name, c.arguments) for c in resp.tool_calls] == [(s.name, s.arguments) for s in reply.calls]
+    assert len({c.id for c in resp.tool_calls}) == 3
+    assert check_tool_deltas(chunks) == resp.tool_calls
     assert stream.response == resp
 
 

@@ -22,6 +22,10 @@ Decisions worth knowing:
   the model must call one of them or the answer tool (`tool_choice` "any" unless given); if it
   calls one of the caller's tools, the reply carries those calls and `parsed` stays `None`.
   With extended thinking the API refuses a forced tool, so the answer tool is offered with "any".
+- Tool calls: each `tool_use` block's `input_json_delta` fragments stream as `ToolCallDeltaChunk`s
+  (index = the call's position among the reply's calls, not the content block index; see
+  `_tools`), and the complete `ToolUseChunk` comes at its `content_block_stop`. The synthetic
+  structured-output call sends no deltas and takes no position.
 - Thinking: `thinking_delta` -> `ThinkingChunk(text)`, `signature_delta` ->
   `ThinkingChunk(text="", signature=...)`, each with `block` = the content block index, so the
   assembler rebuilds every block (`ChatResponse.thinking_blocks`, several per reply, each signed);
@@ -237,11 +241,10 @@ class _StreamTranslator:
             initial = _get(block, "input", {})
             if not isinstance(initial, dict):
                 raise BadResponseError(f"tool_use {name!r} input is not a JSON object", provider=self._provider)
-            self._calls.add(index, _get(block, "id") or None, name, initial)
-            self._blocks[index] = _Block(
-                "tool_use", synthetic=self._structured is not None and name == self._structured.name
-            )
-            return []
+            synthetic = self._structured is not None and name == self._structured.name
+            self._blocks[index] = _Block("tool_use", synthetic=synthetic)
+            # A synthetic (structured-output) call is the reply's text: no tool deltas for it.
+            return list(self._calls.add(index, _get(block, "id") or None, name, initial, silent=synthetic))
         # server tool blocks, ...: nothing neutral to say about them.
         self._blocks[index] = _Block(kind or "unknown")
         return []
@@ -261,30 +264,31 @@ class _StreamTranslator:
             return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")), block=index)]
         if kind == "input_json_delta":
             fragment = str(_get(delta, "partial_json", ""))
-            self._calls.add(index, None, None, fragment)
+            deltas = self._calls.add(index, None, None, fragment)
             block.streamed = block.streamed or bool(fragment.strip())
             if block.synthetic and self._structured is not None and not self._structured.wrapped and fragment:
                 return [ContentChunk(text=fragment)]  # structured output streams as the reply text
-            return []
+            return list(deltas)
         return []  # citations_delta and future delta types
 
     def _block_stop(self, index: int) -> list[StreamChunk]:
         block = self._blocks.pop(index, None)
         if block is None or block.kind != "tool_use":
             return []
+        if not block.synthetic:
+            chunks: list[StreamChunk] = list(self._calls.finish(index))  # closing delta (when due) + the call
+            self._user_tool_calls += sum(isinstance(chunk, ToolUseChunk) for chunk in chunks)
+            return chunks
         calls = self._calls.complete(index)
-        if not calls:
+        if not calls or self._structured is None:
             return []
         call = calls[0]
-        if block.synthetic and self._structured is not None:
-            self._answered = True
-            if self._structured.wrapped:
-                return [ContentChunk(text=json.dumps(call.arguments.get("value")))]
-            if not block.streamed:
-                return [ContentChunk(text=json.dumps(call.arguments))]
-            return []
-        self._user_tool_calls += 1
-        return [ToolUseChunk(tool_call=call)]
+        self._answered = True
+        if self._structured.wrapped:
+            return [ContentChunk(text=json.dumps(call.arguments.get("value")))]
+        if not block.streamed:
+            return [ContentChunk(text=json.dumps(call.arguments))]
+        return []
 
 
 def message_events(message: Any) -> list[dict[str, Any]]:

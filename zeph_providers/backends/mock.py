@@ -5,6 +5,9 @@ mock = MockProvider(replies=[MockReply(text="Hi"), MockReply(error=RateLimitErro
 await mock.chat([Message.user("hello")])     # -> "Hi"
 mock.requests[0].messages                   # what it was sent
 ```
+
+Scripted tool calls stream as a real backend's do: `ToolCallDeltaChunk`s (the name, then the JSON
+arguments in `chunk_size` pieces) and then the `ToolUseChunk` carrying the scripted call itself.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from zeph_providers.backends._tools import ToolCallAccumulator, arguments_text
 from zeph_providers.base import BaseProvider
 from zeph_providers.errors import LlmError
 from zeph_providers.options import Capabilities, ChatOptions
@@ -114,7 +118,7 @@ class MockProvider(BaseProvider):
         text = reply.text
         size = self._chunk_size
         chunks.extend(ContentChunk(text=text[i : i + size]) for i in range(0, len(text), size))
-        chunks.extend(ToolUseChunk(tool_call=call) for call in reply.tool_calls)
+        chunks.extend(self._tool_chunks(reply.tool_calls))
         prompt_words = sum(len(m.text.split()) for m in messages)
         usage = reply.usage or Usage(input_tokens=prompt_words, output_tokens=len(text.split()))
         finish = reply.finish_reason or ("tool_use" if reply.tool_calls else "stop")
@@ -130,6 +134,22 @@ class MockProvider(BaseProvider):
             raise reply.error
         yield UsageChunk(usage=usage)
         yield EndChunk(finish_reason=finish, model=self.model)
+
+    def _tool_chunks(self, calls: Sequence[ToolCall]) -> list[StreamChunk]:
+        """Each call as a real stream sends it: its name, its JSON arguments in `chunk_size` pieces
+        (`ToolCallDeltaChunk`s, through the accumulator every backend uses), then the whole call."""
+        accumulator = ToolCallAccumulator(provider=self.name)
+        chunks: list[StreamChunk] = []
+        size = max(1, self._chunk_size)
+        for index, call in enumerate(calls):
+            text = arguments_text(dict(call.arguments))
+            chunks.extend(accumulator.add(index, call.id, call.name, ""))
+            for start in range(0, len(text), size):
+                chunks.extend(accumulator.add(index, None, None, text[start : start + size]))
+            closing = accumulator.finish(index)
+            # The scripted call itself, not its JSON round trip (a script may hold non-JSON values).
+            chunks.extend(ToolUseChunk(tool_call=call) if isinstance(c, ToolUseChunk) else c for c in closing)
+        return chunks
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]

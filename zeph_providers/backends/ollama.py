@@ -4,7 +4,13 @@
   for one non-streamed reply (`"stream": false`: one JSON object, the final message whole) and
   converts it with the same code as a stream's parts, so `chat()` equals `chat_stream().response`.
   `message.content` deltas become `ContentChunk`s, `message.thinking` `ThinkingChunk`s, and the
-  complete `tool_calls` Ollama sends (without ids) `ToolUseChunk`s with deterministic ids.
+  complete `tool_calls` Ollama sends (without ids) one `ToolCallDeltaChunk` each (the whole
+  arguments as JSON text) and then their `ToolUseChunk`s, with deterministic ids.
+- Forced tools (`tool_choice` "required" or a tool's name), which Ollama's API cannot ask for, are
+  emulated with its schema-constrained `format` (the schema of one call object; see
+  `_ollama_request`): the reply's JSON text is not streamed as text but parsed into the call,
+  finish reason "tool_use"; a malformed reply is `BadResponseError`. Together with
+  `response_format` (which needs `format` too) it is refused with `UnsupportedCapabilityError`.
 - The request body is built here in Ollama's documented shape and posted through the SDK's
   request machinery (`AsyncClient._request`): the SDK's public `chat()` re-validates tools through
   a narrow pydantic model that drops nested object schemas, `anyOf` and `additionalProperties`,
@@ -40,7 +46,7 @@ from pydantic import ValidationError
 
 from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
-from zeph_providers.backends._ollama_request import chat_payload
+from zeph_providers.backends._ollama_request import chat_payload, forced_tools, parse_forced_call
 from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import drain, iter_lines, loads
@@ -62,7 +68,7 @@ from zeph_providers.types import (
     Message,
     StreamChunk,
     ThinkingChunk,
-    ToolUseChunk,
+    ToolDefinition,
     Usage,
     UsageChunk,
 )
@@ -206,14 +212,35 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
     def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
         choice = options.tool_choice
         if choice not in (None, "auto", "none"):
-            raise UnsupportedCapabilityError(
-                "tool_choice",
-                provider=self.name,
-                detail=f"Ollama cannot force a tool call (tool_choice={choice!r}); use 'auto' or 'none'",
-            )
+            self._check_forced(choice, options)
+            # Emulated with `format`: the model's own tool support is not needed, structured output is.
+            options = dataclasses.replace(options, tools=())
         if choice == "none":
             options = dataclasses.replace(options, tools=())
         super()._check_request(messages, options)
+
+    def _check_forced(self, choice: str, options: ChatOptions) -> None:
+        """A forced tool (emulated with `format`, see `_ollama_request`): what it needs and excludes."""
+        if not options.tools:
+            raise InvalidRequestError(f"tool_choice {choice!r} needs tools", provider=self.name)
+        if choice not in ("required", "any") and choice not in {tool.name for tool in options.tools}:
+            raise InvalidRequestError(
+                f"tool_choice {choice!r} is neither auto/none/required nor the name of a given tool",
+                provider=self.name,
+            )
+        if options.response_format is not None:
+            raise UnsupportedCapabilityError(
+                "tool_choice with response_format",
+                provider=self.name,
+                detail=f"Ollama forces a tool (tool_choice={choice!r}) through its schema-constrained `format`, "
+                "which response_format needs too; ask for one of them",
+            )
+        if not self._capabilities.structured_output:
+            raise UnsupportedCapabilityError(
+                "tool_choice",
+                provider=self.name,
+                detail=f"a forced tool (tool_choice={choice!r}) needs the model's schema-constrained `format`",
+            )
 
     # ----- chat (the request body: `_ollama_request.chat_payload`) ------------------------
 
@@ -227,22 +254,25 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             )
         self._check_request(messages, options)  # again, now that the model's capabilities are known
         payload = chat_payload(self.config, self.model, messages, options)
+        forced = forced_tools(options)
         meta = _ResponseMeta()
         if not options.stream:
-            for chunk in await self._complete(payload, meta, deadline):
+            for chunk in await self._complete(payload, meta, deadline, forced):
                 yield chunk
             return
         try:
             parts = self._stream_parts(payload, meta, deadline)
             try:
-                async for chunk in self._chunks(parts):
+                async for chunk in self._chunks(parts, forced):
                     yield chunk
             finally:
                 await _aclose(parts)
         except ollama.ResponseError as exc:
             raise self._response_error(exc, meta) from exc
 
-    async def _complete(self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float) -> list[StreamChunk]:
+    async def _complete(
+        self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float, forced: list[ToolDefinition] | None
+    ) -> list[StreamChunk]:
         """One non-streamed `/api/chat` request, converted whole before the first chunk (retryable).
 
         The body is one JSON object; a server that streams NDJSON anyway is read line by line, the
@@ -266,7 +296,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             for part in parts:
                 yield part
 
-        return [chunk async for chunk in self._chunks(replay())]
+        return [chunk async for chunk in self._chunks(replay(), forced)]
 
     async def _stream_parts(
         self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float
@@ -297,10 +327,18 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
     def _shape_error(self, what: str) -> BadResponseError:
         return BadResponseError(f"the server sent a message of an unexpected shape ({what})", provider=self.name)
 
-    async def _chunks(self, parts: AsyncIterator[dict[str, Any]]) -> AsyncIterator[StreamChunk]:
-        """`/api/chat` message objects (plain dicts, checked as the SDK's model would) -> chunks."""
+    async def _chunks(
+        self, parts: AsyncIterator[dict[str, Any]], forced: list[ToolDefinition] | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        """`/api/chat` message objects (plain dicts, checked as the SDK's model would) -> chunks.
+
+        Each complete call Ollama sends becomes one `ToolCallDeltaChunk` (its whole arguments as
+        JSON text) and its `ToolUseChunk`. With a `forced` tool the text is the call's JSON object
+        (constrained by `format`): held, not streamed as text, and parsed into the call at the end.
+        """
         calls_seen = ToolCallAccumulator(provider=self.name)
         index = 0
+        forced_text: list[str] = []
         async for part in parts:
             message = part.get("message")
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -311,7 +349,9 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 raise self._shape_error("`message.content` / `message.thinking` is not text")
             if thinking:
                 yield ThinkingChunk(text=thinking)
-            if content:
+            if content and forced is not None:
+                forced_text.append(content)
+            elif content:
                 yield ContentChunk(text=content)
             calls = message.get("tool_calls")
             if not isinstance(calls, list | None):
@@ -322,9 +362,8 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                 raw_arguments = function.get("arguments") if isinstance(function, dict) else None
                 if not isinstance(name, str) or not isinstance(raw_arguments, dict):
                     raise self._shape_error("a tool call without a function name and an arguments object")
-                calls_seen.add(index, None, name, raw_arguments)
-                for call in calls_seen.complete(index):
-                    yield ToolUseChunk(tool_call=call)
+                for chunk in [*calls_seen.add(index, None, name, raw_arguments), *calls_seen.finish(index)]:
+                    yield chunk
                 index += 1
             done = part.get("done")
             if not isinstance(done, bool | None):
@@ -341,6 +380,13 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                     raise self._shape_error("a token count is not a non-negative integer")
                 if not isinstance(reason, str | None) or not isinstance(model, str | None):
                     raise self._shape_error("`done_reason` / `model` is not text")
+                if forced is not None and index == 0:
+                    name, arguments = parse_forced_call("".join(forced_text), forced, reason, provider=self.name)
+                    for chunk in [*calls_seen.add(index, None, name, arguments), *calls_seen.finish(index)]:
+                        yield chunk
+                    index += 1
+                elif forced_text:  # the server sent its own tool calls after all: the text is just text
+                    yield ContentChunk(text="".join(forced_text))
                 yield UsageChunk(usage=Usage(input_tokens=prompt_tokens or 0, output_tokens=output_tokens or 0))
                 yield EndChunk(finish_reason=self._finish_reason(reason, index > 0), model=model or "")
                 return

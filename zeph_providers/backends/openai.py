@@ -16,8 +16,9 @@ Wire mapping, in short:
 
 - text deltas -> `ContentChunk` as they arrive (a `refusal` delta is text as well);
   `reasoning_content` / `reasoning` deltas (llama.cpp, vLLM, DeepSeek, ...) -> `ThinkingChunk`;
-- tool-call fragments, keyed by `index`, are reassembled and emitted as complete `ToolUseChunk`s
-  when the choice finishes; a call without an id gets a stable generated one;
+- tool-call fragments, keyed by `index`, stream as `ToolCallDeltaChunk`s (index = the call's
+  position, see `_tools`) and are reassembled and emitted as complete `ToolUseChunk`s when the
+  choice finishes; a call without an id gets a stable generated one;
 - usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
   `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
   `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
@@ -66,7 +67,6 @@ from zeph_providers.types import (
     Role,
     StreamChunk,
     ThinkingChunk,
-    ToolUseChunk,
     Usage,
     UsageChunk,
 )
@@ -409,10 +409,11 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                     out.append(ContentChunk(text=str(refusal)))
                 for call in delta.get("tool_calls") or ():
                     function = call.get("function") or {}
-                    state.calls.add(call.get("index"), call.get("id"), function.get("name"), function.get("arguments"))
+                    fragment = function.get("arguments")
+                    out.extend(state.calls.add(call.get("index"), call.get("id"), function.get("name"), fragment))
                 legacy = delta.get("function_call")
                 if legacy is not None:  # the deprecated single-function shape
-                    state.calls.add(0, None, legacy.get("name"), legacy.get("arguments"))
+                    out.extend(state.calls.add(0, None, legacy.get("name"), legacy.get("arguments")))
             finish = choice.get("finish_reason")
             if finish:
                 state.finish = str(finish)
@@ -421,7 +422,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
 
     @staticmethod
     def _complete_calls(state: _StreamState) -> list[StreamChunk]:
-        return [ToolUseChunk(tool_call=call) for call in state.calls.complete()]
+        return list(state.calls.finish())  # each call's closing delta (when due) and its ToolUseChunk
 
     # ----- embeddings -------------------------------------------------------------------
 
