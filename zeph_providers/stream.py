@@ -27,8 +27,10 @@ from zeph_providers.types import (
     ContentChunk,
     EndChunk,
     FinishReason,
+    LogprobsChunk,
     StreamChunk,
     ThinkingChunk,
+    TokenLogprob,
     ToolCall,
     ToolUseChunk,
     Usage,
@@ -119,6 +121,7 @@ class ResponseAssembler:
         self._finish: FinishReason | None = None
         self._model = model
         self._provider = provider
+        self._logprobs: list[TokenLogprob] | None = None
 
     def add(self, chunk: StreamChunk) -> None:
         if isinstance(chunk, ContentChunk):
@@ -131,6 +134,10 @@ class ResponseAssembler:
             self._tool_calls.append(chunk.tool_call)
         elif isinstance(chunk, UsageChunk):
             self._usage = chunk.usage if self._usage is None else self._usage + chunk.usage
+        elif isinstance(chunk, LogprobsChunk):
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(chunk.tokens)
         elif isinstance(chunk, EndChunk):
             self._finish = chunk.finish_reason
             if chunk.model:
@@ -155,6 +162,7 @@ class ResponseAssembler:
             finish_reason=finish,
             model=self._model,
             provider=self._provider,
+            logprobs=self._logprobs,
         )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "EndChunk",
     "FinishReason",
     "ImagePart",
+    "LogprobsChunk",
     "Message",
     "Part",
     "Role",
@@ -36,6 +37,8 @@ __all__ = [
     "ToolResultPart",
     "ToolUseChunk",
     "ToolUsePart",
+    "TokenLogprob",
+    "TopLogprob",
     "Usage",
     "UsageChunk",
 ]
@@ -180,6 +183,9 @@ class ToolDefinition(_Frozen):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+    """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
+    cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
 
 
 class Usage(_Frozen):
@@ -187,6 +193,8 @@ class Usage(_Frozen):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    """Of `output_tokens`, those spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`)."""
 
     @property
     def total_tokens(self) -> int:
@@ -198,10 +206,26 @@ class Usage(_Frozen):
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
-FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error"]
+FinishReason = Literal["stop", "length", "tool_use", "content_filter", "refusal", "error"]
+
+
+class TopLogprob(_Frozen):
+    """One candidate token at a position and its log probability."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    """The token's UTF-8 bytes, when the API sends them (a token may be part of a character)."""
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token, its log probability and the most likely alternatives (`top_logprobs`)."""
+
+    top_logprobs: tuple[TopLogprob, ...] = ()
 
 
 class Attempt(_Frozen):
@@ -247,6 +271,8 @@ class ChatResponse(BaseModel):
     finish_reason: FinishReason = "stop"
     model: str = ""
     provider: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    """Per-token log probabilities of `text`, when asked for (`logprobs=True`); None otherwise."""
     parsed: Any = Field(default=None, exclude=True)
     """The structured-output object when `response_format` was given (not serialised)."""
     attempts: list[Attempt] = Field(default_factory=list)
@@ -310,6 +336,13 @@ class ToolCallDeltaChunk(_Frozen):
     arguments: str = ""
 
 
+class LogprobsChunk(_Frozen):
+    """Log probabilities of the tokens of the text delivered so far (in order), when asked for."""
+
+    type: Literal["logprobs"] = "logprobs"
+    tokens: tuple[TokenLogprob, ...]
+
+
 class UsageChunk(_Frozen):
     """Token counts, emitted exactly once per response."""
 
@@ -326,7 +359,7 @@ class EndChunk(_Frozen):
 
 
 StreamChunk = Annotated[
-    ContentChunk | ThinkingChunk | ToolUseChunk | ToolCallDeltaChunk | UsageChunk | EndChunk,
+    ContentChunk | ThinkingChunk | ToolUseChunk | ToolCallDeltaChunk | UsageChunk | EndChunk | LogprobsChunk,
     Field(discriminator="type"),
 ]
 
