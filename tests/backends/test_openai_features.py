@@ -472,3 +472,40 @@ async def test_other_extra_keys_are_sent_as_they_are() -> None:
         "service_tier": "flex",
         "user": "u-1",
     }
+
+
+# ----- through a router: the options reach the member, which honours or refuses them ----------
+
+
+async def test_a_router_passes_the_typed_options_to_its_members() -> None:
+    from zeph_providers.backends.router import RouterProvider
+
+    server = answer(completion({"role": "assistant", "content": "ok"}, usage=USAGE), [])
+    gpt = make_provider(server)
+    members = {"openai-conf": gpt, "mock": MockProvider(replies=["hi"])}
+    try:
+        routed = RouterProvider("r", ["openai-conf"], members.__getitem__)
+        strict = WEATHER.model_copy(update={"strict": True})
+        await routed.chat(HELLO, reasoning_effort="low", logprobs=True, tools=[strict])
+        assert server.requests[0]["reasoning_effort"] == "low" and server.requests[0]["logprobs"] is True
+        assert server.requests[0]["tools"][0]["function"]["strict"] is True
+        mocked = RouterProvider("r2", ["mock"], members.__getitem__)
+        with pytest.raises(UnsupportedCapabilityError, match="reasoning_effort"):
+            await mocked.chat(HELLO, reasoning_effort="low")
+    finally:
+        await gpt.aclose()
+
+
+async def test_a_router_passes_embedding_dimensions_to_its_members() -> None:
+    from zeph_providers.backends.router import RouterProvider
+
+    requests: list[dict[str, Any]] = []
+    gpt = make_provider(embeddings_server(requests), embedding_model="text-embedding-3-small")
+    members = {"openai-conf": gpt, "mock": MockProvider(replies=["hi"])}
+    try:
+        assert len(await RouterProvider("r", ["openai-conf"], members.__getitem__).embed("a", dimensions=16)) == 16
+        assert requests[0]["dimensions"] == 16
+        with pytest.raises(UnsupportedCapabilityError, match="embedding dimensions"):
+            await RouterProvider("r2", ["mock"], members.__getitem__).embed("a", dimensions=16)
+    finally:
+        await gpt.aclose()

@@ -92,7 +92,7 @@ class RouterProvider(BaseProvider):
     """Routes each call to one member provider, falling back and tripping breakers as members fail."""
 
     backend = "router"
-    accepted_options = frozenset(PROVIDER_OPTIONS)  # passed on: each member honours or refuses them
+    accepted_options = frozenset({*PROVIDER_OPTIONS, "strict_tools"})  # passed on: members honour or refuse them
 
     def __init__(
         self,
