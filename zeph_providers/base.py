@@ -12,7 +12,11 @@ Extension points for backend (and plugin) authors, each with a working default:
   is the call's monotonic deadline: pass what is left of it to any SDK timeout.
 - `embed_texts(texts)`: a batch of embeddings (a non-empty list); only called when
   `capabilities.embeddings` is set.
-- `check_request(messages, options)`: refuse, with a typed error, what the backend would drop.
+- `embed_texts_dimensions(texts, dimensions)`: embeddings of a given length, for a class that sets
+  `embedding_dimensions = True` (others refuse `dimensions=` with `UnsupportedCapabilityError`).
+- `check_request(messages, options)`: refuse, with a typed error, what the backend would drop. The
+  default also refuses the typed options only some APIs have (`options.PROVIDER_OPTIONS`, and
+  `ToolDefinition.strict=True` as "strict_tools") unless the class lists them in `accepted_options`.
 - `structured_payload(response, options)` / `finalize(response, options)`: how a reply becomes
   the structured-output value (`response.parsed`).
 - `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
