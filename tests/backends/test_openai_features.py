@@ -509,3 +509,16 @@ async def test_a_router_passes_embedding_dimensions_to_its_members() -> None:
             await RouterProvider("r2", ["mock"], members.__getitem__).embed("a", dimensions=16)
     finally:
         await gpt.aclose()
+
+
+def test_the_blocking_twin_passes_dimensions_on() -> None:
+    from zeph_providers import Registry
+    from zeph_providers.blocking import BlockingRegistry
+
+    blocking = BlockingRegistry(Registry.from_dict({"llm": {"providers": [{"name": "m", "type": "mock"}]}}))
+    try:
+        with pytest.raises(UnsupportedCapabilityError, match="embedding dimensions"):
+            blocking.get("m").embed_batch(["a"], dimensions=4)
+        assert len(blocking.get("m").embed("a")) == 8
+    finally:
+        blocking.close()
