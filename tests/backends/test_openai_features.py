@@ -26,7 +26,7 @@ from zeph_providers.errors import (
     UnsupportedCapabilityError,
 )
 from zeph_providers.options import ChatOptions
-from zeph_providers.types import LogprobsChunk, Message, TokenLogprob, ToolDefinition, TopLogprob, Usage
+from zeph_providers.types import ChatResponse, LogprobsChunk, Message, TokenLogprob, ToolDefinition, TopLogprob, Usage
 
 HELLO = [Message.user("Say hello.")]
 WEATHER = ToolDefinition(
@@ -380,6 +380,7 @@ async def test_logprobs_are_returned_streamed_and_unstreamed_alike() -> None:
             chunks = [c async for c in stream]
         streamed = stream.response
     assert chat == streamed
+    assert ChatResponse.model_validate_json(chat.model_dump_json()) == chat  # logprobs survive JSON
     assert [c for c in chunks if isinstance(c, LogprobsChunk)] == [
         LogprobsChunk(tokens=(chat.logprobs or [])[0:1]),
         LogprobsChunk(tokens=(chat.logprobs or [])[1:2]),
