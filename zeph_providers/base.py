@@ -47,7 +47,7 @@ from zeph_providers.errors import (
 from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
-from zeph_providers.types import ChatResponse, ImagePart, Message, StreamChunk
+from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk
 
 __all__ = ["BaseProvider", "check_dimensions"]
 
@@ -293,6 +293,8 @@ class BaseProvider:
             raise UnsupportedCapabilityError("structured output", provider=self._name)
         if not caps.vision and any(isinstance(p, ImagePart) for m in messages for p in m.parts):
             raise UnsupportedCapabilityError("vision (image parts)", provider=self._name)
+        if not caps.documents and any(isinstance(p, DocumentPart) for m in messages for p in m.parts):
+            raise UnsupportedCapabilityError("documents (document parts)", provider=self._name)
         fmt = options.response_format
         if fmt is not None and not isinstance(fmt, dict) and not hasattr(fmt, "model_json_schema"):
             raise UnsupportedCapabilityError(

@@ -3,7 +3,8 @@
 ```
 zeph-providers list [--json]            providers: name, type, model, capabilities (no secrets)
 zeph-providers check                    validate the config offline; exit 1 with every problem
-zeph-providers chat NAME PROMPT         stream a reply (PROMPT "-" reads stdin)
+zeph-providers chat NAME PROMPT         stream a reply (PROMPT "-" reads stdin); --schema for JSON
+                                        output, --tool (repeatable) and --tool-choice for tool calls
 zeph-providers embed NAME TEXT...       print the vector(s) as JSON, or --dims for a summary
 zeph-providers config init [PATH]       write a commented starter config (default ./zeph.toml)
 zeph-providers config show              the loaded config as TOML (inline keys never written)
@@ -90,6 +91,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object given inline or as @FILE."""
+    source = text
+    if text.startswith("@"):
+        try:
+            source = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]!r}: {exc.strerror or exc}") from None
+    try:
+        value = json.loads(source)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -129,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_chat.add_argument("--max-tokens", type=_positive_int, metavar="N")
     p_chat.add_argument("--temperature", type=_temperature, metavar="T")
     p_chat.add_argument("--timeout", type=_seconds, metavar="SECS", help="deadline for the whole reply")
+    p_chat.add_argument("--seed", type=int, metavar="N", help="sampling seed (where the backend takes one)")
+    p_chat.add_argument(
+        "--schema",
+        type=_json_object,
+        metavar="JSON|@FILE",
+        help="answer with JSON matching this JSON schema (response_format)",
+    )
+    p_chat.add_argument(
+        "--tool",
+        type=_json_object,
+        action="append",
+        metavar="JSON|@FILE",
+        help='a tool the model may call: {"name": ..., "description": ..., "parameters": {JSON schema}} (repeatable)',
+    )
+    p_chat.add_argument(
+        "--tool-choice", metavar="CHOICE", help='"auto" (default), "required", "none", or the name of one tool'
+    )
     p_chat.add_argument("--json", action="store_true", help="print the final response as JSON instead of streaming")
     p_chat.set_defaults(handler=_cmd_chat)
 
@@ -244,6 +279,14 @@ async def _chat(args: argparse.Namespace) -> int:
         options["temperature"] = args.temperature
     if args.timeout is not None:
         options["timeout"] = args.timeout
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.schema is not None:
+        options["response_format"] = args.schema
+    if args.tool:
+        options["tools"] = [_tool_definition(tool) for tool in args.tool]
+    if args.tool_choice is not None:
+        options["tool_choice"] = args.tool_choice
 
     registry = _open_registry(args)
     try:
@@ -290,6 +333,18 @@ async def _chat(args: argparse.Namespace) -> int:
             response.usage.output_tokens,
         )
     return EXIT_OK
+
+
+def _tool_definition(value: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from zeph_providers.types import ToolDefinition
+
+    try:
+        return ToolDefinition.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'tool'}: {e['msg']}" for e in exc.errors())
+        raise _UsageError(f"--tool {json.dumps(value)[:80]}: {problems}") from None
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:

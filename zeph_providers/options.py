@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypedDict
 
-from zeph_providers.types import ToolDefinition
+from zeph_providers.types import CacheSettings, ToolDefinition
 
 __all__ = ["PROVIDER_OPTIONS", "Capabilities", "ChatKwargs", "ChatOptions", "ReasoningEffort", "ResponseFormat"]
 
@@ -36,6 +36,8 @@ class Capabilities:
     vision: bool = False
     structured_output: bool = False
     thinking: bool = False
+    documents: bool = False
+    """Accepts `DocumentPart`s (Claude; OpenAI's file input); others refuse them."""
 
     def names(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name)]
@@ -66,6 +68,8 @@ class ChatKwargs(TypedDict, total=False):
     """Return per-token log probabilities in `ChatResponse.logprobs` (OpenAI and compatible)."""
     top_logprobs: int | None
     """With `logprobs`, also this many most likely alternatives per token (0-20)."""
+    cache: CacheSettings | bool | None
+    """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config."""
 
 
 _KWARG_NAMES = frozenset(ChatKwargs.__annotations__)
@@ -93,6 +97,8 @@ class ChatOptions:
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    cache: CacheSettings | bool | None = None
+    """Prompt caching for this call (Claude); None: the provider's configured default."""
     stream: bool = True
     """Whether the caller consumes a stream. `chat()` sets it to False; a backend may then make one
     non-streamed request, provided it yields the same chunk vocabulary (so the assembled reply is
@@ -124,6 +130,7 @@ class ChatOptions:
             parallel_tool_calls=kwargs.get("parallel_tool_calls"),
             logprobs=kwargs.get("logprobs"),
             top_logprobs=kwargs.get("top_logprobs"),
+            cache=kwargs.get("cache"),
             stream=stream,
         )
 
@@ -145,6 +152,7 @@ class ChatOptions:
             parallel_tool_calls=self.parallel_tool_calls,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
+            cache=self.cache,
         )
 
     def started(self, default_timeout: float | None = None, *, now: float | None = None) -> ChatOptions:

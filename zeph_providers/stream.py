@@ -28,8 +28,11 @@ from zeph_providers.types import (
     EndChunk,
     FinishReason,
     LogprobsChunk,
+    RedactedThinkingChunk,
+    RedactedThinkingPart,
     StreamChunk,
     ThinkingChunk,
+    ThinkingPart,
     TokenLogprob,
     ToolCall,
     ToolUseChunk,
@@ -122,6 +125,8 @@ class ResponseAssembler:
         self._model = model
         self._provider = provider
         self._logprobs: list[TokenLogprob] | None = None
+        self._blocks = _ThinkingBlocks()
+        self._stop_sequence: str | None = None
 
     def add(self, chunk: StreamChunk) -> None:
         if isinstance(chunk, ContentChunk):
@@ -130,6 +135,9 @@ class ResponseAssembler:
             self._thinking.append(chunk.text)
             if chunk.signature:
                 self._thinking_signature = chunk.signature
+            self._blocks.thinking(chunk)
+        elif isinstance(chunk, RedactedThinkingChunk):
+            self._blocks.redacted(chunk)
         elif isinstance(chunk, ToolUseChunk):
             self._tool_calls.append(chunk.tool_call)
         elif isinstance(chunk, UsageChunk):
@@ -144,6 +152,7 @@ class ResponseAssembler:
                 self._model = chunk.model
             if chunk.provider:
                 self._provider = chunk.provider
+            self._stop_sequence = chunk.stop_sequence
 
     @property
     def finished(self) -> bool:
@@ -163,7 +172,43 @@ class ResponseAssembler:
             model=self._model,
             provider=self._provider,
             logprobs=self._logprobs,
+            thinking_blocks=self._blocks.parts(),
+            stop_sequence=self._stop_sequence,
         )
+
+
+class _ThinkingBlocks:
+    """Rebuilds the ordered thinking blocks from `ThinkingChunk.block` / `RedactedThinkingChunk`.
+
+    Only chunks that name their block build blocks: a backend whose thinking is one undivided run
+    (`block` None) leaves `thinking_blocks` empty, and its reply is what it always was.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[int | None, list[str], str | None] | RedactedThinkingPart] = []
+        self._divided = False
+
+    def thinking(self, chunk: ThinkingChunk) -> None:
+        self._divided = self._divided or chunk.block is not None
+        last = self._blocks[-1] if self._blocks else None
+        if isinstance(last, tuple) and last[0] == chunk.block:
+            last[1].append(chunk.text)
+            if chunk.signature:
+                self._blocks[-1] = (last[0], last[1], chunk.signature)
+        else:
+            self._blocks.append((chunk.block, [chunk.text], chunk.signature or None))
+
+    def redacted(self, chunk: RedactedThinkingChunk) -> None:
+        self._divided = True
+        self._blocks.append(RedactedThinkingPart(data=chunk.data))
+
+    def parts(self) -> list[ThinkingPart | RedactedThinkingPart]:
+        if not self._divided:
+            return []
+        return [
+            b if isinstance(b, RedactedThinkingPart) else ThinkingPart(text="".join(b[1]), signature=b[2])
+            for b in self._blocks
+        ]
 
 
 def _expire_ref(ref: weakref.ReferenceType[ChatStream]) -> None:

@@ -11,18 +11,24 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 __all__ = [
     "Attempt",
+    "CachePointPart",
+    "CacheSettings",
+    "CacheTTL",
     "ChatResponse",
     "ContentChunk",
+    "DocumentPart",
     "EndChunk",
     "FinishReason",
     "ImagePart",
     "LogprobsChunk",
     "Message",
     "Part",
+    "RedactedThinkingChunk",
+    "RedactedThinkingPart",
     "Role",
     "StreamChunk",
     "TextChunk",
@@ -106,8 +112,84 @@ class ThinkingPart(_Frozen):
     signature: str | None = None
 
 
+# ----- Claude-born parts (issue 12): redacted thinking, cache points, documents -------------------
+
+CacheTTL = Literal["5m", "1h"]
+"""A prompt-cache entry's lifetime (Anthropic's `cache_control.ttl`)."""
+
+
+class RedactedThinkingPart(_Frozen):
+    """A thinking block the API returned encrypted (Claude's `redacted_thinking`): opaque `data`,
+    sent back unchanged next turn. Backends other than Claude leave it out of their requests (their
+    APIs have no such block; it is Anthropic's ciphertext)."""
+
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+    data: str
+
+
+class CachePointPart(_Frozen):
+    """A prompt-cache breakpoint: the content up to the part before it is cached (Claude's
+    `cache_control` on the preceding block). `ttl` None takes the call's `CacheSettings.ttl` ("5m"
+    without one). OpenAI caches prompts automatically and the local backend and Ollama keep their
+    own KV cache, so there a cache point is a documented no-op, not an error."""
+
+    type: Literal["cache_point"] = "cache_point"
+    ttl: CacheTTL | None = None
+
+
+class DocumentPart(_Frozen):
+    """A document for the model to read: PDF (or other) bytes in `data`, or plain `text`, with an
+    optional `title`. Exactly one of `data` / `text`. Backends without document input (capability
+    `documents`) refuse it with `UnsupportedCapabilityError`."""
+
+    type: Literal["document"] = "document"
+    data: bytes | None = None
+    text: str | None = None
+    mime_type: str = "application/pdf"
+    """The type of `data`; a `text` document is "text/plain"."""
+    title: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            data, text = values.get("data"), values.get("text")
+            if (data is None) == (text is None):
+                raise ValueError("a DocumentPart takes exactly one of `data` (bytes) or `text`")
+            if text is not None and "mime_type" not in values:
+                values = {**values, "mime_type": "text/plain"}
+            if isinstance(data, str):  # JSON carries bytes as base64 text
+                values = {**values, "data": base64.b64decode(data)}
+        return values
+
+    @field_serializer("data", when_used="json")
+    def _encode_base64(self, value: bytes | None) -> str | None:
+        return None if value is None else base64.b64encode(value).decode("ascii")
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.data or b"").decode("ascii")
+
+
+class CacheSettings(_Frozen):
+    """Prompt caching for a call (`cache=` per call, or `cache` in a Claude provider's config).
+
+    `automatic` sends Anthropic's top-level `cache_control` (the API puts the breakpoint on the last
+    cacheable block, so a growing conversation keeps hitting its cache); `system` and `tools` mark
+    the system prompt and the tool definitions; `CachePointPart`s mark any message. Each uses one of
+    the API's 4 breakpoints. `cache=True` is `CacheSettings()`; `cache=False` sends no breakpoint of
+    its own (explicit `CachePointPart`s in messages still count: they are part of the request).
+    """
+
+    automatic: bool = True
+    system: bool = False
+    tools: bool = False
+    ttl: CacheTTL = "5m"
+
+
 Part = Annotated[
-    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart,
+    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart  # (the original five)
+    | RedactedThinkingPart | CachePointPart | DocumentPart,  # issue 12
     Field(discriminator="type"),
 ]
 
@@ -195,6 +277,11 @@ class Usage(_Frozen):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     """Of `output_tokens`, those spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`)."""
+    cache_write_5m_tokens: int = 0
+    """Of `cache_write_tokens`, those written to 5-minute cache entries (Claude's
+    `cache_creation.ephemeral_5m_input_tokens`; 0 where the API sends no breakdown)."""
+    cache_write_1h_tokens: int = 0
+    """Of `cache_write_tokens`, those written to 1-hour cache entries (`ephemeral_1h_input_tokens`)."""
 
     @property
     def total_tokens(self) -> int:
@@ -207,10 +294,14 @@ class Usage(_Frozen):
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cache_write_5m_tokens=self.cache_write_5m_tokens + other.cache_write_5m_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
 
-FinishReason = Literal["stop", "length", "tool_use", "content_filter", "refusal", "error"]
+FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error", "pause_turn", "refusal"]
+"""Why a reply ended. "pause_turn": Claude paused a long server-tool turn (send the reply back as
+is to let it continue); "refusal": the model declined (Claude's `stop_reason: refusal`)."""
 
 
 class TopLogprob(_Frozen):
@@ -273,6 +364,13 @@ class ChatResponse(BaseModel):
     provider: str = ""
     logprobs: list[TokenLogprob] | None = None
     """Per-token log probabilities of `text`, when asked for (`logprobs=True`); None otherwise."""
+    thinking_blocks: list[ThinkingPart | RedactedThinkingPart] = Field(default_factory=list)
+    """Every thinking block of the reply, in order, each with its own signature (Claude:
+    `thinking` and `redacted_thinking` blocks). Empty when the backend streams thinking as one run
+    of text (`thinking` holds it then). `thinking` is these blocks' text joined, `thinking_signature`
+    the last signature."""
+    stop_sequence: str | None = None
+    """The stop sequence that ended the reply, when the API says which (Claude)."""
     parsed: Any = Field(default=None, exclude=True)
     """The structured-output object when `response_format` was given (not serialised)."""
     attempts: list[Attempt] = Field(default_factory=list)
@@ -292,7 +390,9 @@ class ChatResponse(BaseModel):
     def to_message(self) -> Message:
         """The reply as an assistant message, to append to the conversation."""
         parts: list[Part] = []
-        if self.thinking or self.thinking_signature:  # a signed block with empty text must go back too
+        if self.thinking_blocks:  # every block, in order, signed ones with empty text included
+            parts.extend(self.thinking_blocks)
+        elif self.thinking or self.thinking_signature:  # a signed block with empty text must go back too
             parts.append(ThinkingPart(text=self.thinking, signature=self.thinking_signature))
         if self.text:
             parts.append(TextPart(text=self.text))
@@ -309,6 +409,17 @@ class ThinkingChunk(_Frozen):
     type: Literal["thinking"] = "thinking"
     text: str
     signature: str | None = None
+    block: int | None = None
+    """Which thinking block this piece belongs to (Claude: the content block index): a new value
+    starts a new block in `ChatResponse.thinking_blocks`. None: one undivided run of thinking."""
+
+
+class RedactedThinkingChunk(_Frozen):
+    """A whole `redacted_thinking` block (Claude): opaque data to send back, nothing to show."""
+
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+    data: str
+    block: int | None = None
 
 
 class ToolUseChunk(_Frozen):
@@ -356,10 +467,19 @@ class EndChunk(_Frozen):
     model: str = ""
     provider: str | None = None
     """The provider that actually answered, when not the stream's own (a router names its member)."""
+    stop_sequence: str | None = None
+    """The stop sequence that ended the reply, when the API says which (Claude)."""
 
 
 StreamChunk = Annotated[
-    ContentChunk | ThinkingChunk | ToolUseChunk | ToolCallDeltaChunk | UsageChunk | EndChunk | LogprobsChunk,
+    ContentChunk
+    | ThinkingChunk
+    | ToolUseChunk
+    | ToolCallDeltaChunk
+    | UsageChunk
+    | EndChunk
+    | RedactedThinkingChunk
+    | LogprobsChunk,
     Field(discriminator="type"),
 ]
 

@@ -254,8 +254,8 @@ def test_stop_reason_mapping() -> None:
     assert map_stop_reason("stop_sequence") == "stop"
     assert map_stop_reason("max_tokens") == "length"
     assert map_stop_reason("tool_use") == "tool_use"
-    assert map_stop_reason("refusal") == "content_filter"
-    assert map_stop_reason("pause_turn") == "error"
+    assert map_stop_reason("refusal") == "refusal"
+    assert map_stop_reason("pause_turn") == "pause_turn"
     assert map_stop_reason(None) == "error"
 
 
@@ -392,7 +392,7 @@ async def test_tool_call_with_text_before_and_two_calls() -> None:
     assert resp.finish_reason == "tool_use"
 
 
-@pytest.mark.parametrize(("stop_reason", "finish"), [("refusal", "content_filter"), ("stop_sequence", "stop")])
+@pytest.mark.parametrize(("stop_reason", "finish"), [("refusal", "refusal"), ("stop_sequence", "stop")])
 async def test_finish_reasons(stop_reason: str, finish: str) -> None:
     events = [message_start(input_tokens=3), *text_block(0, ["a", "b"]), message_delta(stop_reason, 2), message_stop()]
     resp, _ = await chat_once(sse_response(events))

@@ -58,8 +58,10 @@ _NEUTRAL_TO_STOP = {
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_use": "tool_use",
-    "content_filter": "refusal",
-    "error": "pause_turn",
+    "content_filter": "refusal",  # Claude has no content_filter: its nearest is `refusal`
+    "error": "model_error_unknown_to_the_table",  # an unmapped stop reason is "error"
+    "refusal": "refusal",
+    "pause_turn": "pause_turn",
 }
 
 _STATUS_ERROR_TYPE = {

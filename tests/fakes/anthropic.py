@@ -21,14 +21,18 @@ def message_start(
     input_tokens: int,
     cache_read: int | None = None,
     cache_write: int | None = None,
+    cache_creation: dict[str, int] | None = None,
     model: str = SERVED_MODEL,
     message_id: str = MESSAGE_ID,
 ) -> bytes:
+    """`cache_creation`: the TTL breakdown (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`)."""
     usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1}
     if cache_read is not None:
         usage["cache_read_input_tokens"] = cache_read
     if cache_write is not None:
         usage["cache_creation_input_tokens"] = cache_write
+    if cache_creation is not None:
+        usage["cache_creation"] = dict(cache_creation)
     return sse(
         "message_start",
         {
@@ -67,12 +71,12 @@ def block_stop(index: int) -> bytes:
     return sse("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
-def message_delta(stop_reason: str, output_tokens: int) -> bytes:
+def message_delta(stop_reason: str, output_tokens: int, *, stop_sequence: str | None = None) -> bytes:
     return sse(
         "message_delta",
         {
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
             "usage": {"output_tokens": output_tokens},
         },
     )
@@ -104,6 +108,11 @@ def thinking_block(index: int, chunks: Iterable[str], signature: str = "EqQBCgIY
     events.append(block_delta(index, {"type": "signature_delta", "signature": signature}))
     events.append(block_stop(index))
     return events
+
+
+def redacted_thinking_block(index: int, data: str) -> list[bytes]:
+    """A `redacted_thinking` block: whole in content_block_start (no deltas), then its stop."""
+    return [block_start(index, {"type": "redacted_thinking", "data": data}), block_stop(index)]
 
 
 def tool_block(index: int, call_id: str, name: str, fragments: Iterable[str]) -> list[bytes]:

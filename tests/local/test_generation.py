@@ -9,7 +9,7 @@ import pytest
 from tests.local.conftest import ProviderFactory
 from zeph_providers import Registry
 from zeph_providers.errors import ContextLengthError, InvalidRequestError, UnsupportedCapabilityError
-from zeph_providers.local.provider import LocalProvider
+from zeph_providers.local.provider import LocalProvider, constrained_decoding
 from zeph_providers.types import ContentChunk, ImagePart, Message, ToolCall, ToolDefinition, UsageChunk
 
 HELLO = [Message.system("Be brief."), Message.user("Hello there, how are you?")]
@@ -94,10 +94,11 @@ async def test_bad_options_are_refused(tiny: LocalProvider) -> None:
 
 async def test_capabilities_and_refusals(tiny: LocalProvider) -> None:
     caps = tiny.capabilities
-    assert caps.streaming and not caps.tools and not caps.vision and not caps.structured_output
-    assert not caps.embeddings
-    with pytest.raises(UnsupportedCapabilityError):
-        await tiny.chat(HELLO, tools=[ToolDefinition(name="get_weather")])
+    assert caps.streaming and not caps.vision and not caps.embeddings
+    assert caps.tools == caps.structured_output == constrained_decoding("transformers")  # llguidance installed
+    if not caps.tools:
+        with pytest.raises(UnsupportedCapabilityError):
+            await tiny.chat(HELLO, tools=[ToolDefinition(name="get_weather")])
     with pytest.raises(UnsupportedCapabilityError):
         await tiny.chat([Message.user("look", images=[ImagePart(data=b"\x89PNG")])])
     with pytest.raises(UnsupportedCapabilityError) as info:

@@ -357,3 +357,72 @@ def test_list_shows_the_local_type_for_a_zeph_llm_candle_entry(
     assert main(["--config", str(path), "config", "show"]) == 0
     shown = capsys.readouterr().out
     assert 'type = "local"' in shown and "candle" not in shown
+
+
+_SEEN: list[object] = []
+
+
+def _tool_mock(config: object, registry: object) -> object:
+    from zeph_providers.backends.mock import MockProvider, MockReply
+    from zeph_providers.options import Capabilities
+    from zeph_providers.types import ToolCall
+
+    mock = MockProvider(
+        "mock",
+        replies=[MockReply(tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})])],
+        capabilities=Capabilities(tools=True, structured_output=True),
+    )
+    _SEEN.append(mock)
+    return mock
+
+
+def _json_mock(config: object, registry: object) -> object:
+    from zeph_providers.backends.mock import MockProvider
+    from zeph_providers.options import Capabilities
+
+    mock = MockProvider("mock", replies=['{"city": "Paris"}'], capabilities=Capabilities(structured_output=True))
+    _SEEN.append(mock)
+    return mock
+
+
+def test_chat_passes_tools_schema_and_seed(
+    cfg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zeph_providers.config import catalog
+
+    monkeypatch.setitem(
+        catalog.BUILTIN, "mock", dataclasses.replace(catalog.BUILTIN["mock"], builder="tests.unit.test_cli:_tool_mock")
+    )
+    tool = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text('{"type": "object", "properties": {"city": {"type": "string"}}}')
+    _SEEN.clear()
+    args = ["chat", "mock", "weather?", "--tool", json.dumps(tool), "--tool-choice", "required", "--seed", "7"]
+    code = main(["--config", cfg, *args])
+    assert code == 0
+    assert '[tool call get_weather({"city": "Paris"}) id=call_1]' in capsys.readouterr().err
+    options = _SEEN[-1].requests[0].options  # type: ignore[attr-defined]
+    assert [t.name for t in options.tools] == ["get_weather"]
+    assert options.tool_choice == "required" and options.seed == 7
+    monkeypatch.setitem(
+        catalog.BUILTIN, "mock", dataclasses.replace(catalog.BUILTIN["mock"], builder="tests.unit.test_cli:_json_mock")
+    )
+    assert main(["--config", cfg, "chat", "mock", "city?", "--schema", f"@{schema_file}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == '{"city": "Paris"}'
+    assert _SEEN[-1].requests[0].options.response_format == json.loads(schema_file.read_text())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--schema", "{not json", "not valid JSON"),
+        ("--schema", "[1, 2]", "expected a JSON object"),
+        ("--schema", "@/nonexistent/schema.json", "cannot read"),
+        ("--tool", '{"description": "no name"}', "name: Field required"),
+    ],
+)
+def test_chat_rejects_bad_schema_and_tool_flags(
+    cfg: str, flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", cfg, "chat", "mock", "hi", flag, value]) == 2
+    assert message in capsys.readouterr().err

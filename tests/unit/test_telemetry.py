@@ -248,3 +248,36 @@ Registry.from_default().names()
 print(sorted(m for m in sys.modules if m.startswith(("opentelemetry", "genai_prices"))))
 """
     assert _run(script) == "[]"
+
+
+async def test_remote_span_names_the_server(otel: Any) -> None:
+    import httpx2
+
+    from tests.conformance.harness_openai import ScriptedServer, answering_unstreamed, sse_response, text_events
+    from zeph_providers.backends.openai import OpenAIProvider
+    from zeph_providers.config import CompatibleConfig
+
+    exporter, _ = otel
+    server = ScriptedServer([lambda _request: sse_response(text_events(["Hi", "!"]))])
+    provider = OpenAIProvider(
+        CompatibleConfig(name="srv", model="t-server", base_url="http://10.1.2.3:8080/v1?x=1"),
+        transport=httpx2.MockTransport(answering_unstreamed(server)),
+    )
+    provider.hooks.add(Telemetry())
+    async with provider:
+        await provider.chat(HELLO)
+    (span,) = spans_named(exporter, "chat t-server")
+    attrs = dict(span.attributes or {})
+    assert attrs["server.address"] == "10.1.2.3" and attrs["server.port"] == 8080
+    assert span.kind is SpanKind.CLIENT
+    assert not any("/v1" in str(value) for value in attrs.values())  # no path or query
+
+
+def test_server_attributes_default_ports_and_bad_urls() -> None:
+    from zeph_providers.backends._remote import server_attributes
+
+    assert server_attributes("https://api.openai.com/v1") == {"server.address": "api.openai.com", "server.port": 443}
+    assert server_attributes("http://localhost:11434") == {"server.address": "localhost", "server.port": 11434}
+    assert server_attributes("http://[::1]/v1") == {"server.address": "::1", "server.port": 80}
+    assert server_attributes("http://host:99999999/v1") == {}
+    assert server_attributes("") == {} and server_attributes(None) == {}

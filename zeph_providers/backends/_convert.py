@@ -154,7 +154,8 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_use",
     "tool_use": "tool_use",
     "content_filter": "content_filter",
-    "refusal": "content_filter",
+    "refusal": "refusal",  # Claude's stop_reason: the model declined
+    "pause_turn": "pause_turn",  # Claude: a long server-tool turn paused; send the reply back to resume
     "model_context_window_exceeded": "length",  # Claude
     "load": "stop",  # Ollama: a request that only loaded / unloaded the model
     "unload": "stop",

@@ -40,7 +40,7 @@ from zeph_providers.backends._convert import (
 from zeph_providers.config import OpenAIConfig
 from zeph_providers.errors import InvalidRequestError, UnsupportedCapabilityError
 from zeph_providers.options import ChatOptions, ReasoningEffort
-from zeph_providers.types import ImagePart, Message, Role, TextPart, ToolDefinition, ToolUsePart
+from zeph_providers.types import DocumentPart, ImagePart, Message, Role, TextPart, ToolDefinition, ToolUsePart
 
 __all__ = [
     "EXTRA_REFUSED",
@@ -157,7 +157,7 @@ def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
 
 
 def _user_content(message: Message) -> str | list[dict[str, Any]] | None:
-    parts = [p for p in message.parts if isinstance(p, TextPart | ImagePart)]
+    parts = [p for p in message.parts if isinstance(p, TextPart | ImagePart | DocumentPart)]
     if not parts:
         return None if message.tool_results else ""
     if all(isinstance(p, TextPart) for p in parts):
@@ -166,9 +166,20 @@ def _user_content(message: Message) -> str | list[dict[str, Any]] | None:
     for part in parts:
         if isinstance(part, TextPart):
             content.append({"type": "text", "text": part.text})
+        elif isinstance(part, DocumentPart):
+            content.append(_document_content(part))
         else:
             content.append({"type": "image_url", "image_url": {"url": image_data_url(part)}})
     return content
+
+
+def _document_content(part: DocumentPart) -> dict[str, Any]:
+    """A document -> a `file` content part (inline `file_data`); a text document -> its text,
+    under its title (Chat Completions' file input takes files, such as PDFs, not plain text)."""
+    if part.text is not None:
+        return {"type": "text", "text": f"{part.title}\n\n{part.text}" if part.title else part.text}
+    filename = part.title or ("document.pdf" if part.mime_type == "application/pdf" else "document")
+    return {"type": "file", "file": {"filename": filename, "file_data": f"data:{part.mime_type};base64,{part.base64}"}}
 
 
 def convert_response_format(options: ChatOptions) -> dict[str, Any] | None:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_STREAM_LINE_BYTES",
     "RemoteProvider",
+    "server_attributes",
     "ResponseLineTooLongError",
     "check_url_safety",
     "httpx2_client",
@@ -81,6 +82,26 @@ def check_url_safety(config: RemoteConfig, base_url: str | None, has_key: bool) 
                 provider=config.name,
             )
         log.warning("provider %r: sending an API key over plain http to %r", config.name, parsed.hostname)
+
+
+def server_attributes(base_url: str | None) -> dict[str, Any]:
+    """OpenTelemetry's `server.address` / `server.port` for a base URL: the host and the port (the
+    scheme's default when the URL names none); never the path, query or any credentials in it."""
+    if not base_url:
+        return {}
+    try:
+        parsed = urlparse(base_url)
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # a malformed port: report nothing rather than fail the call
+        return {}
+    if not host:
+        return {}
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parsed.scheme.lower())
+    attributes: dict[str, Any] = {"server.address": host}
+    if port is not None:
+        attributes["server.port"] = port
+    return attributes
 
 
 def _client_kwargs(
@@ -141,6 +162,7 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
         register_secret(self.api_key)
         self.base_url: str = (config.base_url or self.default_base_url or "").rstrip("/")
         check_url_safety(config, self.base_url, has_key=bool(self.api_key))
+        self._server = server_attributes(self.base_url)
         self._closers: list[Callable[[], Awaitable[Any]]] = []
         self._closed = False
 
@@ -148,6 +170,10 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
     def api_key(self) -> str | None:
         """The key the config asked for (kept as a `SecretStr`, so `vars()` / repr never show it)."""
         return self._secret.get_secret_value() if self._secret is not None else None
+
+    def call_attributes(self) -> dict[str, Any]:
+        """`server.address` and `server.port` of the API this provider talks to (for spans)."""
+        return dict(self._server)
 
     @classmethod
     def build(cls, config: Any, registry: Registry | None = None) -> Any:

@@ -31,7 +31,7 @@ from zeph_providers.errors import (
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream
-from zeph_providers.types import Attempt, ChatResponse, EndChunk, ImagePart, Message, StreamChunk
+from zeph_providers.types import Attempt, ChatResponse, DocumentPart, EndChunk, ImagePart, Message, StreamChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -92,6 +92,8 @@ def needs(messages: Sequence[Message], options: ChatOptions) -> list[str]:
         needs.append("structured_output")
     if any(isinstance(part, ImagePart) for message in messages for part in message.parts):
         needs.append("vision")
+    if any(isinstance(part, DocumentPart) for message in messages for part in message.parts):
+        needs.append("documents")
     return needs
 
 

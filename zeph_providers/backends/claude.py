@@ -23,8 +23,16 @@ Decisions worth knowing:
   calls one of the caller's tools, the reply carries those calls and `parsed` stays `None`.
   With extended thinking the API refuses a forced tool, so the answer tool is offered with "any".
 - Thinking: `thinking_delta` -> `ThinkingChunk(text)`, `signature_delta` ->
-  `ThinkingChunk(text="", signature=...)`. Thinking parts in history are sent back as `thinking`
-  blocks only when they carry a signature (the API rejects unsigned ones).
+  `ThinkingChunk(text="", signature=...)`, each with `block` = the content block index, so the
+  assembler rebuilds every block (`ChatResponse.thinking_blocks`, several per reply, each signed);
+  a `redacted_thinking` block -> one `RedactedThinkingChunk(data)`. `to_message()` sends them all
+  back in order. Thinking parts in history are sent back as `thinking` blocks only when they carry
+  a signature (the API rejects unsigned ones).
+- Stop reasons: `pause_turn` and `refusal` are finish reasons of their own (not "error");
+  `stop_sequence` (which one matched) -> `EndChunk.stop_sequence` / `ChatResponse.stop_sequence`.
+- Usage: `cache_creation.ephemeral_5m_input_tokens` / `ephemeral_1h_input_tokens` ->
+  `Usage.cache_write_5m_tokens` / `cache_write_1h_tokens` (the TTL breakdown of `cache_write_tokens`).
+- Documents (`DocumentPart`): `capabilities.documents` is True; see `_claude_request`.
 - Claude has no embeddings API: `capabilities.embeddings` is False, so `embed()` raises
   `UnsupportedCapabilityError`.
 
@@ -46,6 +54,8 @@ import httpx2
 from zeph_providers.backends._claude_request import (
     DEFAULT_MAX_TOKENS,
     Structured,
+    _split_trailing_json,
+    _trailing_json,
     build_request,
     convert_messages,
     convert_tool_choice,
@@ -71,6 +81,7 @@ from zeph_providers.types import (
     EndChunk,
     FinishReason,
     Message,
+    RedactedThinkingChunk,
     StreamChunk,
     ThinkingChunk,
     ToolUseChunk,
@@ -99,6 +110,7 @@ CLAUDE_CAPABILITIES = Capabilities(
     vision=True,
     structured_output=True,
     thinking=True,
+    documents=True,
 )
 
 # ----- request: the conversion lives in `_claude_request` (pure functions, re-exported here) ----
@@ -136,6 +148,7 @@ class _StreamTranslator:
         self._calls = ToolCallAccumulator(provider=provider)
         self._usage: dict[str, int] = {}
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._user_tool_calls = 0
         self._answered = False
         self.stopped = False
@@ -154,14 +167,19 @@ class _StreamTranslator:
         if kind == "content_block_stop":
             return self._block_stop(_get(event, "index", 0))
         if kind == "message_delta":
-            reason = _get(_get(event, "delta", {}), "stop_reason")
+            delta = _get(event, "delta", {})
+            reason = _get(delta, "stop_reason")
             if reason is not None:
                 self._stop_reason = str(reason)
+            sequence = _get(delta, "stop_sequence")
+            if sequence is not None:
+                self._stop_sequence = str(sequence)
             self._take_usage(_get(event, "usage"))
             return []
         if kind == "message_stop":
             self.stopped = True
-            return [UsageChunk(usage=self._build_usage()), EndChunk(finish_reason=self._finish(), model=self._model)]
+            end = EndChunk(finish_reason=self._finish(), model=self._model, stop_sequence=self._stop_sequence)
+            return [UsageChunk(usage=self._build_usage()), end]
         # "ping" and event types newer than this code are ignored (the API may add some).
         return []
 
@@ -177,6 +195,11 @@ class _StreamTranslator:
             value = _get(usage, source)
             if value is not None:
                 self._usage[target] = count(value, source, provider=self._provider)
+        creation = _get(usage, "cache_creation")
+        for source, target in (("ephemeral_5m_input_tokens", "write_5m"), ("ephemeral_1h_input_tokens", "write_1h")):
+            value = _get(creation, source) if creation is not None else None
+            if value is not None:
+                self._usage[target] = count(value, source, provider=self._provider)
 
     def _build_usage(self) -> Usage:
         u = self._usage
@@ -185,6 +208,8 @@ class _StreamTranslator:
             output_tokens=u.get("output", 0),
             cache_read_tokens=u.get("cache_read", 0),
             cache_write_tokens=u.get("cache_write", 0),
+            cache_write_5m_tokens=u.get("write_5m", 0),
+            cache_write_1h_tokens=u.get("write_1h", 0),
         )
 
     def _finish(self) -> FinishReason:
@@ -203,7 +228,10 @@ class _StreamTranslator:
             self._blocks[index] = _Block("thinking")
             text = str(_get(block, "thinking", ""))
             signature = _get(block, "signature") or None
-            return [ThinkingChunk(text=text, signature=signature)] if text or signature else []
+            return [ThinkingChunk(text=text, signature=signature, block=index)] if text or signature else []
+        if kind == "redacted_thinking":
+            self._blocks[index] = _Block("redacted_thinking")
+            return [RedactedThinkingChunk(data=str(_get(block, "data", "")), block=index)]
         if kind == "tool_use":
             name = str(_get(block, "name", ""))
             initial = _get(block, "input", {})
@@ -214,7 +242,7 @@ class _StreamTranslator:
                 "tool_use", synthetic=self._structured is not None and name == self._structured.name
             )
             return []
-        # redacted_thinking, server tool blocks, ...: nothing neutral to say about them.
+        # server tool blocks, ...: nothing neutral to say about them.
         self._blocks[index] = _Block(kind or "unknown")
         return []
 
@@ -228,9 +256,9 @@ class _StreamTranslator:
             return [ContentChunk(text=text)] if text else []
         if kind == "thinking_delta":
             text = str(_get(delta, "thinking", ""))
-            return [ThinkingChunk(text=text)] if text else []
+            return [ThinkingChunk(text=text, block=index)] if text else []
         if kind == "signature_delta":
-            return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")))]
+            return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")), block=index)]
         if kind == "input_json_delta":
             fragment = str(_get(delta, "partial_json", ""))
             self._calls.add(index, None, None, fragment)
@@ -278,7 +306,8 @@ def message_events(message: Any) -> list[dict[str, Any]]:
     for index, block in enumerate(content):
         events.append({"type": "content_block_start", "index": index, "content_block": block})
         events.append({"type": "content_block_stop", "index": index})
-    events.append({"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason")}})
+    delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
+    events.append({"type": "message_delta", "delta": delta})
     events.append({"type": "message_stop"})
     return events
 
@@ -300,28 +329,6 @@ class _ErrorBody(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         super().__init__(str(body))
-
-
-def _split_trailing_json(text: str) -> tuple[str, Any] | None:
-    """(preamble, value) when `text` ends with a JSON object or array, else None."""
-    stripped = text.strip()
-    decoder = json.JSONDecoder()
-    for start, char in enumerate(stripped):
-        if char not in "{[":
-            continue
-        try:
-            value, end = decoder.raw_decode(stripped, start)
-        except json.JSONDecodeError:
-            continue
-        if end == len(stripped):
-            return stripped[:start], value
-    return None
-
-
-def _trailing_json(text: str) -> Any:
-    """The JSON value that ends `text` (structured output after a preamble), or `text` itself."""
-    split = _split_trailing_json(text)
-    return text.strip() if split is None else split[1]
 
 
 # ----- the provider ---------------------------------------------------------------------------

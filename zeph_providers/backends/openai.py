@@ -139,6 +139,7 @@ def openai_capabilities(config: OpenAIConfig) -> Capabilities:
         vision=vision,
         structured_output=True,
         thinking=compatible or is_reasoning_model(config.model),
+        documents=not compatible,  # OpenAI's file input; compatible servers have none
     )
 
 

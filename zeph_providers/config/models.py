@@ -23,6 +23,7 @@ from pydantic import (
 
 from zeph_providers.errors import ConfigError, register_secret
 from zeph_providers.options import ReasoningEffort
+from zeph_providers.types import CacheSettings
 
 __all__ = [
     "CandleConfig",
@@ -215,6 +216,20 @@ class ClaudeConfig(RemoteConfig):
     """Default `max_tokens` (Claude requires one)."""
     thinking_budget_tokens: Annotated[int, Field(ge=1024)] | None = None
     """Enable extended thinking with this token budget."""
+    # ----- Claude features (issue 12): thinking modes, effort, prompt caching ---------------
+    thinking: Literal["enabled", "adaptive", "disabled"] | None = None
+    """`thinking.type`: "enabled" needs `thinking_budget_tokens` (which alone implies it);
+    "adaptive" lets the model decide; "disabled" turns thinking off. None: the model's default."""
+    thinking_display: Literal["summarized", "omitted"] | None = None
+    """`thinking.display`: "omitted" returns signed blocks with empty text (faster first token)."""
+    interleaved_thinking: bool = False
+    """Think between tool calls with a budget: sends the `interleaved-thinking-2025-05-14` beta
+    header (adaptive thinking interleaves without it)."""
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    """`output_config.effort`: how much effort the model spends (models that take it)."""
+    cache: CacheSettings | bool | None = None
+    """Default prompt caching for every call (`CacheSettings`, or true for its defaults); a
+    call's `cache=` replaces it."""
 
 
 class OpenAIConfig(RemoteConfig):

@@ -7,11 +7,20 @@ GGUF when xllamacpp is missing). `config.engine` forces one; embeddings always u
 Building is instant: the model loads on the worker thread at the first request, the encoder on
 the embedding thread at the first `embed()`. Generation streams token by token; closing the
 stream stops it. `aclose()` (called by `registry.aclose()`) stops both threads and frees the models.
+
+Tools and structured output: the engine renders the request with `tooling.prepare` and posts the
+result (`PreparedEvent`) before its first text; with tools, the text then goes through a
+`tooling.ReplyParser` (content, tool-call deltas, complete calls; `finish_reason` "tool_use" when
+calls were made). An engine that never reports a `Prepared` streams plain content. Capabilities
+say tools and structured output exactly when the engine can decode under a grammar: llama.cpp
+always, transformers when `llguidance` is installed (checked without importing it). A forced
+call's reply has no text to parse as `response_format`; it is returned with `parsed` None.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +30,10 @@ from zeph_providers.base import BaseProvider
 from zeph_providers.errors import LlmError
 from zeph_providers.local.embed import Embedder
 from zeph_providers.local.engine import EngineName, GenerationParams, InferenceEngine, select_engine
-from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, Text
+from zeph_providers.local.tooling import ReplyParser, check_request
+from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, PreparedEvent, Text
 from zeph_providers.options import Capabilities, ChatOptions
-from zeph_providers.types import ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
+from zeph_providers.types import ChatResponse, ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
 
 if TYPE_CHECKING:
     from zeph_providers.config import LocalConfig
@@ -39,15 +49,16 @@ class LocalProvider(BaseProvider):
 
     def __init__(self, config: LocalConfig, *, load: Callable[[], InferenceEngine] | None = None) -> None:
         self.engine_name: EngineName = select_engine(config)  # ConfigError for llama.cpp on a non-GGUF source
+        constrained = constrained_decoding(self.engine_name)
         super().__init__(
             config.name,
             config.model_name,
             capabilities=Capabilities(
                 streaming=True,
                 embeddings=bool(config.embedding_repo),
-                tools=False,
+                tools=constrained,
                 vision=False,
-                structured_output=False,
+                structured_output=constrained,
             ),
             max_concurrent=config.max_concurrent,
         )
@@ -75,25 +86,45 @@ class LocalProvider(BaseProvider):
     async def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
         try:
             params = GenerationParams.resolve(self.config.generation, options)
+            check_request(params, provider=self.name, template=self.config.chat_template)
         except LlmError as exc:
             exc.provider = exc.provider or self.name
             raise
         job = Job(messages, params, asyncio.get_running_loop())
+        parser: ReplyParser | None = None
         try:
             await self.worker.submit(job)
             while True:
                 event = await self.worker.next_event(job)
                 if isinstance(event, Text):
-                    yield ContentChunk(text=event.text)
+                    if parser is None:
+                        yield ContentChunk(text=event.text)
+                    else:
+                        for chunk in parser.feed(event.text):
+                            yield chunk
+                elif isinstance(event, PreparedEvent):
+                    if params.tools and event.prepared.syntax is not None:
+                        parser = ReplyParser(event.prepared, params.tools, provider=self.name)
                 elif isinstance(event, Done):
+                    finish = event.finish_reason
+                    if parser is not None:
+                        for chunk in parser.close():
+                            yield chunk
+                        if parser.calls:
+                            finish = "tool_use"
                     usage = Usage(input_tokens=event.prompt_tokens, output_tokens=event.completion_tokens)
                     yield UsageChunk(usage=usage)
-                    yield EndChunk(finish_reason=event.finish_reason, model=self.model)
+                    yield EndChunk(finish_reason=finish, model=self.model)
                     return
                 elif isinstance(event, Failed):
                     raise event.error
         finally:
             job.cancel.set()  # closed, abandoned or cancelled: stop generating within one token
+
+    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        if options.response_format is not None and response.tool_calls and not response.text:
+            return response  # a forced call answered: the schema is for the answer after the tool results
+        return super()._finalize(response, options)
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         assert self.embedder is not None  # BaseProvider checks the capability first
@@ -103,6 +134,16 @@ class LocalProvider(BaseProvider):
         await self.worker.aclose()  # stops the thread, then closes the engine (llama.cpp frees its model at once)
         if self.embedder is not None:
             await self.embedder.aclose()
+
+
+def constrained_decoding(engine: EngineName) -> bool:
+    """Whether `engine` can decode under a JSON-schema grammar (llama.cpp: always; transformers: with llguidance)."""
+    if engine == "llama.cpp":
+        return True
+    try:
+        return importlib.util.find_spec("llguidance") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _loader(config: LocalConfig, engine: EngineName) -> Callable[[], InferenceEngine]:

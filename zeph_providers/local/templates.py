@@ -2,19 +2,30 @@
 
 By default the tokenizer's own `chat_template` renders the prompt. An explicit `chat_template`
 ("chatml", "llama3", "mistral", "phi3", "raw" — zeph-llm's set) overrides it with a Python
-formatter. The local backend has no native tools, so tool calls and tool results are rendered as
-plain text in the conversation.
+formatter. Without `tools`, tool calls and tool results in the history are rendered as plain
+text in the conversation (byte-identical to before tools existed).
+
+With `render(messages, tools=...)`: a Jinja template that uses `tools` renders natively (the
+OpenAI-shaped tool list, assistant turns with `tool_calls` whose arguments are dicts, and "tool"
+messages with `tool_call_id`, `name` and `content`); when it rejects those messages (e.g.
+Mistral's 9-character call ids) they are retried as text in the syntax's own form, still with
+the tool list. Templates without tool support (SmolLM2's ChatML, the builtin formatters) get the
+tool list and instructions of the detected `ToolSyntax` in the system prompt (after an existing
+system message's text, as Qwen2.5's template does), past calls written as the model would write
+them, and tool results as the syntax's text (Hermes: `<tool_response>` blocks in a user turn).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zeph_providers.errors import InvalidRequestError
-from zeph_providers.types import Message, Role, TextPart, ToolResultPart, ToolUsePart
+from zeph_providers.local.toolsyntax import ToolSyntax, detect_syntax, openai_tools
+from zeph_providers.types import Message, Role, TextPart, ToolDefinition, ToolResultPart, ToolUsePart
 
 __all__ = ["END_TOKENS", "TEMPLATES", "ChatTemplate", "eos_token_ids", "message_text", "select_template", "to_turns"]
 
@@ -135,12 +146,37 @@ class ChatTemplate:
         specials = (("bos_token", bos_token), ("eos_token", eos_token))
         return cls("gguf", ends, add_special_tokens=False, source=source, special_tokens=specials)
 
-    def render(self, messages: Sequence[Message]) -> str:
-        """The prompt text, ending where the assistant's reply begins."""
-        turns = to_turns(messages)
+    @property
+    def syntax(self) -> ToolSyntax:
+        """The tool-call syntax this template's model writes (see `toolsyntax.detect_syntax`)."""
+        return detect_syntax(self.name, self.source)
+
+    @property
+    def native_tools(self) -> bool:
+        """Whether the Jinja source renders a `tools` list itself."""
+        return self._builtin is None and self.source is not None and _USES_TOOLS.search(self.source) is not None
+
+    def render(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] | None = None) -> str:
+        """The prompt text, ending where the assistant's reply begins (`tools`: offered to the model)."""
+        if not tools:
+            turns = to_turns(messages)
+            if self._builtin is not None:
+                return self._builtin.render(turns)
+            return self._render_jinja([{"role": role, "content": text} for role, text in turns])
+        syntax = self.syntax
+        if self.native_tools:
+            listed = openai_tools(tools)
+            try:
+                return self._render_jinja(_native_conversation(messages), tools=listed)
+            except InvalidRequestError:  # e.g. call ids the template refuses: the same turns as text
+                return self._render_jinja(_text_conversation(messages, syntax), tools=listed)
+        conversation = _text_conversation(messages, syntax, instructions=syntax.instructions(tools))
         if self._builtin is not None:
-            return self._builtin.render(turns)
-        conversation = [{"role": role, "content": text} for role, text in turns]
+            return self._builtin.render([(turn["role"], turn["content"]) for turn in conversation])
+        return self._render_jinja(conversation)
+
+    def _render_jinja(self, conversation: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> str:
+        extra: dict[str, Any] = {"tools": tools} if tools is not None else {}
         try:
             if self._tokenizer is None and self.source is not None:
                 from transformers.utils.chat_template_utils import render_jinja_template
@@ -148,13 +184,82 @@ class ChatTemplate:
                 render: Any = render_jinja_template
                 specials: dict[str, Any] = dict(self.special_tokens)
                 rendered, _ = render(  # (one text per conversation, generation indices)
-                    [conversation], chat_template=self.source, add_generation_prompt=True, **specials
+                    [conversation], chat_template=self.source, add_generation_prompt=True, **extra, **specials
                 )
                 return str(rendered[0])
-            text = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            text = self._tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True, **extra
+            )
         except Exception as exc:  # jinja errors: e.g. a template that insists on alternating roles
             raise InvalidRequestError(f"the model's chat template rejected the conversation: {exc}") from exc
         return str(text)
+
+
+_USES_TOOLS = re.compile(r"\btools\b")
+
+
+def _texts(message: Message) -> str:
+    return "\n".join(part.text for part in message.parts if isinstance(part, TextPart))
+
+
+def _native_conversation(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages as OpenAI-style dicts for a template with native tool support."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        calls = [part for part in message.parts if isinstance(part, ToolUsePart)]
+        results = [part for part in message.parts if isinstance(part, ToolResultPart)]
+        if message.role is Role.TOOL or results:
+            for result in results:
+                out.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": result.tool_call_id,
+                        "name": names.get(result.tool_call_id, ""),
+                        "content": result.content,
+                    }
+                )
+            continue
+        turn: dict[str, Any] = {"role": message.role.value, "content": _texts(message)}
+        if calls:
+            turn["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": dict(c.arguments)}}
+                for c in calls
+            ]
+            names.update((c.id, c.name) for c in calls)
+        out.append(turn)
+    return out
+
+
+def _text_conversation(
+    messages: Sequence[Message], syntax: ToolSyntax, *, instructions: str | None = None
+) -> list[dict[str, Any]]:
+    """Messages as plain role/content turns, tool calls and results in `syntax`'s text form.
+
+    `instructions` (the tool list) ends the system prompt, merged with an existing system message.
+    Consecutive tool results share one turn (parallel calls answered together).
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        results = [part for part in message.parts if isinstance(part, ToolResultPart)]
+        if message.role is Role.TOOL or results:
+            text = syntax.results_text(results)
+            if out and out[-1].get("_results"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": syntax.result_role, "content": text, "_results": True})
+            continue
+        calls = [part for part in message.parts if isinstance(part, ToolUsePart)]
+        text = "\n".join(piece for piece in (_texts(message), syntax.calls_text(calls) if calls else "") if piece)
+        out.append({"role": message.role.value, "content": text})
+    for turn in out:
+        turn.pop("_results", None)
+    if instructions is not None:
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{instructions}" if out[0]["content"] else instructions
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
 
 
 def select_template(name: str, tokenizer: Any) -> ChatTemplate:

@@ -6,6 +6,8 @@
   `ProviderTimeoutError`, never hangs.
 - Events cross threads with `loop.call_soon_threadsafe` into the job's `asyncio.Queue`, so each
   token reaches the caller as soon as it is generated.
+- An engine that renders the request itself (`prepare`) reports it with `on_prepared`, which posts
+  a `PreparedEvent` ahead of the first `Text`: the provider reads the reply with it (tool calls).
 - A cancelled job (closed stream, cancelled task, timeout) stops within one token.
 - A worker thread that dies fails its in-flight and queued jobs with `InferenceError` and is
   replaced by a fresh thread (reusing the loaded model) at the next request.
@@ -38,7 +40,7 @@ from zeph_providers.types import FinishReason, Message
 if TYPE_CHECKING:
     from zeph_providers.local.engine import GenerationParams, GenerationResult, InferenceEngine, Prepared
 
-__all__ = ["Done", "Failed", "InferenceWorker", "Job", "Text"]
+__all__ = ["Done", "Failed", "InferenceWorker", "Job", "PreparedEvent", "Text"]
 
 log = logging.getLogger("zeph_providers.local")
 
@@ -54,6 +56,13 @@ class Text:
 
 
 @dataclass(frozen=True)
+class PreparedEvent:
+    """The engine rendered the request (posted before its first `Text`): how to read the reply."""
+
+    prepared: Prepared
+
+
+@dataclass(frozen=True)
 class Done:
     prompt_tokens: int
     completion_tokens: int
@@ -65,7 +74,7 @@ class Failed:
     error: LlmError
 
 
-Event = Text | Done | Failed
+Event = Text | PreparedEvent | Done | Failed
 
 
 @dataclass(eq=False)
@@ -98,6 +107,7 @@ class Job:
 
     def on_prepared(self, prepared: Prepared) -> None:
         self.prepared = prepared
+        self.post(PreparedEvent(prepared))
 
     def on_step(self) -> None:
         self.steps += 1
