@@ -12,7 +12,11 @@ Extension points for backend (and plugin) authors, each with a working default:
   is the call's monotonic deadline: pass what is left of it to any SDK timeout.
 - `embed_texts(texts)`: a batch of embeddings (a non-empty list); only called when
   `capabilities.embeddings` is set.
-- `check_request(messages, options)`: refuse, with a typed error, what the backend would drop.
+- `embed_texts_dimensions(texts, dimensions)`: embeddings of a given length, for a class that sets
+  `embedding_dimensions = True` (others refuse `dimensions=` with `UnsupportedCapabilityError`).
+- `check_request(messages, options)`: refuse, with a typed error, what the backend would drop. The
+  default also refuses the typed options only some APIs have (`options.PROVIDER_OPTIONS`, and
+  `ToolDefinition.strict=True` as "strict_tools") unless the class lists them in `accepted_options`.
 - `structured_payload(response, options)` / `finalize(response, options)`: how a reply becomes
   the structured-output value (`response.parsed`).
 - `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
@@ -35,6 +39,7 @@ from typing import Any, ClassVar, Unpack
 from zeph_providers.errors import (
     BadResponseError,
     InferenceError,
+    InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
     UnsupportedCapabilityError,
@@ -44,13 +49,24 @@ from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
 from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk
 
-__all__ = ["BaseProvider"]
+__all__ = ["BaseProvider", "check_dimensions"]
+
+
+def check_dimensions(dimensions: object, provider: str) -> None:
+    """`dimensions` must be a positive int (a typed error naming the provider otherwise)."""
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        raise InvalidRequestError(f"dimensions must be a positive integer, not {dimensions!r}", provider=provider)
 
 
 class BaseProvider:
     """Shared behaviour for every backend; subclasses implement `stream_chunks()` (see the module doc)."""
 
     backend: ClassVar[str] = "base"
+    accepted_options: ClassVar[frozenset[str]] = frozenset()
+    """Which of `options.PROVIDER_OPTIONS` (reasoning_effort, logprobs, ...) this backend honours;
+    `_check_request` refuses the others when a call sets them."""
+    embedding_dimensions: ClassVar[bool] = False
+    """Whether `embed_batch(..., dimensions=N)` is honoured (`embed_texts_dimensions`)."""
 
     def __init__(
         self,
@@ -131,23 +147,39 @@ class BaseProvider:
             call=self.new_call("chat", options=options, messages=message_list),
         )
 
-    async def embed(self, text: str) -> list[float]:
-        vectors = await self.embed_batch([text])
+    async def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
+        vectors = await self.embed_batch([text], dimensions=dimensions)
         return vectors[0]
 
-    async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed_batch(self, texts: Sequence[str], *, dimensions: int | None = None) -> list[list[float]]:
+        """Embeddings of `texts`; `dimensions` asks for vectors of that length (models that take it,
+        e.g. OpenAI's text-embedding-3: elsewhere a typed `UnsupportedCapabilityError`)."""
         if not self._capabilities.embeddings:
             raise UnsupportedCapabilityError("embeddings", provider=self._name)
+        if dimensions is not None:
+            check_dimensions(dimensions, self._name)
+            if not self.embedding_dimensions:
+                raise UnsupportedCapabilityError(
+                    "embedding dimensions", provider=self._name, detail=f"{self.backend} backend"
+                )
         text_list = list(texts)
         if not text_list:
             return []
-        return await self.observe_embedding(text_list, self._embed_in_slot)
+        if dimensions is None:
+            return await self.observe_embedding(text_list, self._embed_in_slot)
+        sized = dimensions
+        return await self.observe_embedding(text_list, lambda batch: self._embed_in_slot(batch, sized))
 
-    async def _embed_in_slot(self, texts: list[str]) -> list[list[float]]:
+    async def _embed_in_slot(self, texts: list[str], dimensions: int | None = None) -> list[list[float]]:
         if self._semaphore is None:
-            return await self.embed_texts(texts)
+            return await self._embed_sized(texts, dimensions)
         async with self._semaphore:
+            return await self._embed_sized(texts, dimensions)
+
+    async def _embed_sized(self, texts: list[str], dimensions: int | None) -> list[list[float]]:
+        if dimensions is None:
             return await self.embed_texts(texts)
+        return await self.embed_texts_dimensions(texts, dimensions)
 
     # ----- hooks ------------------------------------------------------------------------
 
@@ -223,6 +255,11 @@ class BaseProvider:
         """Embeddings for a non-empty batch. Override this (or `_embed_batch`)."""
         return await self._embed_batch(texts)
 
+    async def embed_texts_dimensions(self, texts: list[str], dimensions: int) -> list[list[float]]:
+        """Embeddings of `dimensions` length for a non-empty batch; only called when the class sets
+        `embedding_dimensions`. Override it together with that flag."""
+        raise UnsupportedCapabilityError("embedding dimensions", provider=self._name)
+
     def check_request(self, messages: list[Message], options: ChatOptions) -> None:
         """Refuse, with a typed error, any argument this provider would otherwise drop."""
         self._check_request(messages, options)
@@ -245,6 +282,11 @@ class BaseProvider:
 
     def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
         caps = self._capabilities
+        for option in options.provider_options():
+            if option not in self.accepted_options:
+                raise UnsupportedCapabilityError(option, provider=self._name, detail=f"{self.backend} backend")
+        if any(tool.strict for tool in options.tools) and "strict_tools" not in self.accepted_options:
+            raise UnsupportedCapabilityError("strict tools", provider=self._name, detail=f"{self.backend} backend")
         if options.tools and not caps.tools:
             raise UnsupportedCapabilityError("tools", provider=self._name)
         if options.response_format is not None and not caps.structured_output:

@@ -242,11 +242,15 @@ class BlockingProvider:
         """A streamed reply: iterate it (ideally in a `with` block); `.response` once exhausted."""
         return BlockingChatStream(self._provider, list(messages), options, self._loop)
 
-    def embed(self, text: str) -> list[float]:
-        return self._loop.run(self._provider.embed(text))
+    def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
+        if dimensions is None:
+            return self._loop.run(self._provider.embed(text))
+        return self._loop.run(self._provider.embed(text, dimensions=dimensions))
 
-    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
-        return self._loop.run(self._provider.embed_batch(list(texts)))
+    def embed_batch(self, texts: Sequence[str], *, dimensions: int | None = None) -> list[list[float]]:
+        if dimensions is None:
+            return self._loop.run(self._provider.embed_batch(list(texts)))
+        return self._loop.run(self._provider.embed_batch(list(texts), dimensions=dimensions))
 
     def status(self) -> Any:
         """The provider's own `status()` (routers report circuit-breaker state), if it has one."""

@@ -44,6 +44,7 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RefusalError",
     "UnsupportedCapabilityError",
     "error_from_status",
     "clip",
@@ -258,6 +259,21 @@ class BadResponseError(LlmError):
     """The server answered with something malformed: invalid JSON, a truncated stream, ..."""
 
     retryable = True
+
+
+class RefusalError(BadResponseError):
+    """The model refused to answer a structured-output call (finish reason "refusal").
+
+    Raised instead of the parse failure the refusal text would cause; `refusal` is that text. A
+    `BadResponseError` so code catching parse failures still catches it, but never retried: the same
+    request would most likely be refused again.
+    """
+
+    retryable = False
+
+    def __init__(self, refusal: str, *, provider: str | None = None) -> None:
+        self.refusal = refusal
+        super().__init__(f"the model refused: {refusal}" if refusal else "the model refused", provider=provider)
 
 
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:

@@ -11,14 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from zeph_providers.types import CacheSettings, ToolDefinition
 
-__all__ = ["Capabilities", "ChatKwargs", "ChatOptions", "ResponseFormat"]
+__all__ = ["PROVIDER_OPTIONS", "Capabilities", "ChatKwargs", "ChatOptions", "ReasoningEffort", "ResponseFormat"]
 
 ResponseFormat = dict[str, Any] | type[Any]
 """A JSON schema dict, or a pydantic model class whose schema is sent and which parses the reply."""
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+"""How hard a reasoning model thinks (OpenAI's `reasoning_effort` values; models take a subset)."""
+
+PROVIDER_OPTIONS = ("reasoning_effort", "parallel_tool_calls", "logprobs", "top_logprobs")
+"""Typed per-call options only some backends honour: a backend lists those it does in
+`BaseProvider.accepted_options`, and any other one, when set, is refused with a typed error."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,14 @@ class ChatKwargs(TypedDict, total=False):
     """Seconds for the whole call, stream included, across retries and router members."""
     extra: dict[str, Any] | None
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    reasoning_effort: ReasoningEffort | None
+    """Reasoning effort for reasoning models (OpenAI); refused by backends without it."""
+    parallel_tool_calls: bool | None
+    """Whether the model may call several tools in one turn (OpenAI); None: the API's default."""
+    logprobs: bool | None
+    """Return per-token log probabilities in `ChatResponse.logprobs` (OpenAI and compatible)."""
+    top_logprobs: int | None
+    """With `logprobs`, also this many most likely alternatives per token (0-20)."""
     cache: CacheSettings | bool | None
     """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config."""
 
@@ -78,6 +93,10 @@ class ChatOptions:
     """Seconds for the whole call, stream included, across retries."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    reasoning_effort: ReasoningEffort | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     cache: CacheSettings | bool | None = None
     """Prompt caching for this call (Claude); None: the provider's configured default."""
     stream: bool = True
@@ -107,6 +126,10 @@ class ChatOptions:
             response_format=kwargs.get("response_format"),
             timeout=kwargs.get("timeout"),
             extra=dict(kwargs.get("extra") or {}),
+            reasoning_effort=kwargs.get("reasoning_effort"),
+            parallel_tool_calls=kwargs.get("parallel_tool_calls"),
+            logprobs=kwargs.get("logprobs"),
+            top_logprobs=kwargs.get("top_logprobs"),
             cache=kwargs.get("cache"),
             stream=stream,
         )
@@ -125,6 +148,10 @@ class ChatOptions:
             response_format=self.response_format,
             timeout=self.timeout,
             extra=dict(self.extra),
+            reasoning_effort=self.reasoning_effort,
+            parallel_tool_calls=self.parallel_tool_calls,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
             cache=self.cache,
         )
 
@@ -172,6 +199,10 @@ class ChatOptions:
         if isinstance(fmt, dict):
             return str(fmt.get("title") or "response")
         return "response"
+
+    def provider_options(self) -> list[str]:
+        """The names of the `PROVIDER_OPTIONS` these options set (what a backend must honour or refuse)."""
+        return [name for name in PROVIDER_OPTIONS if getattr(self, name) is not None]
 
     def with_changes(self, **changes: Any) -> ChatOptions:
         return replace(self, **changes)

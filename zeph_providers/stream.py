@@ -27,11 +27,13 @@ from zeph_providers.types import (
     ContentChunk,
     EndChunk,
     FinishReason,
+    LogprobsChunk,
     RedactedThinkingChunk,
     RedactedThinkingPart,
     StreamChunk,
     ThinkingChunk,
     ThinkingPart,
+    TokenLogprob,
     ToolCall,
     ToolUseChunk,
     Usage,
@@ -122,6 +124,7 @@ class ResponseAssembler:
         self._finish: FinishReason | None = None
         self._model = model
         self._provider = provider
+        self._logprobs: list[TokenLogprob] | None = None
         self._blocks = _ThinkingBlocks()
         self._stop_sequence: str | None = None
 
@@ -139,6 +142,10 @@ class ResponseAssembler:
             self._tool_calls.append(chunk.tool_call)
         elif isinstance(chunk, UsageChunk):
             self._usage = chunk.usage if self._usage is None else self._usage + chunk.usage
+        elif isinstance(chunk, LogprobsChunk):
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(chunk.tokens)
         elif isinstance(chunk, EndChunk):
             self._finish = chunk.finish_reason
             if chunk.model:
@@ -164,6 +171,7 @@ class ResponseAssembler:
             finish_reason=finish,
             model=self._model,
             provider=self._provider,
+            logprobs=self._logprobs,
             thinking_blocks=self._blocks.parts(),
             stop_sequence=self._stop_sequence,
         )

@@ -24,6 +24,7 @@ __all__ = [
     "EndChunk",
     "FinishReason",
     "ImagePart",
+    "LogprobsChunk",
     "Message",
     "Part",
     "RedactedThinkingChunk",
@@ -42,6 +43,8 @@ __all__ = [
     "ToolResultPart",
     "ToolUseChunk",
     "ToolUsePart",
+    "TokenLogprob",
+    "TopLogprob",
     "Usage",
     "UsageChunk",
 ]
@@ -262,6 +265,9 @@ class ToolDefinition(_Frozen):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+    """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
+    cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
 
 
 class Usage(_Frozen):
@@ -269,6 +275,8 @@ class Usage(_Frozen):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    """Of `output_tokens`, those spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`)."""
     cache_write_5m_tokens: int = 0
     """Of `cache_write_tokens`, those written to 5-minute cache entries (Claude's
     `cache_creation.ephemeral_5m_input_tokens`; 0 where the API sends no breakdown)."""
@@ -285,6 +293,7 @@ class Usage(_Frozen):
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cache_write_5m_tokens=self.cache_write_5m_tokens + other.cache_write_5m_tokens,
             cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
@@ -293,6 +302,21 @@ class Usage(_Frozen):
 FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error", "pause_turn", "refusal"]
 """Why a reply ended. "pause_turn": Claude paused a long server-tool turn (send the reply back as
 is to let it continue); "refusal": the model declined (Claude's `stop_reason: refusal`)."""
+
+
+class TopLogprob(_Frozen):
+    """One candidate token at a position and its log probability."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    """The token's UTF-8 bytes, when the API sends them (a token may be part of a character)."""
+
+
+class TokenLogprob(TopLogprob):
+    """One generated token, its log probability and the most likely alternatives (`top_logprobs`)."""
+
+    top_logprobs: tuple[TopLogprob, ...] = ()
 
 
 class Attempt(_Frozen):
@@ -338,6 +362,8 @@ class ChatResponse(BaseModel):
     finish_reason: FinishReason = "stop"
     model: str = ""
     provider: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    """Per-token log probabilities of `text`, when asked for (`logprobs=True`); None otherwise."""
     thinking_blocks: list[ThinkingPart | RedactedThinkingPart] = Field(default_factory=list)
     """Every thinking block of the reply, in order, each with its own signature (Claude:
     `thinking` and `redacted_thinking` blocks). Empty when the backend streams thinking as one run
@@ -421,6 +447,13 @@ class ToolCallDeltaChunk(_Frozen):
     arguments: str = ""
 
 
+class LogprobsChunk(_Frozen):
+    """Log probabilities of the tokens of the text delivered so far (in order), when asked for."""
+
+    type: Literal["logprobs"] = "logprobs"
+    tokens: tuple[TokenLogprob, ...]
+
+
 class UsageChunk(_Frozen):
     """Token counts, emitted exactly once per response."""
 
@@ -439,7 +472,14 @@ class EndChunk(_Frozen):
 
 
 StreamChunk = Annotated[
-    ContentChunk | ThinkingChunk | ToolUseChunk | ToolCallDeltaChunk | UsageChunk | EndChunk | RedactedThinkingChunk,
+    ContentChunk
+    | ThinkingChunk
+    | ToolUseChunk
+    | ToolCallDeltaChunk
+    | UsageChunk
+    | EndChunk
+    | RedactedThinkingChunk
+    | LogprobsChunk,
     Field(discriminator="type"),
 ]
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from zeph_providers import ContentChunk, Message, UsageChunk
+from zeph_providers import ContentChunk, LogprobsChunk, Message, UsageChunk
 from zeph_providers.backends.openai import OpenAIProvider
 from zeph_providers.config import CompatibleConfig, OpenAIConfig
 from zeph_providers.errors import ContextLengthError
@@ -187,3 +187,39 @@ async def test_live_openai() -> None:  # pragma: no cover - needs the network an
     assert resp.text.strip()
     assert resp.usage.input_tokens > 0
     assert stream.response.usage.output_tokens > 0
+
+
+# ----- issue 12: typed OpenAI options against a real compatible server ------------------------
+
+
+async def test_logprobs_come_back_from_a_real_server_streamed_and_not(compat: OpenAIProvider) -> None:
+    resp = await compat.chat(PROMPT, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    async with compat.chat_stream(PROMPT, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2) as stream:
+        chunks = [chunk async for chunk in stream]
+    streamed = stream.response
+    assert any(isinstance(chunk, LogprobsChunk) for chunk in chunks)
+    for reply in (resp, streamed):
+        assert reply.logprobs, "asked for logprobs: the server sends them"
+        for token in reply.logprobs:
+            assert isinstance(token.token, str)
+            assert token.logprob <= 0.0
+            assert len(token.top_logprobs) <= 2
+            assert all(top.logprob <= 0.0 for top in token.top_logprobs)
+    plain = await compat.chat(PROMPT, max_tokens=4, temperature=0)
+    assert plain.logprobs is None
+
+
+async def test_reasoning_effort_and_parallel_tool_calls_do_not_break_a_compatible_server(
+    compat: OpenAIProvider,
+) -> None:
+    resp = await compat.chat(PROMPT, reasoning_effort="low", max_tokens=8, temperature=0)
+    assert resp.finish_reason in ("stop", "length")
+    resp = await compat.chat(
+        [Message.user("What is the weather in Paris? Use the tool.")],
+        tools=[WEATHER],
+        parallel_tool_calls=False,
+        max_tokens=16,
+        temperature=0,
+    )
+    assert resp.finish_reason in ("stop", "length", "tool_use")
+    assert len(resp.tool_calls) <= 1

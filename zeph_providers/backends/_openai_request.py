@@ -4,12 +4,28 @@ Split from `openai.py` (which keeps the model families and capabilities, the str
 translator, embeddings and errors) because the request conversion is pure: no SDK, no I/O.
 `openai.py` re-exports what was public there. The pieces the Ollama backend writes the same way
 (`function_tools`) and the Claude backend too (`put_extra_body`) live in `_convert`.
+
+Typed OpenAI options (the provider checks them first, with its name in the errors):
+
+- `reasoning_effort` (call, else config) is sent only when set; a model or server that does not
+  take it answers 400, which becomes `InvalidRequestError`.
+- `parallel_tool_calls` (call, else config) is sent only with tools (the API rejects it without).
+- Strict tools: a tool is strict when `ToolDefinition.strict` says so, else when the config's
+  `strict_tools` does. A strict tool is sent with `"strict": true` and its parameters made strict
+  by `strict_json_schema` (the same function `response_format` uses: `additionalProperties: false`
+  added). A schema with an optional property cannot be strict without changing its meaning (the
+  model would have to send every argument): with the config default such a tool is sent
+  non-strict, as `response_format` is; with `strict=True` on the tool the provider refuses it.
+- `logprobs` / `top_logprobs` are sent as the API's `logprobs` / `top_logprobs`.
+- `extra={...}` is sent as-is in the body (`extra_body`: server knobs such as `min_p`,
+  `repetition_penalty`, `chat_template_kwargs`), except `EXTRA_REFUSED` keys, which would either
+  produce replies we cannot return (`n` > 1, audio output) or bypass a typed option.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from zeph_providers.backends._convert import (
     function_tools,
@@ -18,16 +34,93 @@ from zeph_providers.backends._convert import (
     put_extra_body,
     schema_name,
     strict_json_schema,
+    tool_parameters,
     tool_result_text,
 )
 from zeph_providers.config import OpenAIConfig
-from zeph_providers.options import ChatOptions
-from zeph_providers.types import DocumentPart, ImagePart, Message, Role, TextPart, ToolUsePart
+from zeph_providers.errors import InvalidRequestError, UnsupportedCapabilityError
+from zeph_providers.options import ChatOptions, ReasoningEffort
+from zeph_providers.types import DocumentPart, ImagePart, Message, Role, TextPart, ToolDefinition, ToolUsePart
 
-__all__ = ["TOOL_CHOICES", "build_request", "convert_messages", "convert_response_format"]
+__all__ = [
+    "EXTRA_REFUSED",
+    "TOOL_CHOICES",
+    "build_request",
+    "check_options",
+    "convert_messages",
+    "convert_response_format",
+    "convert_tools",
+    "tool_is_strict",
+]
 
 TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
 """Our `tool_choice` words -> the API's (any other value names a tool)."""
+
+_REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
+
+EXTRA_REFUSED: dict[str, str] = {
+    "n": "one reply per call is the protocol; make concurrent calls for several",
+    "logprobs": "use the typed option logprobs=True",
+    "top_logprobs": "use the typed option top_logprobs=N",
+    "reasoning_effort": "use the typed option reasoning_effort=...",
+    "parallel_tool_calls": "use the typed option parallel_tool_calls=...",
+    "modalities": "audio output is not returned by this library",
+    "audio": "audio output is not returned by this library",
+    "stream": "the library decides streaming",
+    "stream_options": "the library decides streaming",
+    "messages": "pass messages as the first argument",
+    "model": "the model is the provider's config",
+}
+"""`extra` keys the OpenAI backend refuses (the value: why, for the error) instead of sending them."""
+
+
+def check_options(options: ChatOptions, *, provider: str) -> None:
+    """The typed OpenAI options and `extra`: refuse what would be dropped or is malformed."""
+    for key, why in EXTRA_REFUSED.items():
+        if key in options.extra and not (key == "n" and options.extra[key] in (None, 1)):
+            raise UnsupportedCapabilityError(f"extra[{key!r}]", provider=provider, detail=why)
+    effort = options.reasoning_effort
+    if effort is not None and effort not in _REASONING_EFFORTS:
+        raise InvalidRequestError(
+            f"reasoning_effort must be one of {', '.join(_REASONING_EFFORTS)}, not {effort!r}", provider=provider
+        )
+    for name in ("parallel_tool_calls", "logprobs"):
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequestError(f"{name} must be a bool, not {value!r}", provider=provider)
+    top = options.top_logprobs
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise InvalidRequestError(f"top_logprobs must be an int from 0 to 20, not {top!r}", provider=provider)
+        if not options.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs=True", provider=provider)
+    for tool in options.tools:
+        if tool.strict and strict_json_schema(tool_parameters(tool)) is None:
+            raise InvalidRequestError(
+                f"tool {tool.name!r} asks for strict=True, but its schema cannot be made strict: every "
+                "property must be required and additionalProperties false (make optional ones "
+                "required with a null type, or set strict=False)",
+                provider=provider,
+            )
+
+
+def tool_is_strict(tool: ToolDefinition, default: bool) -> bool:
+    """Whether `tool` is asked to be strict: its own `strict`, else the provider's default."""
+    return tool.strict if tool.strict is not None else default
+
+
+def convert_tools(tools: Sequence[ToolDefinition], *, strict_default: bool) -> list[dict[str, Any]]:
+    """Function tools; the strict ones (see the module doc) with `strict: true` and a strict schema."""
+    out = function_tools(tools)
+    for tool, entry in zip(tools, out, strict=True):
+        if not tool_is_strict(tool, strict_default):
+            continue
+        function = entry["function"]
+        schema = strict_json_schema(function["parameters"])
+        if schema is not None:  # else: sent non-strict (the provider refused an explicit strict=True)
+            function["parameters"] = schema
+            function["strict"] = True
+    return out
 
 
 def convert_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -129,10 +222,22 @@ def build_request(
     if options.stop:
         params["stop"] = list(options.stop)
     if options.tools:
-        params["tools"] = function_tools(options.tools)
+        params["tools"] = convert_tools(options.tools, strict_default=config.strict_tools)
         if options.tool_choice is not None:
             mapped = TOOL_CHOICES.get(options.tool_choice)
             params["tool_choice"] = mapped or {"type": "function", "function": {"name": options.tool_choice}}
+        parallel = options.parallel_tool_calls
+        if parallel is None:
+            parallel = config.parallel_tool_calls
+        if parallel is not None:
+            params["parallel_tool_calls"] = parallel
+    effort = options.reasoning_effort or config.reasoning_effort
+    if effort is not None:
+        params["reasoning_effort"] = effort
+    if options.logprobs is not None:
+        params["logprobs"] = options.logprobs
+    if options.top_logprobs is not None:
+        params["top_logprobs"] = options.top_logprobs
     response_format = convert_response_format(options)
     if response_format is not None:
         params["response_format"] = response_format

@@ -204,11 +204,17 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
         except Exception as exc:
             raise self._map_error(exc) from exc
 
-    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+    async def _embed_batch(
+        self,
+        texts: list[str],
+        request: Callable[[list[str], float], Awaitable[list[list[float]]]] | None = None,
+    ) -> list[list[float]]:
+        """`request(texts, deadline)` (default `_embed_attempt`) under the retry policy and deadline."""
         deadline = time.monotonic() + self.config.timeout_secs
+        send = request or self._embed_attempt
 
         async def attempt() -> AsyncIterator[list[list[float]]]:
-            yield await self.within(deadline, self._embed_attempt(texts, deadline))
+            yield await self.within(deadline, send(texts, deadline))
 
         async for vectors in retry_stream(
             lambda: self._mapped(attempt()), self.retry_policy, deadline=deadline, provider=self.name

@@ -14,16 +14,28 @@ ids, so `chat()` equals `chat_stream().response`.
 
 Wire mapping, in short:
 
-- text deltas -> `ContentChunk` as they arrive (a `refusal` delta is text as well);
-  `reasoning_content` / `reasoning` deltas (llama.cpp, vLLM, DeepSeek, ...) -> `ThinkingChunk`;
+- text deltas -> `ContentChunk` as they arrive; a `refusal` (delta or message field) is text as
+  well, and a reply that carried one finishes with "refusal" (as Claude's `stop_reason: refusal`
+  does); with `response_format` such a reply raises `RefusalError` (its `refusal` text) instead
+  of failing to parse;
+- `reasoning_content` / `reasoning` deltas (llama.cpp, vLLM, DeepSeek, ...) -> `ThinkingChunk`.
+  OpenAI's own models send no reasoning text on Chat Completions (summaries are a Responses API
+  feature): only the count, `completion_tokens_details.reasoning_tokens` -> `reasoning_tokens`;
+- `logprobs.content` (and `logprobs.refusal`) entries -> `LogprobsChunk`s, when asked for;
 - tool-call fragments, keyed by `index`, stream as `ToolCallDeltaChunk`s (index = the call's
   position, see `_tools`) and are reassembled and emitted as complete `ToolUseChunk`s when the
   choice finishes; a call without an id gets a stable generated one;
 - usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
   `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
-  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
+  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`,
+  `completion_tokens_details.reasoning_tokens` -> `reasoning_tokens` (a part of `output_tokens`);
 - a stream that ends without a finish reason raises `BadResponseError` after what it delivered;
   a complete non-streamed body without one is taken as "stop" (its body is whole by definition).
+
+Typed per-call options (`accepted_options`): `reasoning_effort`, `parallel_tool_calls`, `logprobs`,
+`top_logprobs`, strict tools, and `dimensions` for embeddings (sent; a vector of another length is a
+`BadResponseError`, as a compatible server that ignores it would otherwise go unnoticed). `n` > 1 is
+refused (one reply per call; make concurrent calls). See `_openai_request` for the request side.
 
 Layout: model families and capabilities, then the request (its pure conversion in
 `_openai_request`; the provider adds the checks that need its config), the stream and the chunk
@@ -44,25 +56,29 @@ from openai import AsyncOpenAI
 
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
-from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request
+from zeph_providers.backends._openai_reply import extra_text, logprobs, usage
+from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request, check_options
 from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
 from zeph_providers.backends._openai_request import convert_response_format as convert_response_format
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
 from zeph_providers.backends._tools import ToolCallAccumulator
-from zeph_providers.backends._wire import count, drain, loads
+from zeph_providers.backends._wire import drain, loads
 from zeph_providers.config import CompatibleConfig, OpenAIConfig
 from zeph_providers.errors import (
     BadResponseError,
     InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
+    RefusalError,
     UnsupportedCapabilityError,
 )
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
+    ChatResponse,
     ContentChunk,
     EndChunk,
     FinishReason,
+    LogprobsChunk,
     Message,
     Role,
     StreamChunk,
@@ -141,6 +157,8 @@ class _StreamState:
     usage: Usage | None = None
     calls: ToolCallAccumulator = field(init=False)
     events: int = 0
+    refused: bool = False
+    """A `refusal` arrived: the reply finishes with "refusal"."""
     done: bool = False
     """`data: [DONE]` arrived: the stream is complete even without a finish_reason."""
 
@@ -150,31 +168,6 @@ class _StreamState:
     @property
     def response_id(self) -> str:
         return str(self.calls.id_seed[0])
-
-
-def _field(obj: Any, name: str) -> Any:
-    """A field of an SDK model or of a plain JSON dict (the non-streamed body is parsed here)."""
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def _usage(raw: Any, provider: str) -> Usage:
-    if not isinstance(raw, dict):
-        raise BadResponseError("malformed response: `usage` is not an object", provider=provider)
-    details = _field(raw, "prompt_tokens_details")
-    cached = _field(details, "cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        input_tokens=count(_field(raw, "prompt_tokens"), "prompt_tokens", provider=provider),
-        output_tokens=count(_field(raw, "completion_tokens"), "completion_tokens", provider=provider),
-        cache_read_tokens=count(cached, "cached_tokens", provider=provider),
-    )
-
-
-def _extra_text(delta: Any, *names: str) -> str:
-    for name in names:
-        value = _field(delta, name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def _error_code(exc: openai.APIError) -> str:
@@ -191,6 +184,10 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
 
     backend = "openai"
     default_base_url = OPENAI_BASE_URL
+    accepted_options = frozenset(
+        {"reasoning_effort", "parallel_tool_calls", "logprobs", "top_logprobs", "strict_tools"}
+    )
+    embedding_dimensions = True
 
     def __init__(self, config: OpenAIConfig, *, transport: Any = None) -> None:
         super().__init__(config, capabilities=openai_capabilities(config))
@@ -245,6 +242,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             )
         if choice in ("required", "any") and not options.tools:
             raise InvalidRequestError("tool_choice 'required' needs tools", provider=self.name)
+        check_options(options, provider=self.name)
 
     def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
         """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`); see `_openai_request`."""
@@ -294,7 +292,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
 
     def _end(self, state: _StreamState) -> list[StreamChunk]:
         out = self._complete_calls(state)  # calls a server finished without emitting at the finish chunk
-        finish: FinishReason = map_finish_reason(state.finish)
+        finish: FinishReason = "refusal" if state.refused else map_finish_reason(state.finish)
         return [*out, UsageChunk(usage=state.usage or Usage()), EndChunk(finish_reason=finish, model=state.model)]
 
     async def _events(self, response: httpx2.Response, state: _StreamState) -> AsyncIterator[Any]:
@@ -365,7 +363,14 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             "model": body.get("model"),
             "usage": body.get("usage"),
             # A complete body without a finish reason is taken as "stop": it is whole by definition.
-            "choices": [{"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": choice.get("logprobs"),
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
+            ],
         }
         state = _StreamState(self.name, model=self.model)
         try:
@@ -390,15 +395,15 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         model = chunk.get("model")
         if model:
             state.model = str(model)
-        usage = chunk.get("usage")
-        if usage is not None:
-            state.usage = _usage(usage, self.name)  # cumulative where a server repeats it: keep the last
+        raw_usage = chunk.get("usage")
+        if raw_usage is not None:
+            state.usage = usage(raw_usage, self.name)  # cumulative where a server repeats it: keep the last
         for choice in chunk.get("choices") or ():
             if (choice.get("index") or 0) != 0:
                 continue  # we never ask for n > 1
             delta = choice.get("delta")
             if delta is not None:
-                thinking = _extra_text(delta, "reasoning_content", "reasoning")
+                thinking = extra_text(delta, "reasoning_content", "reasoning")
                 if thinking:
                     out.append(ThinkingChunk(text=thinking))
                 content = delta.get("content")
@@ -406,6 +411,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                     out.append(ContentChunk(text=str(content)))
                 refusal = delta.get("refusal")
                 if refusal:
+                    state.refused = True
                     out.append(ContentChunk(text=str(refusal)))
                 for call in delta.get("tool_calls") or ():
                     function = call.get("function") or {}
@@ -414,6 +420,9 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                 legacy = delta.get("function_call")
                 if legacy is not None:  # the deprecated single-function shape
                     out.extend(state.calls.add(0, None, legacy.get("name"), legacy.get("arguments")))
+            tokens = logprobs(choice.get("logprobs"), self.name)
+            if tokens:
+                out.append(LogprobsChunk(tokens=tokens))
             finish = choice.get("finish_reason")
             if finish:
                 state.finish = str(finish)
@@ -424,15 +433,29 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
     def _complete_calls(state: _StreamState) -> list[StreamChunk]:
         return list(state.calls.finish())  # each call's closing delta (when due) and its ToolUseChunk
 
+    # ----- structured output ------------------------------------------------------------
+
+    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        if options.response_format is not None and response.finish_reason == "refusal":
+            raise RefusalError(response.text, provider=self.name)
+        return super()._finalize(response, options)
+
     # ----- embeddings -------------------------------------------------------------------
 
+    async def embed_texts_dimensions(self, texts: list[str], dimensions: int) -> list[list[float]]:
+        return await self._embed_batch(texts, lambda batch, deadline: self._embed_request(batch, deadline, dimensions))
+
     async def _embed_attempt(self, texts: list[str], deadline: float) -> list[list[float]]:
+        return await self._embed_request(texts, deadline, self.openai_config.embedding_dimensions)
+
+    async def _embed_request(self, texts: list[str], deadline: float, dimensions: int | None) -> list[list[float]]:
         model = self.openai_config.embedding_model
         if not model:
             raise UnsupportedCapabilityError("embeddings", provider=self.name, detail="set embedding_model")
+        sized: dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
         try:
             response = await self._client.embeddings.create(
-                input=texts, model=model, encoding_format="float", timeout=self._timeout(deadline)
+                input=texts, model=model, encoding_format="float", timeout=self._timeout(deadline), **sized
             )
         except ValueError as exc:  # the SDK's own post-parsing ("No embedding data received")
             raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
@@ -447,6 +470,12 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         if len(vectors) != len(texts):
             raise BadResponseError(
                 f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
+            )
+        if dimensions is not None and any(len(vector) != dimensions for vector in vectors):
+            raise BadResponseError(
+                f"asked for {dimensions}-dimension embeddings, the server returned "
+                f"{len(next(v for v in vectors if len(v) != dimensions))} (does the model take `dimensions`?)",
+                provider=self.name,
             )
         return vectors
 

@@ -70,7 +70,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
-from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.options import PROVIDER_OPTIONS, Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
 from zeph_providers.types import Message, StreamChunk
@@ -92,6 +92,7 @@ class RouterProvider(BaseProvider):
     """Routes each call to one member provider, falling back and tripping breakers as members fail."""
 
     backend = "router"
+    accepted_options = frozenset({*PROVIDER_OPTIONS, "strict_tools"})  # passed on: members honour or refuse them
 
     def __init__(
         self,
@@ -399,8 +400,9 @@ class RouterProvider(BaseProvider):
 
     # ----- embeddings ---------------------------------------------------------------
 
-    async def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed through the first healthy embedding-capable member, falling back like chat."""
+    async def embed_batch(self, texts: Sequence[str], *, dimensions: int | None = None) -> list[list[float]]:
+        """Embed through the first healthy embedding-capable member, falling back like chat
+        (`dimensions` is passed on: a member that cannot honour it refuses)."""
         build_errors = self._resolve_members()
         if not any(m.capabilities.embeddings for m in self._members.values()):
             if build_errors and not self._members:
@@ -409,15 +411,21 @@ class RouterProvider(BaseProvider):
         text_list = list(texts)
         if not text_list:
             return []
-        return await self.observe_embedding(text_list, lambda batch: self._embed_in_slot_routed(batch, build_errors))
+        return await self.observe_embedding(
+            text_list, lambda batch: self._embed_in_slot_routed(batch, build_errors, dimensions)
+        )
 
-    async def _embed_in_slot_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
+    async def _embed_in_slot_routed(
+        self, texts: list[str], errors: list[LlmError], dimensions: int | None = None
+    ) -> list[list[float]]:
         if self._semaphore is None:
-            return await self._embed_routed(texts, errors)
+            return await self._embed_routed(texts, errors, dimensions)
         async with self._semaphore:
-            return await self._embed_routed(texts, errors)
+            return await self._embed_routed(texts, errors, dimensions)
 
-    async def _embed_routed(self, texts: list[str], errors: list[LlmError]) -> list[list[float]]:
+    async def _embed_routed(
+        self, texts: list[str], errors: list[LlmError], dimensions: int | None = None
+    ) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline
         embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
         for name, member, admission, remaining in embedders:
@@ -427,7 +435,10 @@ class RouterProvider(BaseProvider):
             limit = remaining if own is None or (remaining is not None and remaining <= own) else own
             try:
                 async with asyncio.timeout(limit):
-                    vectors = await member.embed_batch(texts)
+                    if dimensions is None:
+                        vectors = await member.embed_batch(texts)
+                    else:
+                        vectors = await member.embed_batch(texts, dimensions=dimensions)
             except LlmError as exc:
                 errors.append(exc)
                 if self._settle(name, admission, exc) is Verdict.RAISE:

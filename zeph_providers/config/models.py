@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from zeph_providers.errors import ConfigError, register_secret
+from zeph_providers.options import ReasoningEffort
 from zeph_providers.types import CacheSettings
 
 __all__ = [
@@ -242,6 +243,15 @@ class OpenAIConfig(RemoteConfig):
     """Send `max_completion_tokens` instead of `max_tokens`; None decides from the model name."""
     vision: bool | None = None
     """Override the vision flag (None: guess from the model name)."""
+    reasoning_effort: ReasoningEffort | None = None
+    """Default `reasoning_effort` for reasoning models (a call's own value wins); not sent when None."""
+    parallel_tool_calls: bool | None = None
+    """Default `parallel_tool_calls` when tools are sent (a call's own value wins); None: the API's default."""
+    strict_tools: bool = False
+    """Send tools whose schema allows it as strict function tools (`strict: true`, the schema made
+    strict as for `response_format`); a tool's own `ToolDefinition.strict` wins."""
+    embedding_dimensions: Annotated[int, Field(ge=1)] | None = None
+    """Default `dimensions` for embeddings (text-embedding-3 and later); a call's own value wins."""
 
 
 class CompatibleConfig(OpenAIConfig):
