@@ -27,6 +27,7 @@ from zeph_providers.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitError,
+    StructuredOutputError,
     UnsupportedCapabilityError,
 )
 from zeph_providers.hooks import Call, Hook, Hooks, add_hook, remove_hook
@@ -112,6 +113,7 @@ __all__ = [
     "Role",
     "RouterProvider",
     "StreamChunk",
+    "StructuredOutputError",
     "TextChunk",
     "TextPart",
     "ThinkingChunk",

@@ -44,6 +44,7 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "StructuredOutputError",
     "UnsupportedCapabilityError",
     "error_from_status",
     "clip",
@@ -258,6 +259,19 @@ class BadResponseError(LlmError):
     """The server answered with something malformed: invalid JSON, a truncated stream, ..."""
 
     retryable = True
+
+
+class StructuredOutputError(BadResponseError):
+    """The reply does not parse as JSON or does not validate against the call's `response_format`.
+
+    `validation_error` is the parser's or validator's message, `raw` the reply text (or the value)
+    that failed. `chat()` re-asks `structured_retries` times before raising it (`zeph_providers.structured`).
+    """
+
+    def __init__(self, message: str, *, provider: str | None = None, validation_error: str = "", raw: str = "") -> None:
+        super().__init__(message, provider=provider)
+        self.validation_error = redact(validation_error)
+        self.raw = redact(raw)
 
 
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:

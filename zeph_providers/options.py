@@ -51,6 +51,9 @@ class ChatKwargs(TypedDict, total=False):
     """Seconds for the whole call, stream included, across retries and router members."""
     extra: dict[str, Any] | None
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    structured_retries: int | None
+    """`chat()` only: re-asks after a reply that does not match `response_format` (None: the
+    provider's `structured_retries`, default 1; 0: none). See `zeph_providers.structured`."""
 
 
 _KWARG_NAMES = frozenset(ChatKwargs.__annotations__)
@@ -74,6 +77,8 @@ class ChatOptions:
     """Seconds for the whole call, stream included, across retries."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific values (e.g. `repeat_penalty` for the local backend)."""
+    structured_retries: int | None = None
+    """Re-asks after a reply that does not match `response_format` (None: the provider's default)."""
     stream: bool = True
     """Whether the caller consumes a stream. `chat()` sets it to False; a backend may then make one
     non-streamed request, provided it yields the same chunk vocabulary (so the assembled reply is
@@ -101,6 +106,7 @@ class ChatOptions:
             response_format=kwargs.get("response_format"),
             timeout=kwargs.get("timeout"),
             extra=dict(kwargs.get("extra") or {}),
+            structured_retries=kwargs.get("structured_retries"),
             stream=stream,
         )
 
@@ -118,6 +124,7 @@ class ChatOptions:
             response_format=self.response_format,
             timeout=self.timeout,
             extra=dict(self.extra),
+            structured_retries=self.structured_retries,
         )
 
     def started(self, default_timeout: float | None = None, *, now: float | None = None) -> ChatOptions:
