@@ -162,7 +162,7 @@ def parse_structured(payload: Any, options: ChatOptions, *, provider: str) -> An
 
 
 def prompted_payload(text: str, options: ChatOptions, *, provider: str) -> Any:
-    """"prompted" mode's payload: the JSON value in the reply text (`extract_json`)."""
+    """ "prompted" mode's payload: the JSON value in the reply text (`extract_json`)."""
     try:
         return extract_json(text)
     except ValueError as exc:
@@ -233,9 +233,7 @@ def answer_tool(options: ChatOptions) -> AnswerTool | None:
         name = (name + "_answer")[-64:]
     kind = schema.get("type", "object" if "properties" in schema else None)
     wrapped = kind != "object"
-    parameters = (
-        {"type": "object", "properties": {"value": schema}, "required": ["value"]} if wrapped else dict(schema)
-    )
+    parameters = {"type": "object", "properties": {"value": schema}, "required": ["value"]} if wrapped else dict(schema)
     description = str(schema.get("description") or "Give the final answer in exactly this structure.")
     return AnswerTool(name=name, parameters=parameters, description=description, wrapped=wrapped)
 
