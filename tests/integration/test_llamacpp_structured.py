@@ -33,7 +33,7 @@ async def prompted(llamacpp_server: str) -> AsyncIterator[OpenAIProvider]:
         name="llamacpp-prompted",
         model="smollm2",
         base_url=f"{llamacpp_server}/v1",
-        timeout_secs=120,
+        timeout_secs=600,
         structured_output="prompted",
         structured_retries=RETRIES,
     )
@@ -44,11 +44,11 @@ async def prompted(llamacpp_server: str) -> AsyncIterator[OpenAIProvider]:
         await built.aclose()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 async def test_prompted_mode_gives_a_valid_instance_or_the_typed_error(prompted: OpenAIProvider, seed: int) -> None:
     messages = [Message.system("You are a helpful assistant."), Message.user("Greet me in French.")]
     try:
-        resp = await prompted.chat(messages, response_format=Greeting, max_tokens=64, temperature=0.8, seed=seed)
+        resp = await prompted.chat(messages, response_format=Greeting, max_tokens=48, temperature=0.8, seed=seed)
     except StructuredOutputError as exc:
         assert exc.provider == "llamacpp-prompted"
         assert len(exc.attempts) == 1 + RETRIES
