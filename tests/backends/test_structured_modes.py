@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from tests.conformance.harness_claude import FakeAnthropic
+from tests.conformance.harness_claude import make_provider as claude_provider
 from tests.conformance.harness_openai import ScriptedServer, make_provider, sse_response, text_events, tool_events
-from tests.conformance.scenarios import ToolCallSpec, ToolReply
+from tests.conformance.scenarios import TextReply, ToolCallSpec, ToolReply
 from zeph_providers import StructuredOutputError
 from zeph_providers.backends._convert import strict_json_schema
 from zeph_providers.structured import prompt_instructions
@@ -225,3 +227,33 @@ async def test_structured_retries_from_the_config() -> None:
         with pytest.raises(StructuredOutputError):
             await provider.chat(HELLO, response_format=City)
     assert len(server.requests) == 1
+
+
+# ----- Claude: "tool" (its default) and "prompted" ------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_claude_prompted_sends_no_answer_tool_and_extracts_the_json(streamed: bool) -> None:
+    reply = 'Sure. {"name": "Oslo", "population": 700000} Hope that helps.'
+    server = FakeAnthropic([TextReply(chunks=(reply[:12], reply[12:]))])
+    async with claude_provider(server, structured_output="prompted") as provider:
+        if streamed:
+            async with provider.chat_stream(HELLO, response_format=City) as stream:
+                resp = await stream.collect()
+        else:
+            resp = await provider.chat(HELLO, response_format=City)
+    body = server.bodies[0]
+    assert "tools" not in body and "tool_choice" not in body
+    assert body["system"] == "Be brief.\n\n" + prompt_instructions(SCHEMA)
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Which city?"}]}]
+    assert resp.parsed == City(**CITY) and resp.text == reply
+
+
+async def test_claude_prompted_repairs_with_the_error_fed_back() -> None:
+    server = FakeAnthropic([TextReply(chunks=("no idea",)), TextReply(chunks=(json.dumps(CITY),))])
+    async with claude_provider(server, structured_output="prompted") as provider:
+        resp = await provider.chat(HELLO, response_format=City)
+    assert resp.parsed == City(**CITY)
+    second = server.bodies[1]["messages"]
+    assert second[1] == {"role": "assistant", "content": [{"type": "text", "text": "no idea"}]}
+    assert second[2]["role"] == "user" and "no JSON value" in second[2]["content"][0]["text"]

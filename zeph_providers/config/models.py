@@ -232,7 +232,7 @@ class ClaudeConfig(RemoteConfig):
     type_name: ClassVar[str] = "claude"
     default_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     type: Literal["claude"] = "claude"
-    structured_modes: ClassVar[tuple[str, ...]] = ("tool",)
+    structured_modes: ClassVar[tuple[str, ...]] = ("tool", "prompted")
     model: Annotated[str, Field(min_length=1)] = "claude-sonnet-4-6"
     max_tokens: Annotated[int, Field(ge=1)] | None = 4096
     """Default `max_tokens` (Claude requires one)."""
