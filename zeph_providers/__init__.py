@@ -28,6 +28,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
     RefusalError,
+    StructuredOutputError,
     UnsupportedCapabilityError,
 )
 from zeph_providers.hooks import Call, Hook, Hooks, add_hook, remove_hook
@@ -127,6 +128,7 @@ __all__ = [
     "Role",
     "RouterProvider",
     "StreamChunk",
+    "StructuredOutputError",
     "TextChunk",
     "TextPart",
     "ThinkingChunk",

@@ -18,7 +18,10 @@ Extension points for backend (and plugin) authors, each with a working default:
   default also refuses the typed options only some APIs have (`options.PROVIDER_OPTIONS`, and
   `ToolDefinition.strict=True` as "strict_tools") unless the class lists them in `accepted_options`.
 - `structured_payload(response, options)` / `finalize(response, options)`: how a reply becomes
-  the structured-output value (`response.parsed`).
+  the structured-output value (`response.parsed`); a reply that does not parse or validate raises
+  `StructuredOutputError`, which `chat()` answers by re-asking (`zeph_providers.structured`).
+- `start_try(messages, options)`: one try of a `chat()` call that the structured-output repair loop
+  may repeat (a router routes each try once; the default is one `stream_chunks()` run).
 - `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
 
 Every call is reported to the provider's `hooks` (then its registry's, then the process's:
@@ -32,12 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Unpack
 
 from zeph_providers.errors import (
-    BadResponseError,
     InferenceError,
     InvalidRequestError,
     LlmError,
@@ -47,6 +48,7 @@ from zeph_providers.errors import (
 from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
+from zeph_providers.structured import Finalize, Repair, parse_structured
 from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk
 
 __all__ = ["BaseProvider", "check_dimensions"]
@@ -76,8 +78,11 @@ class BaseProvider:
         capabilities: Capabilities | None = None,
         max_concurrent: int | None = None,
         default_timeout: float | None = None,
+        structured_retries: int = 1,
     ) -> None:
         self._name = name
+        self.structured_retries = structured_retries
+        """`chat()`'s re-asks after a reply that does not match `response_format` (config `structured_retries`)."""
         self._model = model
         self._capabilities = capabilities or Capabilities()
         self._semaphore = asyncio.Semaphore(max_concurrent) if max_concurrent else None
@@ -115,8 +120,20 @@ class BaseProvider:
     # ----- public API -----------------------------------------------------------------
 
     def chat_stream(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatStream:
-        """Start a streamed reply. Nothing is sent until the stream is iterated."""
-        return self.open_stream(messages, ChatOptions.from_kwargs(kwargs))
+        """Start a streamed reply. Nothing is sent until the stream is iterated.
+
+        A stream never re-asks (delivered text cannot be taken back): a reply that does not match
+        `response_format` raises `StructuredOutputError` at its end, and `structured_retries` > 0
+        is refused here. Use `chat()` for the repair loop.
+        """
+        options = ChatOptions.from_kwargs(kwargs)
+        if options.structured_retries:
+            raise InvalidRequestError(
+                "chat_stream() cannot re-ask for structured output (text already delivered cannot be taken "
+                "back); use chat() for structured_retries, or pass structured_retries=0",
+                provider=self._name,
+            )
+        return self.open_stream(messages, options)
 
     async def chat(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatResponse:
         """One complete reply: the same chunks as `chat_stream`, assembled.
@@ -124,10 +141,57 @@ class BaseProvider:
         The options carry `stream=False`, so a remote backend may fetch the reply with one
         non-streamed request; it still yields the same chunk vocabulary, which the same
         `ResponseAssembler` folds, so the result equals `chat_stream(...).response`.
+        With `response_format`, a reply that does not match it is re-asked for up to
+        `structured_retries` times (`zeph_providers.structured`).
         """
-        stream = self.open_stream(messages, ChatOptions.from_kwargs(kwargs, stream=False))
+        options = ChatOptions.from_kwargs(kwargs, stream=False)
+        retries = self._structured_retries(options)
+        if options.response_format is None or not retries:
+            stream = self.open_stream(messages, options)
+        else:
+            stream = self.open_repairing_stream(messages, options, retries)
         async with stream:
             return await stream.collect()
+
+    def _structured_retries(self, options: ChatOptions) -> int:
+        retries = options.structured_retries
+        if retries is None:
+            retries = getattr(self, "structured_retries", 1)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise InvalidRequestError(f"structured_retries must be an int >= 0, not {retries!r}", provider=self._name)
+        return retries
+
+    def open_repairing_stream(self, messages: Sequence[Message], options: ChatOptions, retries: int) -> ChatStream:
+        """`open_stream()` whose source re-asks up to `retries` times for a reply matching
+        `response_format` (each try from `start_try`); what `chat()` uses (`zeph_providers.structured`)."""
+        options = options.started(self._default_timeout)
+        message_list = list(messages)
+        self.check_request(message_list, options)
+        repair = Repair(
+            provider=self._name,
+            model=self._model,
+            messages=message_list,
+            options=options,
+            retries=retries,
+            start=lambda try_messages: self.start_try(try_messages, options),
+        )
+        return ChatStream(
+            repair.chunks(),
+            provider=self._name,
+            model=self._model,
+            options=options,
+            finalize=repair.finalize,
+            timed=self.timed_stream,
+            call=self.new_call("chat", options=options, messages=message_list),
+        )
+
+    timed_stream: ClassVar[bool] = True
+    """Whether this provider's `ChatStream`s enforce the deadline themselves (a router leaves it to
+    its members' streams)."""
+
+    def start_try(self, messages: list[Message], options: ChatOptions) -> tuple[AsyncIterator[StreamChunk], Finalize]:
+        """One try of a repairing `chat()` call: its chunk source and the finalize that validates it."""
+        return self._guarded_stream(messages, options), lambda response: self.finalize(response, options)
 
     def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream:
         """`chat_stream()` with ready-made options (`options.stream` False: the caller wants one reply).
@@ -310,16 +374,10 @@ class BaseProvider:
         fmt = options.response_format
         if fmt is None:
             return response
+        if options.tools and response.tool_calls and not response.text.strip():
+            return response  # the model called one of the caller's tools instead of answering
         raw = self.structured_payload(response, options)
-        try:
-            data = json.loads(raw) if isinstance(raw, str) else raw
-            parsed = fmt.model_validate(data) if isinstance(fmt, type) else data
-        except Exception as exc:
-            raise BadResponseError(
-                f"the reply does not match the requested response_format: {exc}",
-                provider=self._name,
-            ) from exc
-        response.parsed = parsed
+        response.parsed = parse_structured(raw, options, provider=self._name)
         return response
 
     # ----- shared machinery -----------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitError",
     "RefusalError",
+    "StructuredOutputError",
     "UnsupportedCapabilityError",
     "error_from_status",
     "clip",
@@ -274,6 +275,17 @@ class RefusalError(BadResponseError):
     def __init__(self, refusal: str, *, provider: str | None = None) -> None:
         self.refusal = refusal
         super().__init__(f"the model refused: {refusal}" if refusal else "the model refused", provider=provider)
+class StructuredOutputError(BadResponseError):
+    """The reply does not parse as JSON or does not validate against the call's `response_format`.
+
+    `validation_error` is the parser's or validator's message, `raw` the reply text (or the value)
+    that failed. `chat()` re-asks `structured_retries` times before raising it (`zeph_providers.structured`).
+    """
+
+    def __init__(self, message: str, *, provider: str | None = None, validation_error: str = "", raw: str = "") -> None:
+        super().__init__(message, provider=provider)
+        self.validation_error = redact(validation_error)
+        self.raw = redact(raw)
 
 
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:

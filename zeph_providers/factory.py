@@ -71,4 +71,6 @@ def build_provider(config: ProviderConfigBase, registry: Any) -> LlmProvider:
         raise
     except Exception as exc:
         raise ConfigError(f"could not build the provider: {type(exc).__name__}: {exc}", provider=config.name) from exc
+    if isinstance(getattr(provider, "structured_retries", None), int):  # a BaseProvider: the config's value
+        provider.structured_retries = config.structured_retries  # type: ignore[attr-defined]
     return provider

@@ -70,6 +70,9 @@ class ChatKwargs(TypedDict, total=False):
     """With `logprobs`, also this many most likely alternatives per token (0-20)."""
     cache: CacheSettings | bool | None
     """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config."""
+    structured_retries: int | None
+    """`chat()` only: re-asks after a reply that does not match `response_format` (None: the
+    provider's `structured_retries`, default 1; 0: none). See `zeph_providers.structured`."""
 
 
 _KWARG_NAMES = frozenset(ChatKwargs.__annotations__)
@@ -99,6 +102,8 @@ class ChatOptions:
     top_logprobs: int | None = None
     cache: CacheSettings | bool | None = None
     """Prompt caching for this call (Claude); None: the provider's configured default."""
+    structured_retries: int | None = None
+    """Re-asks after a reply that does not match `response_format` (None: the provider's default)."""
     stream: bool = True
     """Whether the caller consumes a stream. `chat()` sets it to False; a backend may then make one
     non-streamed request, provided it yields the same chunk vocabulary (so the assembled reply is
@@ -131,6 +136,7 @@ class ChatOptions:
             logprobs=kwargs.get("logprobs"),
             top_logprobs=kwargs.get("top_logprobs"),
             cache=kwargs.get("cache"),
+            structured_retries=kwargs.get("structured_retries"),
             stream=stream,
         )
 
@@ -153,6 +159,7 @@ class ChatOptions:
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
             cache=self.cache,
+            structured_retries=self.structured_retries,
         )
 
     def started(self, default_timeout: float | None = None, *, now: float | None = None) -> ChatOptions:

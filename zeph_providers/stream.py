@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
@@ -40,7 +40,7 @@ from zeph_providers.types import (
     UsageChunk,
 )
 
-__all__ = ["AttemptClock", "ChatStream", "ResponseAssembler", "attempt_log"]
+__all__ = ["AttemptClock", "ChatStream", "ResponseAssembler", "attempt_log", "attempt_log_scope"]
 
 Finalize = Callable[[ChatResponse], ChatResponse]
 
@@ -54,6 +54,21 @@ def attempt_log() -> list[Attempt] | None:
     stream (a router's member) swaps in its own list only while it is read.
     """
     return _log.get()
+
+
+@contextlib.contextmanager
+def attempt_log_scope(log: list[Attempt]) -> Iterator[None]:
+    """Make `log` the attempt list that layers below record into, for the duration of the block.
+
+    What a loop that runs several tries of one call uses (`zeph_providers.structured.Repair`): each
+    try records into a list of its own, which the loop then moves into the call's list. Do not
+    yield to the caller inside the block.
+    """
+    token = _log.set(log)
+    try:
+        yield
+    finally:
+        _log.reset(token)
 
 
 class AttemptClock:

@@ -342,7 +342,7 @@ async def test_structured_output_that_does_not_match_is_bad_response() -> None:
     server = FakeAnthropic([sse_response(answer_events("Weather", {"city": "Paris"}))])
     async with provider_for(server) as provider:
         with pytest.raises(BadResponseError, match="response_format"):
-            await provider.chat(HELLO, response_format=Weather)
+            await provider.chat(HELLO, response_format=Weather, structured_retries=0)
 
 
 # ----- stream translation -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any
 from zeph_providers.backends._convert import put_extra_body
 from zeph_providers.config import ClaudeConfig
 from zeph_providers.options import ChatOptions
+from zeph_providers.structured import prompted_messages
 from zeph_providers.types import (
     CachePointPart,
     CacheSettings,
@@ -242,7 +243,13 @@ def structured_tool(options: ChatOptions) -> tuple[Structured, dict[str, Any]] |
 def build_request(
     config: ClaudeConfig, model: str, messages: Sequence[Message], options: ChatOptions
 ) -> dict[str, Any]:
-    """The keyword arguments for `messages.create` (without `stream`/`timeout`)."""
+    """The keyword arguments for `messages.create` (without `stream`/`timeout`).
+
+    `structured_output = "prompted"`: no answer tool; the schema goes into the system prompt.
+    """
+    prompted = config.structured_output == "prompted" and options.response_format is not None
+    if prompted:
+        messages = prompted_messages(messages, options.json_schema() or {})
     converted = _convert(messages)
     system, turns = converted.system, converted.turns
     cache = cache_settings(config, options)
@@ -262,7 +269,7 @@ def build_request(
 
     tools = convert_tools(options.tools)
     tool_choice = convert_tool_choice(options.tool_choice) if options.tools else None
-    structured = structured_tool(options)
+    structured = None if prompted else structured_tool(options)
     if structured is not None:
         spec, tool = structured
         tools.append(tool)

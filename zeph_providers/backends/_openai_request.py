@@ -40,6 +40,7 @@ from zeph_providers.backends._convert import (
 from zeph_providers.config import OpenAIConfig
 from zeph_providers.errors import InvalidRequestError, UnsupportedCapabilityError
 from zeph_providers.options import ChatOptions, ReasoningEffort
+from zeph_providers.structured import answer_tool, prompted_messages
 from zeph_providers.types import DocumentPart, ImagePart, Message, Role, TextPart, ToolDefinition, ToolUsePart
 
 __all__ = [
@@ -196,14 +197,51 @@ def convert_response_format(options: ChatOptions) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": spec}
 
 
+def add_structured(params: dict[str, Any], options: ChatOptions, mode: str) -> None:
+    """The structured-output part of the request (`zeph_providers.structured` describes the modes).
+
+    native: `response_format` json_schema. tool: one more function tool (the answer tool), forced
+    when the caller gave no tools, else `tool_choice` "required" unless the caller named a tool.
+    prompted: nothing here (the schema went into the system prompt).
+    """
+    if options.response_format is None or mode == "prompted":
+        return
+    if mode == "native":
+        response_format = convert_response_format(options)
+        if response_format is not None:
+            params["response_format"] = response_format
+        return
+    tool = answer_tool(options)
+    assert tool is not None
+    strict = strict_json_schema(tool.parameters)
+    function: dict[str, Any] = {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": strict if strict is not None else tool.parameters,
+    }
+    if strict is not None:
+        function["strict"] = True
+    params.setdefault("tools", []).append({"type": "function", "function": function})
+    forced = {"type": "function", "function": {"name": tool.name}}
+    choice = params.get("tool_choice")
+    if not options.tools or choice == "none":
+        params["tool_choice"] = forced
+    elif choice in (None, "auto"):
+        params["tool_choice"] = "required"
+
+
 def build_request(
     config: OpenAIConfig, messages: Sequence[Message], options: ChatOptions, *, max_completion_tokens: bool
 ) -> dict[str, Any]:
     """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`).
 
     `max_completion_tokens`: send the token limit under that name (reasoning models) instead of
-    `max_tokens`.
+    `max_tokens`. `config.structured_output` picks how `response_format` is asked for (see
+    `add_structured`).
     """
+    mode = config.structured_output or "native"
+    if mode == "prompted" and options.response_format is not None:
+        messages = prompted_messages(messages, options.json_schema() or {})
     params: dict[str, Any] = {
         "model": config.model,
         "messages": convert_messages(messages),
@@ -238,8 +276,6 @@ def build_request(
         params["logprobs"] = options.logprobs
     if options.top_logprobs is not None:
         params["top_logprobs"] = options.top_logprobs
-    response_format = convert_response_format(options)
-    if response_format is not None:
-        params["response_format"] = response_format
+    add_structured(params, options, mode)
     put_extra_body(params, options.extra, top_k=options.top_k)  # compatible servers take top_k there
     return params

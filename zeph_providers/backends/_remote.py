@@ -155,6 +155,7 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
             capabilities=capabilities,
             max_concurrent=config.max_concurrent,
             default_timeout=config.timeout_secs,
+            structured_retries=config.structured_retries,
         )
         self.config: ConfigT = config
         self.retry_policy = RetryPolicy(max_retries=config.max_retries)

@@ -79,6 +79,7 @@ from zeph_providers.errors import (
     LlmError,
 )
 from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.structured import prompted_payload
 from zeph_providers.types import (
     ChatResponse,
     ContentChunk,
@@ -378,7 +379,7 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     ) -> AsyncIterator[StreamChunk]:
         try:
             params = self.build_request(messages, options)
-            structured = structured_tool(options)
+            structured = None if self.claude_config.structured_output == "prompted" else structured_tool(options)
         except (TypeError, ValueError) as exc:  # our conversion, not the server: never retried
             raise InvalidRequestError(f"cannot build the request: {exc}", provider=self.name) from exc
         translator = _StreamTranslator(
@@ -457,7 +458,9 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     # ----- structured output ----------------------------------------------------------
 
     def _structured_payload(self, response: ChatResponse, options: ChatOptions) -> Any:
-        """The answer tool's arguments, which were streamed as the reply text."""
+        """The answer tool's arguments, which were streamed as the reply text ("prompted": the JSON in the text)."""
+        if self.claude_config.structured_output == "prompted":
+            return prompted_payload(response.text, options, provider=self.name)
         return _trailing_json(response.text)
 
     def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
@@ -466,6 +469,8 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
         if response.tool_calls and not response.text.strip():
             return response  # the model called one of the caller's tools instead of answering
         finalized = super()._finalize(response, options)
+        if self.claude_config.structured_output == "prompted":
+            return finalized  # the model's own text, streamed and not alike
         # A stream carries the model's own JSON text, a single message only the parsed input:
         # re-serialise so that `stream.response == await chat()` holds for structured output too.
         split = _split_trailing_json(finalized.text)

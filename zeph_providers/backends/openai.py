@@ -73,6 +73,7 @@ from zeph_providers.errors import (
     UnsupportedCapabilityError,
 )
 from zeph_providers.options import Capabilities, ChatOptions
+from zeph_providers.structured import answer_tool, answer_tool_chunks, prompted_payload
 from zeph_providers.types import (
     ChatResponse,
     ContentChunk,
@@ -193,6 +194,8 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         super().__init__(config, capabilities=openai_capabilities(config))
         self.openai_config = config
         self.compatible = isinstance(config, CompatibleConfig)
+        self.structured_mode = config.structured_output or "native"
+        """How `response_format` is asked for: native, tool or prompted (`zeph_providers.structured`)."""
         api_key = self.api_key
         if config.use_max_completion_tokens is not None:
             self._max_completion_tokens = config.use_max_completion_tokens
@@ -243,6 +246,18 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         if choice in ("required", "any") and not options.tools:
             raise InvalidRequestError("tool_choice 'required' needs tools", provider=self.name)
         check_options(options, provider=self.name)
+
+    # ----- structured output: the mode's hooks (`zeph_providers.structured`) -------------
+
+    def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
+        source = super()._stream(messages, options)
+        tool = answer_tool(options) if self.structured_mode == "tool" else None
+        return source if tool is None else answer_tool_chunks(source, tool)
+
+    def _structured_payload(self, response: ChatResponse, options: ChatOptions) -> Any:
+        if self.structured_mode == "prompted":
+            return prompted_payload(response.text, options, provider=self.name)
+        return response.text
 
     def build_request(self, messages: Sequence[Message], options: ChatOptions) -> dict[str, Any]:
         """The keyword arguments for `chat.completions.create` (without `stream`/`timeout`); see `_openai_request`."""

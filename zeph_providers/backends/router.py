@@ -73,6 +73,7 @@ from zeph_providers.errors import (
 from zeph_providers.options import PROVIDER_OPTIONS, Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
+from zeph_providers.structured import Finalize
 from zeph_providers.types import Message, StreamChunk
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class RouterProvider(BaseProvider):
         explore_every: int = 20,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        structured_retries: int = 1,
     ) -> None:
         names = list(dict.fromkeys(members))
         if not names:
@@ -123,6 +125,7 @@ class RouterProvider(BaseProvider):
             capabilities=Capabilities(streaming=True),
             max_concurrent=max_concurrent,
             default_timeout=timeout_secs,
+            structured_retries=structured_retries,
         )
         self.strategy: Strategy = strategy
         self.fallback_on_client_error = fallback_on_client_error
@@ -295,6 +298,14 @@ class RouterProvider(BaseProvider):
 
     def _stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[StreamChunk]:
         return self._route(messages, options, _Answer())
+
+    timed_stream = False  # the deadline is enforced on the members' streams, as in `open_stream`
+
+    def start_try(self, messages: list[Message], options: ChatOptions) -> tuple[AsyncIterator[StreamChunk], Finalize]:
+        """One routed try of a repairing `chat()`: the structured-output repair wraps the whole
+        routed call (each re-ask is routed afresh), never a member's."""
+        answer = _Answer()
+        return self._guarded_stream(messages, options, self._route(messages, options, answer)), answer.finalize
 
     async def _route(
         self, messages: list[Message], options: ChatOptions, answer: _Answer
@@ -479,4 +490,5 @@ def build(config: RouterConfig, registry: Registry) -> RouterProvider:
         failure_rate=config.failure_rate,
         fallback_on_client_error=config.fallback_on_client_error,
         max_concurrent=config.max_concurrent,
+        structured_retries=config.structured_retries,
     )

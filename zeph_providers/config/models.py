@@ -85,6 +85,9 @@ class PricingConfig(_Strict):
     """Per million input tokens written to the cache (default: the input price)."""
 
 
+StructuredMode = Literal["native", "tool", "prompted"]
+
+
 class ProviderConfigBase(_Strict):
     """Fields every provider accepts."""
 
@@ -98,6 +101,26 @@ class ProviderConfigBase(_Strict):
     """Prices per million tokens for this provider's calls, instead of the price library's."""
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     """Refuse calls (`BudgetExceededError`) once this provider's calls have cost this much."""
+    structured_retries: Annotated[int, Field(ge=0, le=10)] = 1
+    """`chat()` re-asks this many times, feeding the validation error back, when a reply does not
+    match `response_format` (0: raise `StructuredOutputError` at once)."""
+    structured_output: StructuredMode | None = None
+    """How `response_format` is asked for: native (the API's JSON schema), tool (a forced tool
+    whose arguments are the answer) or prompted (the schema in the system prompt, the JSON taken
+    from the reply text). None: the backend's own way. Each type accepts only the modes it can do."""
+
+    structured_modes: ClassVar[tuple[str, ...]] = ("native",)
+    """The `structured_output` values this type accepts."""
+
+    @field_validator("structured_output")
+    @classmethod
+    def _known_mode(cls, value: str | None) -> str | None:
+        if value is not None and value not in cls.structured_modes:
+            if not cls.structured_modes:
+                raise ValueError(f"type {cls.type_name!r} takes no structured_output (its members choose their own)")
+            accepted = ", ".join(repr(mode) for mode in cls.structured_modes)
+            raise ValueError(f"type {cls.type_name!r} cannot do {value!r} structured output (it accepts {accepted})")
+        return value
 
     @property
     def model_name(self) -> str:
@@ -211,6 +234,7 @@ class ClaudeConfig(RemoteConfig):
     type_name: ClassVar[str] = "claude"
     default_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     type: Literal["claude"] = "claude"
+    structured_modes: ClassVar[tuple[str, ...]] = ("tool", "prompted")
     model: Annotated[str, Field(min_length=1)] = "claude-sonnet-4-6"
     max_tokens: Annotated[int, Field(ge=1)] | None = 4096
     """Default `max_tokens` (Claude requires one)."""
@@ -236,6 +260,7 @@ class OpenAIConfig(RemoteConfig):
     type_name: ClassVar[str] = "openai"
     default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     type: Literal["openai"] = "openai"
+    structured_modes: ClassVar[tuple[str, ...]] = ("native", "tool", "prompted")
     model: Annotated[str, Field(min_length=1)] = "gpt-4o-mini"
     organization: str | None = None
     """OpenAI organization id sent with each request."""
@@ -282,6 +307,7 @@ Strategy = Literal["fallback", "round_robin", "latency"]
 class RouterConfig(ProviderConfigBase):
     type_name: ClassVar[str] = "router"
     type: Literal["router"] = "router"
+    structured_modes: ClassVar[tuple[str, ...]] = ()
     providers: Annotated[list[str], Field(min_length=1)]
     """Member provider names, declared in the same file."""
     strategy: Strategy = "fallback"
