@@ -31,12 +31,10 @@ grammar on the completion endpoint: see `llamacpp_constrained` for those decisio
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
 import shutil
-import struct
 import tempfile
 import threading
 import time
@@ -47,7 +45,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.errors import ConfigError, ContextLengthError, InferenceError, InvalidRequestError, LlmError
 from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one_by_one
-from zeph_providers.local.llamacpp_constrained import Phase, gguf_chat_template, read_gguf_template, run_phases
+from zeph_providers.local.llamacpp_constrained import (
+    Phase,
+    gguf_chat_template,
+    prepare_request,
+    read_gguf_template,
+    rendering_templates,
+    run_phases,
+)
 from zeph_providers.local.templates import ChatTemplate, select_template, to_turns
 
 if TYPE_CHECKING:
@@ -262,12 +267,7 @@ class LlamaCppEngine:
                 f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=provider
             ) from exc
         template = None if config.chat_template == "auto" else select_template(config.chat_template, None)
-        try:
-            header = read_gguf_template(source.path)
-        except (OSError, ValueError, struct.error) as exc:
-            raise ConfigError(f"cannot read the GGUF header of {str(source.path)!r}: {exc}", provider=provider) from exc
-        own = gguf_chat_template(header) if template is None else None
-        strip_bos = header.bos_token if header.add_bos_token else ""
+        own, strip_bos = rendering_templates(source.path, template, provider=provider)
         n_ctx = config.n_ctx if config.n_ctx is not None else DEFAULT_N_CTX
         slots = max(1, config.max_batch_size)
         threads = os.cpu_count() or 1
@@ -311,16 +311,8 @@ class LlamaCppEngine:
             time.monotonic() - started,
         )
         loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
-        return cls(
-            server,
-            loaded,
-            template=template,
-            socket_dir=socket_dir,
-            provider=provider,
-            max_batch_size=slots,
-            own_template=own,
-            strip_bos=strip_bos,
-        )
+        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots,
+                   own_template=own, strip_bos=strip_bos)  # fmt: skip
 
     @property
     def device(self) -> str:
@@ -433,7 +425,7 @@ class LlamaCppEngine:
         if server is None:
             raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
         if params.schema is not None or params.tools:
-            return self._generate_prepared(messages, params, sink, rows)
+            return self._generate_prepared(server, messages, params, sink, rows)
         chat, body = self.request(messages, params)
         phase = self._call(server, chat, body, sink, rows, None)
         finish: Literal["stop", "length"] = "length" if phase.finish == "length" else "stop"
@@ -448,29 +440,14 @@ class LlamaCppEngine:
         return self.own_template
 
     def _generate_prepared(
-        self, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
+        self, server: Any, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
     ) -> GenerationResult:
         """A request rendered by `tooling.prepare()`, through the completion endpoint under llama.cpp's grammar."""
-        from zeph_providers.local.tooling import prepare
-
         template = self.rendering_template()
-        prepared = prepare(template, messages, params)
-        if self.strip_bos and not prepared.add_special_tokens and prepared.prompt.startswith(self.strip_bos):
-            prepared = dataclasses.replace(prepared, prompt=prepared.prompt[len(self.strip_bos) :])
+        prepared, base = prepare_request(template, messages, params, self.sampling(params), strip_bos=self.strip_bos)
         sink.on_prepared(prepared)
-        base = self.sampling(params)
-        base.pop("max_tokens")
-        stops = list(base.get("stop", []))
-        stops += [t for t in template.end_tokens if t not in stops]
-        base.pop("stop", None)
-        if stops:
-            base["stop"] = stops
-        base.update(stream=True, stream_options={"include_usage": True}, timings_per_token=True, cache_prompt=True)
-        server = self.server
 
         def call(body: dict[str, Any], watch: str | None) -> Phase:
-            if server is None:
-                raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
             return self._call(server, False, body, sink, rows, watch)
 
         def cancelled() -> bool:

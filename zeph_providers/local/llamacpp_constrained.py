@@ -33,20 +33,33 @@ Decisions (measured on xllamacpp 2026.10, llama.cpp built with llguidance as its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from zeph_providers.errors import InvalidRequestError
+from zeph_providers.errors import ConfigError, InvalidRequestError
 from zeph_providers.local.engine import Constraint, GenerationParams, GenerationResult, Prepared
 from zeph_providers.local.templates import ChatTemplate, select_template
 
-__all__ = ["GgufTemplate", "Phase", "gguf_chat_template", "grammar_for", "read_gguf_template", "run_phases"]
+if TYPE_CHECKING:
+    from zeph_providers.types import Message
+
+__all__ = [
+    "GgufTemplate",
+    "Phase",
+    "gguf_chat_template",
+    "grammar_for",
+    "prepare_request",
+    "read_gguf_template",
+    "rendering_templates",
+    "run_phases",
+]
 
 
 # ----- the GGUF's own chat template ------------------------------------------------------------
@@ -143,6 +156,18 @@ def gguf_chat_template(header: GgufTemplate) -> ChatTemplate:
     return ChatTemplate.from_jinja(header.source, bos_token=header.bos_token, eos_token=header.eos_token)
 
 
+def rendering_templates(
+    path: str | Path, explicit: ChatTemplate | None, *, provider: str | None = None
+) -> tuple[ChatTemplate | None, str]:
+    """At load: (the GGUF's own template when no explicit one is configured, the BOS text llama.cpp adds itself)."""
+    try:
+        header = read_gguf_template(path)
+    except (OSError, ValueError, struct.error) as exc:
+        raise ConfigError(f"cannot read the GGUF header of {str(path)!r}: {exc}", provider=provider) from exc
+    own = gguf_chat_template(header) if explicit is None else None
+    return own, header.bos_token if header.add_bos_token else ""
+
+
 # ----- grammars --------------------------------------------------------------------------------
 
 _GRAMMARS: dict[str, str] = {}
@@ -183,6 +208,37 @@ def grammar_for(constraint: Constraint, *, provider: str | None = None) -> str:
             _GRAMMARS.pop(next(iter(_GRAMMARS)))
         _GRAMMARS[key] = grammar
     return grammar
+
+
+# ----- requests ----------------------------------------------------------------------------------
+
+
+def prepare_request(
+    template: ChatTemplate,
+    messages: Sequence[Message],
+    params: GenerationParams,
+    sampling: dict[str, Any],
+    *,
+    strip_bos: str = "",
+) -> tuple[Prepared, dict[str, Any]]:
+    """The rendered request (`tooling.prepare`) and the completion body its phases share.
+
+    `sampling` is the engine's sampling fields; the body gets the template's end tokens as stop
+    strings after the caller's, and no `prompt`/`max_tokens` (set per phase). `strip_bos`: a BOS
+    text llama.cpp adds itself for this model, removed from the start of a rendered prompt.
+    """
+    from zeph_providers.local.tooling import prepare
+
+    prepared = prepare(template, messages, params)
+    if strip_bos and not prepared.add_special_tokens and prepared.prompt.startswith(strip_bos):
+        prepared = dataclasses.replace(prepared, prompt=prepared.prompt[len(strip_bos) :])
+    base = {key: value for key, value in sampling.items() if key not in ("max_tokens", "stop")}
+    stops = list(sampling.get("stop", []))
+    stops += [token for token in template.end_tokens if token not in stops]
+    if stops:
+        base["stop"] = stops
+    base.update(stream=True, stream_options={"include_usage": True}, timings_per_token=True, cache_prompt=True)
+    return prepared, base
 
 
 # ----- phases ----------------------------------------------------------------------------------
