@@ -24,7 +24,9 @@ Decisions (measured on xllamacpp 2026.10, llama.cpp built with llguidance as its
   appears (llama.cpp's OpenAI-style chunks do not say WHICH stop string ended a request, so the
   trigger is not a stop string), then a constrained phase on prompt + text so far, then free again
   (watching again when `rearm`). A token that runs past the trigger is cut at the trigger's end.
-  The constraint is armed from the start when the prefill ends with the trigger. `max_tokens` is
+  The constraint is armed from the start when the prefill ends with the trigger. The trigger is
+  sent as `preserved_tokens` (llama.cpp streams a special token's text only when preserved; not
+  proven here: SmolLM2 has no tool-call tokens). `max_tokens` is
   one budget across phases; token counts are summed; prompt tokens are the first phase's.
   llama.cpp's native lazy grammars (`grammar_lazy`, `grammar_triggers`) were not used: the
   trigger text must then be matched by the grammar itself, and free text after the value (rearm)
@@ -291,8 +293,10 @@ def run_phases(
     finish: Literal["stop", "length"] = "stop"
     armed = trigger is None and grammar is not None  # no trigger: the whole reply is constrained
     watch = trigger
-    if trigger is not None and prepared.prefill.rstrip().endswith(trigger.rstrip()):
+    if trigger is not None and trigger.strip() and prepared.prefill.rstrip().endswith(trigger.rstrip()):
         armed = True
+    if trigger is not None:  # a trigger that is a special token is streamed as text only if preserved
+        base = dict(base, preserved_tokens=[trigger])
     while True:
         if used >= budget:
             finish = "length"
