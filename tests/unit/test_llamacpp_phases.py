@@ -1,4 +1,6 @@
-"""The phase logic of trigger constraints on the llama.cpp engine (`llamacpp_constrained.run_phases`).
+"""The llama.cpp engine's constrained-decoding helpers: phase logic and the GGUF header reader.
+
+The header reader is checked on small GGUF files written by the `gguf` package's own writer.
 
 llama.cpp is replaced by a scripted `call` (the seam `run_phases` is given): what each request
 returns is written out, so rearming, the shared budget and the end conditions are checked exactly.
@@ -7,6 +9,7 @@ The same phases against the real model are in tests/local/test_llamacpp_constrai
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,15 @@ import pytest
 pytest.importorskip("xllamacpp")
 pytest.importorskip("llguidance")
 
+from zeph_providers.errors import ConfigError
 from zeph_providers.local.engine import Constraint, GenerationParams, Prepared
-from zeph_providers.local.llamacpp_constrained import Phase, run_phases
+from zeph_providers.local.llamacpp_constrained import (
+    Phase,
+    gguf_chat_template,
+    read_gguf_template,
+    rendering_templates,
+    run_phases,
+)
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 
@@ -110,3 +120,50 @@ def test_cancelled_phase_ends_the_reply() -> None:
     script = Script(Phase("<t>", None, 10, 1, triggered=True), Phase('{"a"', None, 11, 2, cancelled=True))
     result = _run(script, Constraint(SCHEMA, trigger="<t>"))
     assert len(script.seen) == 2 and result.completion_tokens == 3
+
+
+# ----- the GGUF header reader --------------------------------------------------------------------
+
+
+def _gguf(path: Path, template: str | None) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("some.number", 7)
+    writer.add_array("some.floats", [1.0, 2.0])
+    writer.add_token_list(["<s>", "</s>", "hello"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_add_bos_token(True)
+    if template is not None:
+        writer.add_chat_template(template)
+    writer.add_string("after.template", "x")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_reads_template_and_special_tokens_from_a_gguf_header(tmp_path: Path) -> None:
+    header = read_gguf_template(
+        _gguf(tmp_path / "m.gguf", "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    )
+    assert header.source is not None and header.source.startswith("{{ bos_token }}")
+    assert (header.bos_token, header.eos_token, header.add_bos_token) == ("<s>", "</s>", True)
+    own, strip_bos = rendering_templates(tmp_path / "m.gguf", None)
+    assert own is not None and own.name == "gguf" and strip_bos == "<s>"
+
+
+def test_a_gguf_without_a_template_renders_chatml(tmp_path: Path) -> None:
+    header = read_gguf_template(_gguf(tmp_path / "m.gguf", None))
+    assert header.source is None
+    assert gguf_chat_template(header).name == "chatml"
+
+
+def test_an_unreadable_header(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" + bytes(40))
+    assert rendering_templates(bad, None, lenient=True) == (None, "")
+    with pytest.raises(ConfigError, match="GGUF header") as info:
+        rendering_templates(bad, None, provider="p")
+    assert info.value.provider == "p"

@@ -47,9 +47,7 @@ from zeph_providers.errors import ConfigError, ContextLengthError, InferenceErro
 from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one_by_one
 from zeph_providers.local.llamacpp_constrained import (
     Phase,
-    gguf_chat_template,
     prepare_request,
-    read_gguf_template,
     rendering_templates,
     run_phases,
 )
@@ -267,7 +265,7 @@ class LlamaCppEngine:
                 f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=provider
             ) from exc
         template = None if config.chat_template == "auto" else select_template(config.chat_template, None)
-        own, strip_bos = rendering_templates(source.path, template, provider=provider)
+        own, strip_bos = rendering_templates(source.path, template, provider=provider, lenient=True)
         n_ctx = config.n_ctx if config.n_ctx is not None else DEFAULT_N_CTX
         slots = max(1, config.max_batch_size)
         threads = os.cpu_count() or 1
@@ -435,8 +433,9 @@ class LlamaCppEngine:
         """The template requests with tools or a schema are rendered with."""
         if self.template is not None:
             return self.template
-        if self.own_template is None:
-            self.own_template = gguf_chat_template(read_gguf_template(self.loaded.path))
+        if self.own_template is None:  # not read at load: read it now, or fail this request typed
+            self.own_template, self.strip_bos = rendering_templates(self.loaded.path, None, provider=self.provider)
+        assert self.own_template is not None
         return self.own_template
 
     def _generate_prepared(

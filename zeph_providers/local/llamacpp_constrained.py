@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import mmap
 import struct
 import threading
@@ -76,6 +77,8 @@ class GgufTemplate:
     eos_token: str = ""
     add_bos_token: bool = False
 
+
+log = logging.getLogger("zeph_providers.local")
 
 _SCALARS: dict[int, str] = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -159,13 +162,24 @@ def gguf_chat_template(header: GgufTemplate) -> ChatTemplate:
 
 
 def rendering_templates(
-    path: str | Path, explicit: ChatTemplate | None, *, provider: str | None = None
+    path: str | Path, explicit: ChatTemplate | None, *, provider: str | None = None, lenient: bool = False
 ) -> tuple[ChatTemplate | None, str]:
-    """At load: (the GGUF's own template when no explicit one is configured, the BOS text llama.cpp adds itself)."""
+    """(the GGUF's own template when no explicit one is configured, the BOS text llama.cpp adds itself).
+
+    `lenient` (at load): an unreadable header is logged and gives (None, ""), so plain chat still
+    loads; otherwise it is a `ConfigError`.
+    """
     try:
         header = read_gguf_template(path)
     except (OSError, ValueError, struct.error) as exc:
-        raise ConfigError(f"cannot read the GGUF header of {str(path)!r}: {exc}", provider=provider) from exc
+        if lenient:  # plain chat does not need it: fail the requests that do, when they come
+            log.warning("cannot read the GGUF header of %s (%s): tools and response_format will fail", path, exc)
+            return None, ""
+        raise ConfigError(
+            f"cannot read the chat template from the GGUF header of {str(path)!r} (needed for tools and "
+            f"response_format; set chat_template to a built-in one): {exc}",
+            provider=provider,
+        ) from exc
     own = gguf_chat_template(header) if explicit is None else None
     return own, header.bos_token if header.add_bos_token else ""
 
