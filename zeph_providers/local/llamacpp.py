@@ -21,6 +21,9 @@ configured `n_ctx`.
 
 Chat template: llama.cpp's own rendering of the GGUF's template by default (the chat endpoint);
 an explicit `chat_template` is rendered by `templates.py` and sent to the completion endpoint.
+Requests with a `response_format` schema or tools are rendered by `tooling.prepare()` (over the
+GGUF's own Jinja template, read at load, or the explicit one) and decoded under llama.cpp's
+grammar on the completion endpoint: see `llamacpp_constrained` for those decisions.
 
 `xllamacpp` is imported only when a model loads; `import zeph_providers` never imports it.
 """
@@ -42,6 +45,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.errors import ConfigError, ContextLengthError, InferenceError, InvalidRequestError, LlmError
 from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one_by_one
+from zeph_providers.local.llamacpp_constrained import (
+    Phase,
+    prepare_request,
+    rendering_templates,
+    run_phases,
+)
 from zeph_providers.local.templates import ChatTemplate, select_template, to_turns
 
 if TYPE_CHECKING:
@@ -125,10 +134,14 @@ class _Rows:
 class _Stream:
     """Receives llama.cpp's streamed chunks on the calling thread; its return value aborts the request."""
 
-    def __init__(self, sink: TokenSink, chat: bool, rows: _Rows | None = None) -> None:
+    def __init__(self, sink: TokenSink, chat: bool, rows: _Rows | None = None, watch: str | None = None) -> None:
         self.sink = sink
         self.chat = chat
         self.rows = rows
+        self.watch = watch
+        """A trigger: the request stops as soon as the streamed text contains it (text past it is cut)."""
+        self.triggered = False
+        self.text = ""
         self.steps = 0
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -160,7 +173,12 @@ class _Stream:
                 text = (delta.get("reasoning_content") or "") + (delta.get("content") or "")
             else:
                 text = choice.get("text") or ""
+            if text and self.watch is not None and not self.triggered:
+                text = self._until_trigger(text, self.watch)
+            elif self.triggered:
+                text = ""
             if text and not self.cancelled:
+                self.text += text
                 self.sink.on_text(text)
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
@@ -179,7 +197,16 @@ class _Stream:
         if self.sink.is_cancelled() or (self.rows is not None and self.rows.abort.is_set()):
             self.cancelled = True
             return True
-        return False
+        return self.triggered
+
+    def _until_trigger(self, text: str, trigger: str) -> str:
+        """`text`, cut right after `trigger` if the streamed text now contains it (then stop)."""
+        start = max(0, len(self.text) - len(trigger) + 1)
+        found = (self.text + text).find(trigger, start)
+        if found < 0:
+            return text
+        self.triggered = True
+        return text[: found + len(trigger) - len(self.text)]
 
 
 class LlamaCppEngine:
@@ -194,11 +221,18 @@ class LlamaCppEngine:
         socket_dir: str | None = None,
         provider: str | None = None,
         max_batch_size: int = 1,
+        own_template: ChatTemplate | None = None,
+        strip_bos: str = "",
     ) -> None:
         self.server: Any = server
         self.loaded = loaded
         self.template = template
         """None: llama.cpp renders the GGUF's own chat template; else ours, via the completion endpoint."""
+        self.own_template = own_template
+        """The GGUF's own template rendered by us (ChatML if it has none), for requests with tools or a schema
+        when `template` is None. None: read from the file at the first such request."""
+        self.strip_bos = strip_bos
+        """The BOS text a rendered prompt must not start with: llama.cpp adds BOS itself for this model."""
         self.provider = provider
         self.max_batch_size = max(1, max_batch_size)
         """llama.cpp's parallel slots (`n_parallel`): the most requests `run_batch` serves at once."""
@@ -231,6 +265,7 @@ class LlamaCppEngine:
                 f'engine = "llama.cpp" needs the xllamacpp package: {_INSTALL_HINT}', provider=provider
             ) from exc
         template = None if config.chat_template == "auto" else select_template(config.chat_template, None)
+        own, strip_bos = rendering_templates(source.path, template, provider=provider, lenient=True)
         n_ctx = config.n_ctx if config.n_ctx is not None else DEFAULT_N_CTX
         slots = max(1, config.max_batch_size)
         threads = os.cpu_count() or 1
@@ -274,7 +309,8 @@ class LlamaCppEngine:
             time.monotonic() - started,
         )
         loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
-        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots)
+        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots,
+                   own_template=own, strip_bos=strip_bos)  # fmt: skip
 
     @property
     def device(self) -> str:
@@ -386,8 +422,43 @@ class LlamaCppEngine:
         server = self.server
         if server is None:
             raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
+        if params.schema is not None or params.tools:
+            return self._generate_prepared(server, messages, params, sink, rows)
         chat, body = self.request(messages, params)
-        stream = _Stream(sink, chat, rows)
+        phase = self._call(server, chat, body, sink, rows, None)
+        finish: Literal["stop", "length"] = "length" if phase.finish == "length" else "stop"
+        return GenerationResult(phase.prompt_tokens, phase.completion_tokens, finish)
+
+    def rendering_template(self) -> ChatTemplate:
+        """The template requests with tools or a schema are rendered with."""
+        if self.template is not None:
+            return self.template
+        if self.own_template is None:  # not read at load: read it now, or fail this request typed
+            self.own_template, self.strip_bos = rendering_templates(self.loaded.path, None, provider=self.provider)
+        assert self.own_template is not None
+        return self.own_template
+
+    def _generate_prepared(
+        self, server: Any, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
+    ) -> GenerationResult:
+        """A request rendered by `tooling.prepare()`, through the completion endpoint under llama.cpp's grammar."""
+        template = self.rendering_template()
+        prepared, base = prepare_request(template, messages, params, self.sampling(params), strip_bos=self.strip_bos)
+        sink.on_prepared(prepared)
+
+        def call(body: dict[str, Any], watch: str | None) -> Phase:
+            return self._call(server, False, body, sink, rows, watch)
+
+        def cancelled() -> bool:
+            return sink.is_cancelled() or (rows is not None and rows.abort.is_set())
+
+        return run_phases(prepared, params, base, call, cancelled=cancelled, provider=self.provider)
+
+    def _call(
+        self, server: Any, chat: bool, body: dict[str, Any], sink: TokenSink, rows: _Rows | None, watch: str | None
+    ) -> Phase:
+        """One blocking llama.cpp request; errors raised typed."""
+        stream = _Stream(sink, chat, rows, watch)
         try:
             if chat:
                 server.handle_chat_completions(body, stream)
@@ -407,8 +478,7 @@ class LlamaCppEngine:
         completion = usage.get("completion_tokens")
         if completion is None:
             completion = int(timings.get("predicted_n") or stream.steps)
-        finish: Literal["stop", "length"] = "length" if stream.finish == "length" else "stop"
-        return GenerationResult(int(prompt), int(completion), finish)
+        return Phase(stream.text, stream.finish, int(prompt), int(completion), stream.triggered, stream.cancelled)
 
     def _error(self, error: dict[str, Any]) -> LlmError:
         message = str(error.get("message") or error)
