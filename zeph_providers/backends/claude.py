@@ -54,6 +54,7 @@ from zeph_providers.backends._claude_request import (
 )
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._models import anthropic_model, anthropic_models
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import count, drain, loads
@@ -64,6 +65,7 @@ from zeph_providers.errors import (
     InvalidRequestError,
     LlmError,
 )
+from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ChatResponse,
@@ -73,6 +75,7 @@ from zeph_providers.types import (
     Message,
     StreamChunk,
     ThinkingChunk,
+    ToolDefinition,
     ToolUseChunk,
     Usage,
     UsageChunk,
@@ -91,6 +94,8 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+_COUNTED = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+"""The `messages.create` arguments `messages/count_tokens` takes (sampling does not change the count)."""
 
 CLAUDE_CAPABILITIES = Capabilities(
     streaming=True,
@@ -442,6 +447,46 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
         message = str(getattr(exc, "api_message", None) or _get(error, "message", "") or exc.message)
         text = f"{error_type}: {message}" if error_type else message
         return status_error(exc.status_code, text, provider=self.name, headers=exc.response.headers)
+
+    # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        """`GET /v1/models`, every page (`after_id`)."""
+        models: list[ModelInfo] = []
+        after: str | None = None
+        while True:
+            page: dict[str, Any] = {"limit": 1000} if after is None else {"limit": 1000, "after_id": after}
+            raw = await self._client.models.with_raw_response.list(**page, timeout=self.remaining(deadline))
+            found, after = anthropic_models(loads(raw.http_response.content, provider=self.name), self.name)
+            models.extend(found)
+            if after is None:
+                return models
+
+    async def fetch_context_window(self) -> int | None:
+        """`GET /v1/models/{model}`'s `max_input_tokens` (aliases resolve), else the maintained table's."""
+        if self._fetched_window is None:
+
+            async def retrieve(deadline: float) -> ModelInfo:
+                raw = await self._client.models.with_raw_response.retrieve(self.model, timeout=self.remaining(deadline))
+                return anthropic_model(loads(raw.http_response.content, provider=self.name), self.name)
+
+            self._fetched_window = (await self.api_call(retrieve)).context_window
+        return self.context_window
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """`POST /v1/messages/count_tokens` with the request `chat()` would send (system, tools, thinking)."""
+        params = self.build_request(messages, ChatOptions.from_kwargs({"tools": list(tools)}))
+        params = {k: v for k, v in params.items() if k in _COUNTED}
+
+        async def counted(deadline: float) -> int:
+            raw = await self._client.messages.with_raw_response.count_tokens(**params, timeout=self.remaining(deadline))
+            body = loads(raw.http_response.content, provider=self.name)
+            value = body.get("input_tokens") if isinstance(body, dict) else None
+            if value is None:
+                raise BadResponseError("malformed count_tokens answer: no `input_tokens`", provider=self.name)
+            return count(value, "input_tokens", provider=self.name)
+
+        return await self.api_call(counted)
 
     # ----- structured output ----------------------------------------------------------
 

@@ -27,6 +27,7 @@ from zeph_providers.types import (
     StreamChunk,
     ThinkingChunk,
     ToolCall,
+    ToolDefinition,
     ToolUseChunk,
     Usage,
     UsageChunk,
@@ -34,6 +35,7 @@ from zeph_providers.types import (
 
 if TYPE_CHECKING:
     from zeph_providers.config import MockConfig
+    from zeph_providers.models_info import ModelInfo
     from zeph_providers.registry import Registry
 
 __all__ = ["MockProvider", "MockReply", "MockRequest", "build"]
@@ -130,6 +132,16 @@ class MockProvider(BaseProvider):
             raise reply.error
         yield UsageChunk(usage=usage)
         yield EndChunk(finish_reason=finish, model=self.model)
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """Its one model."""
+        from zeph_providers.models_info import ModelInfo
+
+        return [ModelInfo(id=self.model, provider=self.name)]
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """Words, as its `usage.input_tokens` counts them."""
+        return sum(len(m.text.split()) for m in messages)
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]

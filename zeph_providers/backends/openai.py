@@ -19,8 +19,8 @@ Wire mapping, in short:
 - tool-call fragments, keyed by `index`, are reassembled and emitted as complete `ToolUseChunk`s
   when the choice finishes; a call without an id gets a stable generated one;
 - usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
-  `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
-  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`;
+  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`, `prompt_tokens` minus those ->
+  `input_tokens` (uncached, as `Usage` defines it; `usage.prompt_tokens` is OpenAI's figure);
 - a stream that ends without a finish reason raises `BadResponseError` after what it delivered;
   a complete non-streamed body without one is taken as "stop" (its body is whole by definition).
 
@@ -43,6 +43,7 @@ from openai import AsyncOpenAI
 
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._models import openai_models
 from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request
 from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
 from zeph_providers.backends._openai_request import convert_response_format as convert_response_format
@@ -57,6 +58,7 @@ from zeph_providers.errors import (
     ProviderTimeoutError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ContentChunk,
@@ -66,6 +68,7 @@ from zeph_providers.types import (
     Role,
     StreamChunk,
     ThinkingChunk,
+    ToolDefinition,
     ToolUseChunk,
     Usage,
     UsageChunk,
@@ -161,10 +164,14 @@ def _usage(raw: Any, provider: str) -> Usage:
         raise BadResponseError("malformed response: `usage` is not an object", provider=provider)
     details = _field(raw, "prompt_tokens_details")
     cached = _field(details, "cached_tokens") if isinstance(details, dict) else None
+    prompt = count(_field(raw, "prompt_tokens"), "prompt_tokens", provider=provider)
+    # `prompt_tokens` includes the cached ones: `Usage.input_tokens` is the uncached rest (a server
+    # claiming more cached than prompt tokens is capped at the prompt, so the prompt total holds).
+    cache_read = min(count(cached, "cached_tokens", provider=provider), prompt)
     return Usage(
-        input_tokens=count(_field(raw, "prompt_tokens"), "prompt_tokens", provider=provider),
+        input_tokens=prompt - cache_read,
         output_tokens=count(_field(raw, "completion_tokens"), "completion_tokens", provider=provider),
-        cache_read_tokens=count(cached, "cached_tokens", provider=provider),
+        cache_read_tokens=cache_read,
     )
 
 
@@ -447,6 +454,26 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                 f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
             )
         return vectors
+
+    # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
+
+    async def fetch_context_window(self) -> int | None:
+        """A compatible server's own figure from `/v1/models` (the entry named like the model, or the
+        only one listed); OpenAI's list has none, so the table answers."""
+        if self.compatible and self._fetched_window is None:
+            models = await self.list_models()
+            named = [m for m in models if m.id == self.model] or (models if len(models) == 1 else [])
+            if named:
+                self._fetched_window = named[0].context_window
+        return self.context_window
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        raw = await self._client.models.with_raw_response.list(timeout=self._timeout(deadline))
+        return openai_models(loads(raw.http_response.content, provider=self.name), self.name)
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        detail = "the Chat Completions API has no token-counting endpoint (tiktoken, not a dependency, can estimate)"
+        raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
 
     # ----- errors -----------------------------------------------------------------------
 
