@@ -12,7 +12,7 @@ Decisions (docs/backends.md, "Model metadata"):
   and OpenAI models; None when unknown. `await provider.fetch_context_window()` may ask the
   server: Ollama's `/api/show` (`<architecture>.context_length`), Anthropic's models API
   (`max_input_tokens`), an OpenAI-compatible server's `/v1/models` where it sends a window
-  (vLLM `max_model_len`, llama.cpp `meta.n_ctx_train`, OpenRouter-style `context_length`); the
+  (vLLM `max_model_len`, llama.cpp `meta.n_ctx`, OpenRouter-style `context_length`); the
   result is remembered, and the property reports it from then on.
 - `await provider.count_tokens(messages)`: the API's own count where it has one (Claude's
   `messages/count_tokens`; the local backend's tokenizer, off the event loop). Elsewhere

@@ -2,7 +2,7 @@
 
 - OpenAI `/v1/models`: `{"object": "list", "data": [{"id", "created", "owned_by"}]}`; compatible
   servers add a window some of the time: vLLM `max_model_len`, OpenRouter / LM Studio
-  `context_length`, llama.cpp `meta.n_ctx_train` (the model's trained window).
+  `context_length`, llama.cpp `meta.n_ctx` (the server's window; else `meta.n_ctx_train`).
 - Anthropic `/v1/models`: `{"data": [{"id", "display_name", "created_at", "max_input_tokens",
   "max_tokens"}], "has_more", "last_id"}`, paged.
 - Ollama `/api/tags`: `{"models": [{"name", "model", "modified_at", "size", "digest", "details"}]}`;
@@ -65,8 +65,10 @@ def openai_models(body: Any, provider: str) -> list[ModelInfo]:
         window = _number(item.get("max_model_len"), "max_model_len", provider)
         if window is None:
             window = _number(item.get("context_length"), "context_length", provider)
-        if window is None and meta is not None:
-            window = _number(meta.get("n_ctx_train"), "meta.n_ctx_train", provider)
+        if window is None and meta is not None:  # llama.cpp: the server's n_ctx, else the trained one
+            window = _number(meta.get("n_ctx"), "meta.n_ctx", provider)
+            if window is None:
+                window = _number(meta.get("n_ctx_train"), "meta.n_ctx_train", provider)
         details = {"meta": meta} if meta is not None else {}
         out.append(
             ModelInfo(
