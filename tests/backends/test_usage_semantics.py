@@ -154,7 +154,9 @@ def _claude(*, input_tokens: int, cache_read: int, cache_write: int, output: int
         body["usage"].update(cache_read_input_tokens=cache_read, cache_creation_input_tokens=cache_write)
         return httpx2.Response(200, json=body)
 
-    config = ClaudeConfig(name="claude", model="claude-sonnet-4-5", api_key=SecretStr("sk-ant-test-0123"), max_retries=0)
+    config = ClaudeConfig(
+        name="claude", model="claude-sonnet-4-5", api_key=SecretStr("sk-ant-test-0123"), max_retries=0
+    )
     return ClaudeProvider(config, transport=httpx2.MockTransport(handler))
 
 
