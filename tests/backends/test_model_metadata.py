@@ -408,3 +408,35 @@ async def test_local_count_tokens_runs_beside_a_generation(tiny_folder: Path) ->
         await chat
     finally:
         await provider.aclose()
+
+
+# ----- the CLI: `zeph-providers models NAME` -----------------------------------------------------
+
+
+def test_cli_models_lists_an_ollama_server(tmp_path: Path) -> None:
+    from tests.unit.test_cli import assert_no_traceback, run_cli
+
+    with OllamaServer() as server:
+        config = tmp_path / "zeph.toml"
+        config.write_text(
+            "[llm]\ntelemetry = false\n\n[[llm.providers]]\n"
+            f'name = "ollama"\ntype = "ollama"\nmodel = "qwen3:8b"\nbase_url = "{server.url}"\n'
+            '\n[[llm.providers]]\nname = "m"\ntype = "mock"\nmodel = "mock-7"\n'
+        )
+        table = run_cli("--config", str(config), "models", "ollama", cwd=tmp_path)
+        as_json = run_cli("--config", str(config), "models", "ollama", "--json", cwd=tmp_path)
+        mock = run_cli("--config", str(config), "models", "m", cwd=tmp_path)
+        missing = run_cli("--config", str(config), "models", "nope", cwd=tmp_path)
+    for result in (table, as_json, mock):
+        assert result.returncode == 0, result.stderr
+        assert_no_traceback(result)
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "PROVIDER", "CONTEXT"]
+    assert lines[1].split()[:4] == ["qwen3:8b", "*", "ollama", "-"] and "2025-09-01" in lines[1]
+    assert "4 models; 'qwen3:8b' (*): context window 8,192 tokens" in table.stdout
+    payload = json.loads(as_json.stdout)
+    assert payload["context_window"] == 8192 and payload["model"] == "qwen3:8b"
+    assert [m["id"] for m in payload["models"]][:2] == ["qwen3:8b", "llava:7b"]
+    assert "mock-7 *" in mock.stdout and "context window unknown" in mock.stdout
+    assert missing.returncode != 0 and "nope" in missing.stderr
+    assert_no_traceback(missing)
