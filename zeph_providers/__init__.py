@@ -100,6 +100,7 @@ __all__ = [
     "Message",
     "MockProvider",
     "MockReply",
+    "ModelInfo",
     "ProviderClosedError",
     "ProviderNotFoundError",
     "ProviderTimeoutError",
@@ -142,6 +143,7 @@ _LAZY = {
     "BlockingProvider": "zeph_providers.blocking",
     "MockProvider": "zeph_providers.backends.mock",
     "MockReply": "zeph_providers.backends.mock",
+    "ModelInfo": "zeph_providers.models_info",
     "RouterProvider": "zeph_providers.backends.router",
 }
 

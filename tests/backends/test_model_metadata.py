@@ -356,6 +356,33 @@ async def test_mock_lists_its_model_and_counts_as_its_usage() -> None:
     assert await mock.count_tokens(HELLO) == response.usage.input_tokens == 4
 
 
+def test_blocking_twin_and_package_export() -> None:
+    import zeph_providers
+    from zeph_providers.blocking import BlockingRegistry
+
+    assert zeph_providers.ModelInfo is ModelInfo
+    registry = BlockingRegistry.from_dict(
+        {
+            "llm": {
+                "telemetry": False,
+                "providers": [
+                    {"name": "m", "type": "mock", "model": "mock-3"},
+                    {"name": "r", "type": "router", "providers": ["m"]},
+                ],
+            }
+        }
+    )
+    try:
+        mock = registry.get("m")
+        assert [m.id for m in mock.list_models()] == ["mock-3"]
+        assert mock.count_tokens(HELLO) == 4
+        assert mock.context_window is None and mock.fetch_context_window() is None
+        with pytest.raises(UnsupportedCapabilityError):
+            registry.get("r").count_tokens(HELLO)
+    finally:
+        registry.close()
+
+
 # ----- local: the tiny model's real tokenizer ------------------------------------------------------
 
 
