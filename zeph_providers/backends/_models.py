@@ -20,7 +20,18 @@ from zeph_providers.backends._wire import count
 from zeph_providers.errors import BadResponseError
 from zeph_providers.models_info import ModelInfo, known_context_window
 
-__all__ = ["anthropic_models", "ollama_context_length", "ollama_models", "openai_models"]
+__all__ = [
+    "COUNT_TOKENS_FIELDS",
+    "anthropic_model",
+    "anthropic_models",
+    "anthropic_token_count",
+    "ollama_context_length",
+    "ollama_models",
+    "openai_models",
+]
+
+COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+"""The `messages.create` arguments Anthropic's `messages/count_tokens` takes (sampling does not change the count)."""
 
 
 def _items(body: Any, key: str, provider: str) -> list[dict[str, Any]]:
@@ -135,3 +146,11 @@ def ollama_context_length(model_info: Any) -> int | None:
         found = [v for k, v in model_info.items() if isinstance(k, str) and k.endswith(".context_length")]
         value = found[0] if len(found) == 1 else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def anthropic_token_count(body: Any, provider: str) -> int:
+    """`POST /v1/messages/count_tokens`'s answer: `{"input_tokens": N}`."""
+    value = body.get("input_tokens") if isinstance(body, dict) else None
+    if value is None:
+        raise BadResponseError("malformed count_tokens answer: no `input_tokens`", provider=provider)
+    return count(value, "input_tokens", provider=provider)

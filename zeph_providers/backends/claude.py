@@ -54,7 +54,12 @@ from zeph_providers.backends._claude_request import (
 )
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
-from zeph_providers.backends._models import anthropic_model, anthropic_models
+from zeph_providers.backends._models import (
+    COUNT_TOKENS_FIELDS,
+    anthropic_model,
+    anthropic_models,
+    anthropic_token_count,
+)
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import count, drain, loads
@@ -94,8 +99,6 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-_COUNTED = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
-"""The `messages.create` arguments `messages/count_tokens` takes (sampling does not change the count)."""
 
 CLAUDE_CAPABILITIES = Capabilities(
     streaming=True,
@@ -476,15 +479,11 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
         """`POST /v1/messages/count_tokens` with the request `chat()` would send (system, tools, thinking)."""
         params = self.build_request(messages, ChatOptions.from_kwargs({"tools": list(tools)}))
-        params = {k: v for k, v in params.items() if k in _COUNTED}
+        params = {k: v for k, v in params.items() if k in COUNT_TOKENS_FIELDS}
 
         async def counted(deadline: float) -> int:
             raw = await self._client.messages.with_raw_response.count_tokens(**params, timeout=self.remaining(deadline))
-            body = loads(raw.http_response.content, provider=self.name)
-            value = body.get("input_tokens") if isinstance(body, dict) else None
-            if value is None:
-                raise BadResponseError("malformed count_tokens answer: no `input_tokens`", provider=self.name)
-            return count(value, "input_tokens", provider=self.name)
+            return anthropic_token_count(loads(raw.http_response.content, provider=self.name), self.name)
 
         return await self.api_call(counted)
 
