@@ -15,7 +15,8 @@ Decisions (docs/backends.md, "Model metadata"):
   (vLLM `max_model_len`, llama.cpp `meta.n_ctx`, OpenRouter-style `context_length`); the
   result is remembered, and the property reports it from then on.
 - `await provider.count_tokens(messages)`: the API's own count where it has one (Claude's
-  `messages/count_tokens`; the local backend's tokenizer, off the event loop). Elsewhere
+  `messages/count_tokens`; a compatible llama.cpp server's `/apply-template` + `/tokenize`; the
+  local backend's tokenizer, off the event loop). Elsewhere
   (OpenAI: no tokenizer endpoint, and `tiktoken` is not a dependency; Ollama: no tokenize
   endpoint; a router: its members tokenise differently) it raises `UnsupportedCapabilityError`.
 - A backend without a listing raises `UnsupportedCapabilityError` (the `BaseProvider` default),

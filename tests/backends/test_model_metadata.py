@@ -190,6 +190,25 @@ async def test_openai_has_no_token_counting() -> None:
     assert refused.value.provider == "gpt" and recorder.seen == []
 
 
+async def test_compatible_count_tokens_uses_llamacpp_endpoints_or_refuses() -> None:
+    routes = {
+        "/apply-template": {"prompt": "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"},
+        "/tokenize": {"tokens": [1, 2, 3, 4, 5, 6, 7]},
+    }
+    provider, recorder = _openai(routes, compatible=True, model="smollm2")
+    async with provider:
+        assert await provider.count_tokens(HELLO) == 7
+    (m1, path1, _, body1), (m2, path2, _, body2) = recorder.seen
+    assert (m1, path1, m2, path2) == ("POST", "/apply-template", "POST", "/tokenize")
+    assert body1["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body2 == {"content": routes["/apply-template"]["prompt"], "add_special": True, "parse_special": True}
+    bare, _ = _openai({}, compatible=True)  # a server without those endpoints (404)
+    async with bare:
+        with pytest.raises(UnsupportedCapabilityError, match="tokenize") as refused:
+            await bare.count_tokens(HELLO)
+    assert refused.value.provider == "vllm"
+
+
 # ----- Claude ---------------------------------------------------------------------------------
 
 # GET /v1/models (docs.anthropic.com/en/api/models-list): paged with has_more / last_id.

@@ -1,7 +1,8 @@
 """Model metadata and usage semantics against real llama.cpp: its server, and the in-process engine.
 
 - `/v1/models` of a real llama.cpp server through the `compatible` provider: the one GGUF model,
-  typed, with the server's own window (`meta.n_ctx`).
+  typed, with the server's own window (`meta.n_ctx`); `count_tokens` through its `/apply-template`
+  and `/tokenize`, equal to a chat's `prompt_tokens`.
 - Usage on the real server: a repeated prompt is served from llama.cpp's KV cache, which the
   server reports as OpenAI's `prompt_tokens_details.cached_tokens`; the compatible backend keeps it
   as `cache_read_tokens` (the server's word, as for hosted compatible APIs that bill it), so the
@@ -76,6 +77,13 @@ async def test_repeated_prompt_moves_the_split_not_the_prompt_total(llamacpp_ser
     assert second.usage.cache_read_tokens > 0
     assert second.usage.input_tokens + second.usage.cache_read_tokens == plain["prompt_tokens"]
     assert second.usage.cache_write_tokens == 0
+
+
+async def test_compatible_count_tokens_on_the_real_server(llamacpp_server: str) -> None:
+    async with _compat(llamacpp_server) as provider:
+        counted = await provider.count_tokens(PROMPT)
+        reply = await provider.chat(PROMPT, max_tokens=2, temperature=0)
+    assert counted == reply.usage.prompt_tokens > 0
 
 
 def _local(gguf: Path, **overrides: Any) -> LocalProvider:

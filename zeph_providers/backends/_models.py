@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from zeph_providers.backends._wire import count
-from zeph_providers.errors import BadResponseError
+from zeph_providers.errors import BadResponseError, UnsupportedCapabilityError
 from zeph_providers.models_info import ModelInfo, known_context_window
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "anthropic_model",
     "anthropic_models",
     "anthropic_token_count",
+    "llamacpp_count",
     "ollama_context_length",
     "ollama_models",
     "openai_models",
@@ -154,3 +155,34 @@ def anthropic_token_count(body: Any, provider: str) -> int:
     if value is None:
         raise BadResponseError("malformed count_tokens answer: no `input_tokens`", provider=provider)
     return count(value, "input_tokens", provider=provider)
+
+
+async def llamacpp_count(provider: Any, request: dict[str, Any], timeout: Any) -> int:
+    """A compatible server's prompt count through llama.cpp's own endpoints, beside `/v1`:
+    `POST /apply-template` (the messages and tools, rendered by the server's chat template) then
+    `POST /tokenize` (`add_special`, as a chat request tokenises). A server without them (404, 405,
+    501: vLLM, TGI, hosted APIs) gives `UnsupportedCapabilityError`. `provider` is an
+    `OpenAIProvider`: its SDK client sends these (auth, transport); its `base_url` ends in `/v1`."""
+    import httpx2
+    import openai
+
+    root = provider.base_url.removesuffix("/v1")
+    post = provider._client.post
+    try:
+        rendered = await post(
+            f"{root}/apply-template", body=request, cast_to=httpx2.Response, options={"timeout": timeout}
+        )
+        prompt = rendered.json().get("prompt")
+        if not isinstance(prompt, str):
+            raise BadResponseError("malformed /apply-template answer: no `prompt`", provider=provider.name)
+        body = {"content": prompt, "add_special": True, "parse_special": True}
+        tokenized = await post(f"{root}/tokenize", body=body, cast_to=httpx2.Response, options={"timeout": timeout})
+    except openai.APIStatusError as exc:
+        if exc.status_code in (404, 405, 501):
+            detail = "the server has no llama.cpp-style /apply-template and /tokenize"
+            raise UnsupportedCapabilityError("count_tokens", provider=provider.name, detail=detail) from exc
+        raise
+    tokens = tokenized.json().get("tokens")
+    if not isinstance(tokens, list):
+        raise BadResponseError("malformed /tokenize answer: no `tokens` list", provider=provider.name)
+    return len(tokens)

@@ -43,7 +43,7 @@ from openai import AsyncOpenAI
 
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
-from zeph_providers.backends._models import openai_models
+from zeph_providers.backends._models import llamacpp_count, openai_models
 from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request
 from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
 from zeph_providers.backends._openai_request import convert_response_format as convert_response_format
@@ -472,8 +472,13 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         return openai_models(loads(raw.http_response.content, provider=self.name), self.name)
 
     async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
-        detail = "the Chat Completions API has no token-counting endpoint (tiktoken, not a dependency, can estimate)"
-        raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
+        """Compatible servers: llama.cpp's `/apply-template` + `/tokenize` (see `_models.llamacpp_count`)."""
+        if not self.compatible:
+            detail = "the Chat Completions API has no token-counting endpoint (tiktoken, not a dependency, estimates)"
+            raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
+        body = self.build_request(messages, ChatOptions.from_kwargs({"tools": list(tools)}))
+        request: dict[str, Any] = {k: body[k] for k in ("messages", "tools") if k in body}
+        return await self.api_call(lambda deadline: llamacpp_count(self, request, self._timeout(deadline)))
 
     # ----- errors -----------------------------------------------------------------------
 
