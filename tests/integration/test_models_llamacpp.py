@@ -2,7 +2,8 @@
 
 - `/v1/models` of a real llama.cpp server through the `compatible` provider: the one GGUF model,
   typed, with the server's own window (`meta.n_ctx`); `count_tokens` through its `/apply-template`
-  and `/tokenize`, equal to a chat's `prompt_tokens`.
+  and `/tokenize`, equal to a chat's `prompt_tokens`; the Claude backend's `count_tokens` through the
+  server's Messages API (`/v1/messages/count_tokens`).
 - Usage on the real server: a repeated prompt is served from llama.cpp's KV cache, which the
   server reports as OpenAI's `prompt_tokens_details.cached_tokens`; the compatible backend keeps it
   as `cache_read_tokens` (the server's word, as for hosted compatible APIs that bill it), so the
@@ -20,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from zeph_providers.backends.claude import ClaudeProvider
 from zeph_providers.backends.openai import OpenAIProvider
-from zeph_providers.config import CandleConfig, CompatibleConfig
+from zeph_providers.config import CandleConfig, ClaudeConfig, CompatibleConfig
 from zeph_providers.local.provider import LocalProvider
 from zeph_providers.types import Message
 
@@ -83,6 +86,21 @@ async def test_compatible_count_tokens_on_the_real_server(llamacpp_server: str) 
     async with _compat(llamacpp_server) as provider:
         counted = await provider.count_tokens(PROMPT)
         reply = await provider.chat(PROMPT, max_tokens=2, temperature=0)
+    assert counted == reply.usage.prompt_tokens > 0
+
+
+async def test_claude_count_tokens_on_the_real_server(llamacpp_server: str) -> None:
+    """llama.cpp also serves the Messages API's `/v1/messages/count_tokens`."""
+    config = ClaudeConfig(
+        name="llamacpp-claude",
+        model="smollm2",
+        base_url=llamacpp_server,
+        api_key=SecretStr("sk-dummy"),
+        timeout_secs=60,
+    )
+    async with ClaudeProvider(config) as provider:
+        counted = await provider.count_tokens(PROMPT)
+        reply = await provider.chat(PROMPT, max_tokens=2)
     assert counted == reply.usage.prompt_tokens > 0
 
 
