@@ -113,6 +113,7 @@ __all__ = [
     "Message",
     "MockProvider",
     "MockReply",
+    "ModelInfo",
     "ProviderClosedError",
     "ProviderNotFoundError",
     "ProviderTimeoutError",
@@ -160,6 +161,7 @@ _LAZY = {
     "BlockingProvider": "zeph_providers.blocking",
     "MockProvider": "zeph_providers.backends.mock",
     "MockReply": "zeph_providers.backends.mock",
+    "ModelInfo": "zeph_providers.models_info",
     "RouterProvider": "zeph_providers.backends.router",
 }
 

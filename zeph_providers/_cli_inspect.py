@@ -1,4 +1,8 @@
-"""`zeph-providers list` and `zeph-providers status`: what is configured, and each provider's state."""
+"""`zeph-providers list`, `status` and `models`: what is configured, each provider's state, the models it serves.
+
+`models NAME` prints `await provider.list_models()` (a router: the union of its members' lists)
+and the configured model's context window (`fetch_context_window()`; Ollama asks `/api/show`).
+"""
 
 from __future__ import annotations
 
@@ -53,11 +57,9 @@ def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
     return row
 
 
-
 def _name_label(row: dict[str, Any]) -> str:
     marks = [m for m, on in (("default", row["default"]), ("embedding", row["embedding"])) if on]
     return str(row["name"]) + (f" ({', '.join(marks)})" if marks else "")
-
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -92,10 +94,8 @@ async def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def _cmd_list(args: argparse.Namespace) -> int:
     return asyncio.run(_list(args))
-
 
 
 async def _provider_status(provider: LlmProvider) -> dict[str, Any] | None:
@@ -115,7 +115,6 @@ async def _provider_status(provider: LlmProvider) -> dict[str, Any] | None:
         if isinstance(result, dict):
             return result
     return {"status": value}
-
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -154,7 +153,43 @@ async def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(_status(args))
 
+
+async def _models(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from zeph_providers.errors import redact
+
+    registry = _open_registry(args)
+    try:
+        provider: Any = registry.get(args.name)
+        models = await provider.list_models(refresh=args.refresh)
+        fetch = getattr(provider, "fetch_context_window", None)
+        window = await fetch() if fetch is not None else None
+    finally:
+        await _close(registry)
+    if args.json:
+        payload = {
+            "provider": args.name,
+            "model": provider.model,
+            "context_window": window,
+            "models": [m.model_dump(mode="json") for m in models],
+        }
+        _out(_dumps(payload))
+        return EXIT_OK
+    rows = []
+    for m in models:
+        created = datetime.fromtimestamp(m.created, UTC).strftime("%Y-%m-%d") if m.created is not None else "-"
+        window_text = f"{m.context_window:,}" if m.context_window is not None else "-"
+        marks = " *" if m.id == provider.model else ""
+        rows.append([m.id + marks, m.provider, window_text, created, m.owned_by or m.display_name or "-"])
+    _out(redact(_table(["id", "provider", "context", "created", "owner / name"], rows)))
+    shown = f"{window:,} tokens" if window is not None else "unknown"
+    _out(f"\n{len(models)} model{'s' if len(models) != 1 else ''}; {provider.model!r} (*): context window {shown}")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    return asyncio.run(_models(args))

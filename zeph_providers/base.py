@@ -23,6 +23,9 @@ Extension points for backend (and plugin) authors, each with a working default:
 - `start_try(messages, options)`: one try of a `chat()` call that the structured-output repair loop
   may repeat (a router routes each try once; the default is one `stream_chunks()` run).
 - `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
+- Model metadata (`zeph_providers.models_info`): `list_models()` and `count_tokens()` raise
+  `UnsupportedCapabilityError` by default, `context_window` is None (unknown) and
+  `fetch_context_window()` returns it; a backend overrides what its API can answer.
 
 Every call is reported to the provider's `hooks` (then its registry's, then the process's:
 `zeph_providers.hooks`) from here and from `ChatStream`, so no backend fires an event itself.
@@ -36,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from zeph_providers.errors import (
     InferenceError,
@@ -49,7 +52,10 @@ from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
 from zeph_providers.structured import Finalize, Repair, parse_structured
-from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk
+from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk, ToolDefinition
+
+if TYPE_CHECKING:
+    from zeph_providers.models_info import ModelInfo
 
 __all__ = ["BaseProvider", "check_dimensions"]
 
@@ -244,6 +250,25 @@ class BaseProvider:
         if dimensions is None:
             return await self.embed_texts(texts)
         return await self.embed_texts_dimensions(texts, dimensions)
+
+    # ----- model metadata (see zeph_providers.models_info) --------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """The configured model's context window in tokens, known without a request; None when unknown."""
+        return None
+
+    async def fetch_context_window(self) -> int | None:
+        """The context window, asking the server where it can tell (then `context_window` reports it too)."""
+        return self.context_window
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """The models this provider's server offers (cached briefly; `refresh` re-reads them)."""
+        raise UnsupportedCapabilityError("list_models", provider=self._name, detail="this backend lists no models")
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """How many input tokens `messages` (and `tools`) make for this model, counted by the API or tokenizer."""
+        raise UnsupportedCapabilityError("count_tokens", provider=self._name, detail="this backend cannot count tokens")
 
     # ----- hooks ------------------------------------------------------------------------
 

@@ -252,6 +252,29 @@ class BlockingProvider:
             return self._loop.run(self._provider.embed_batch(list(texts)))
         return self._loop.run(self._provider.embed_batch(list(texts), dimensions=dimensions))
 
+    def list_models(self, *, refresh: bool = False) -> list[Any]:
+        """The async `list_models()` (`models_info.ModelInfo`s), waited for."""
+        return self._loop.run(self._metadata("list_models", refresh=refresh))
+
+    @property
+    def context_window(self) -> int | None:
+        window = getattr(self._provider, "context_window", None)
+        return window if isinstance(window, int) else None
+
+    def fetch_context_window(self) -> int | None:
+        return self._loop.run(self._metadata("fetch_context_window"))  # type: ignore[no-any-return]
+
+    def count_tokens(self, messages: Sequence[Message], **kwargs: Any) -> int:
+        return self._loop.run(self._metadata("count_tokens", list(messages), **kwargs))  # type: ignore[no-any-return]
+
+    async def _metadata(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self._provider, name, None)
+        if method is None:
+            from zeph_providers.errors import UnsupportedCapabilityError
+
+            raise UnsupportedCapabilityError(name, provider=self._provider.name)
+        return await method(*args, **kwargs)
+
     def status(self) -> Any:
         """The provider's own `status()` (routers report circuit-breaker state), if it has one."""
         status = getattr(self._provider, "status", None)

@@ -47,7 +47,7 @@ from zeph_providers._cli_common import (
     _register_known_secrets,
     _setup_logging,
 )
-from zeph_providers._cli_inspect import _cmd_list, _cmd_status
+from zeph_providers._cli_inspect import _cmd_list, _cmd_models, _cmd_status
 
 log = logging.getLogger("zeph_providers.cli")
 
@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_status = commands.add_parser("status", parents=[common], help="build every provider and show its state")
     p_status.add_argument("--json", action="store_true", help="print JSON instead of text")
     p_status.set_defaults(handler=_cmd_status)
+
+    p_models = commands.add_parser("models", parents=[common], help="list the models a provider serves")
+    p_models.add_argument("name", metavar="NAME", help="provider name (see `list`)")
+    p_models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_models.add_argument("--refresh", action="store_true", help="skip the 60 s model-list cache")
+    p_models.set_defaults(handler=_cmd_models)
     return parser
 
 

@@ -6,8 +6,11 @@ output, cache read, cache write), else from the `genai-prices` library (the opti
 A call whose price is unknown (a local or Ollama model without `pricing`, a model the library does
 not know, the library not installed) has `resp.cost = None`: never a guessed zero.
 
-Usage shapes differ: OpenAI counts cached tokens inside `input_tokens`; Anthropic reports them
-apart. `price()` normalises both before pricing (`INPUT_EXCLUDES_CACHE`).
+Every backend reports `Usage` in one shape (see `types.Usage`): `input_tokens` are the uncached
+input tokens, disjoint from `cache_read_tokens` and `cache_write_tokens`, so each field is priced
+at its own rate with no per-backend correction. (Before, OpenAI's `input_tokens` included the
+cached tokens and `price()` subtracted them: the price of a given API reply is unchanged.)
+genai-prices counts cache tokens inside its `input_tokens`: it is given `usage.prompt_tokens`.
 
 Budgets: `budget_usd` on a provider (or on `[llm]` for the registry's total) refuses a call with
 `BudgetExceededError` before it is sent once the spend so far has reached it. Calls already in
@@ -29,8 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["INPUT_EXCLUDES_CACHE", "CostTracker", "ProviderTotals", "price", "price_from_library"]
 
-INPUT_EXCLUDES_CACHE = frozenset({"claude"})
-"""Backends whose `input_tokens` leave out the cache reads and writes (Anthropic's shape)."""
+INPUT_EXCLUDES_CACHE = frozenset({"claude", "openai", "compatible", "ollama", "local", "mock", "router"})
+"""Backends whose `input_tokens` leave out the cache reads and writes: since `Usage` has one meaning,
+every built-in one (kept for compatibility; pricing no longer consults it)."""
 
 _LIBRARY_PROVIDER = {"openai": "openai", "claude": "anthropic"}
 """Backend type -> genai-prices provider id. Other backends are priced only through their
@@ -40,17 +44,9 @@ _MISSING: set[tuple[str, str | None, str | None]] = set()
 _MISSING_LOCK = threading.Lock()
 
 
-def _total_input(usage: Usage, backend: str) -> int:
-    if backend in INPUT_EXCLUDES_CACHE:
-        return usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-    return usage.input_tokens
-
-
 def price(usage: Usage, pricing: PricingConfig, *, backend: str = "") -> float:
-    """The USD price of `usage` at `pricing`'s per-million rates."""
-    total = _total_input(usage, backend)
-    cached = usage.cache_read_tokens + usage.cache_write_tokens
-    uncached = max(total - cached, 0)
+    """The USD price of `usage` at `pricing`'s per-million rates (`backend` is kept for compatibility)."""
+    uncached = usage.input_tokens
     read = pricing.cache_read if pricing.cache_read is not None else pricing.input
     write = pricing.cache_write if pricing.cache_write is not None else pricing.input
     micro = (
@@ -75,7 +71,7 @@ def price_from_library(usage: Usage, model: str, *, backend: str, base_url: str 
     except ImportError:
         return None
     library_usage = genai_prices.Usage(
-        input_tokens=_total_input(usage, backend),
+        input_tokens=usage.prompt_tokens,  # genai-prices counts cache tokens inside input
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,

@@ -215,7 +215,7 @@ class Telemetry(Hook):
             attrs["gen_ai.response.model"] = response.model or call.model
             attrs["gen_ai.response.finish_reasons"] = [response.finish_reason]
             usage = response.usage
-            attrs["gen_ai.usage.input_tokens"] = usage.input_tokens
+            attrs["gen_ai.usage.input_tokens"] = usage.prompt_tokens  # semconv: cached tokens included
             attrs["gen_ai.usage.output_tokens"] = usage.output_tokens
             if usage.cache_read_tokens:
                 attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
@@ -290,7 +290,7 @@ class Telemetry(Hook):
             otel.first_chunk.record(call.time_to_first_chunk, attrs)
         if response is not None:
             usage = response.usage
-            otel.tokens.record(usage.input_tokens, dict(attrs, **{"gen_ai.token.type": "input"}))
+            otel.tokens.record(usage.prompt_tokens, dict(attrs, **{"gen_ai.token.type": "input"}))
             otel.tokens.record(usage.output_tokens, dict(attrs, **{"gen_ai.token.type": "output"}))
 
 

@@ -271,10 +271,27 @@ class ToolDefinition(_Frozen):
 
 
 class Usage(_Frozen):
+    """Token counts of one reply, with one meaning on every backend (docs/backends.md, "Usage").
+
+    The input fields are disjoint: each prompt token is counted in exactly one of `input_tokens`,
+    `cache_read_tokens` and `cache_write_tokens`, and each is billed at its own rate
+    (`zeph_providers.pricing`: input, cache read, cache write). This is Anthropic's shape; OpenAI's
+    `prompt_tokens` (which includes the cached tokens) is split into `input_tokens` +
+    `cache_read_tokens` by the OpenAI backend. The whole prompt is `prompt_tokens`.
+    """
+
     input_tokens: int = 0
+    """Uncached input tokens: the prompt tokens billed at the normal input rate (the whole prompt
+    minus cache reads and cache writes). Ollama and the local backend have no billing cache: all of
+    their prompt tokens are here."""
     output_tokens: int = 0
+    """Every generated token, reasoning / thinking tokens included (as both APIs bill them)."""
     cache_read_tokens: int = 0
+    """Input tokens served from the provider's prompt cache (billed at the cache-read rate):
+    Anthropic's `cache_read_input_tokens`, OpenAI's `prompt_tokens_details.cached_tokens`."""
     cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (billed at the cache-write rate):
+    Anthropic's `cache_creation_input_tokens`; OpenAI caches without a write charge (always 0)."""
     reasoning_tokens: int = 0
     """Of `output_tokens`, those spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`)."""
     cache_write_5m_tokens: int = 0
@@ -284,8 +301,15 @@ class Usage(_Frozen):
     """Of `cache_write_tokens`, those written to 1-hour cache entries (`ephemeral_1h_input_tokens`)."""
 
     @property
+    def prompt_tokens(self) -> int:
+        """All input tokens, cached or not: `input_tokens + cache_read_tokens + cache_write_tokens`
+        (what OpenAI calls `prompt_tokens`; the figure a context window limits)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
     def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        """`prompt_tokens + output_tokens`: every token of the call (OpenAI's `total_tokens`)."""
+        return self.prompt_tokens + self.output_tokens
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

@@ -150,7 +150,9 @@ async def test_unstreamed_completion_maps_every_field() -> None:
     first = resp.tool_calls[0]
     assert (first.id, first.name, first.arguments) == ("call_1", "get_weather", {"city": "Paris"})
     assert resp.tool_calls[1].id and resp.tool_calls[1].arguments == {}  # a stable generated id
-    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (12, 5, 4)
+    # prompt_tokens 12 of which 4 cached: Usage's input_tokens are the 8 uncached ones
+    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (8, 5, 4)
+    assert resp.usage.prompt_tokens == 12
     assert resp.finish_reason == "tool_use"
     assert resp.model == "gpt-4o-mini-2024-07-18"
 
@@ -426,7 +428,7 @@ async def test_reasoning_content_becomes_thinking_and_cached_tokens_are_read() -
     assert "".join(c.text for c in chunks if isinstance(c, ThinkingChunk)) == "2 plus 2 is 4."
     resp = stream.response
     assert (resp.text, resp.thinking) == ("4", "2 plus 2 is 4.")
-    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (30, 9, 16)
+    assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.cache_read_tokens) == (14, 9, 16)
     assert resp.model == "gpt-4o-mini-2024-07-18"
     assert isinstance(chunks[-1], EndChunk)
     assert isinstance(chunks[-2], UsageChunk)

@@ -91,7 +91,8 @@ async def test_streamed_and_chat_usage_agree_with_a_non_streamed_call(
     async with provider.chat_stream(PROMPT, max_tokens=16, temperature=0, seed=42) as stream:
         async for _ in stream:
             pass
-    assert stream.response.usage.input_tokens == ours.usage.input_tokens
+    # prompt_tokens: llama.cpp reports its KV-cache reuse as cached_tokens, so the split varies
+    assert stream.response.usage.prompt_tokens == ours.usage.prompt_tokens
     assert stream.response.usage.output_tokens == ours.usage.output_tokens
     assert stream.response.text == ours.text
     client = openai.AsyncOpenAI(api_key=DUMMY_KEY, base_url=f"{llamacpp_server}/v1", max_retries=0)
@@ -102,7 +103,7 @@ async def test_streamed_and_chat_usage_agree_with_a_non_streamed_call(
     finally:
         await client.close()
     assert plain.usage is not None
-    assert ours.usage.input_tokens == plain.usage.prompt_tokens
+    assert ours.usage.prompt_tokens == plain.usage.prompt_tokens
     assert ours.usage.output_tokens == plain.usage.completion_tokens
     assert ours.text == plain.choices[0].message.content
 

@@ -31,9 +31,9 @@ def mock(name: str = "m", reply: str = "five six seven", **extra: Any) -> dict[s
 # ----- pricing arithmetic -------------------------------------------------------------
 
 
-def test_override_prices_openai_shape_cached_tokens_inside_input() -> None:
-    # OpenAI: 1000 prompt tokens of which 400 were cached.
-    usage = Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=400)
+def test_override_prices_openai_reply_with_cached_tokens() -> None:
+    # OpenAI: 1000 prompt tokens of which 400 were cached -> Usage: 600 uncached + 400 cache reads.
+    usage = Usage(input_tokens=600, output_tokens=100, cache_read_tokens=400)
     expected = (600 * 2.0 + 400 * 0.5 + 100 * 10.0) / 1e6
     assert price(usage, PricingConfig(**PRICING), backend="openai") == pytest.approx(expected)
 
@@ -46,12 +46,12 @@ def test_override_prices_anthropic_shape_cache_reported_apart() -> None:
 
 
 def test_cache_prices_default_to_the_input_price() -> None:
-    usage = Usage(input_tokens=1000, output_tokens=0, cache_read_tokens=1000)
+    usage = Usage(input_tokens=0, output_tokens=0, cache_read_tokens=1000)
     assert price(usage, PricingConfig(input=3.0, output=1.0), backend="openai") == pytest.approx(3000 / 1e6)
 
 
 def test_library_prices_openai_usage_as_genai_prices_does() -> None:
-    usage = Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=200)
+    usage = Usage(input_tokens=1000, output_tokens=300, cache_read_tokens=200)  # 1200 prompt tokens
     direct = genai_prices.calc_price(
         genai_prices.Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=200, cache_write_tokens=0),
         "gpt-4o-mini",

@@ -118,7 +118,8 @@ def test_chat_response_round_trip_and_to_message() -> None:
 def test_usage_total_and_sum() -> None:
     total = Usage(input_tokens=1, output_tokens=2) + Usage(input_tokens=3, output_tokens=4, cache_write_tokens=5)
     assert total == Usage(input_tokens=4, output_tokens=6, cache_write_tokens=5)
-    assert total.total_tokens == 10
+    assert total.total_tokens == 15  # every token: 4 uncached + 5 cache writes in, 6 out
+    assert total.prompt_tokens == 9
 
 
 def test_stream_chunks_round_trip_through_the_union() -> None:

@@ -28,10 +28,14 @@ def usage(raw: Any, provider: str) -> Usage:
     cached = field(details, "cached_tokens") if isinstance(details, dict) else None
     output_details = field(raw, "completion_tokens_details")
     reasoning = field(output_details, "reasoning_tokens") if isinstance(output_details, dict) else None
+    prompt = count(field(raw, "prompt_tokens"), "prompt_tokens", provider=provider)
+    # `prompt_tokens` includes the cached ones: `Usage.input_tokens` is the uncached rest (a server
+    # claiming more cached than prompt tokens is capped at the prompt, so the prompt total holds).
+    cache_read = min(count(cached, "cached_tokens", provider=provider), prompt)
     return Usage(
-        input_tokens=count(field(raw, "prompt_tokens"), "prompt_tokens", provider=provider),
+        input_tokens=prompt - cache_read,
         output_tokens=count(field(raw, "completion_tokens"), "completion_tokens", provider=provider),
-        cache_read_tokens=count(cached, "cached_tokens", provider=provider),
+        cache_read_tokens=cache_read,
         reasoning_tokens=count(reasoning, "reasoning_tokens", provider=provider),
     )
 

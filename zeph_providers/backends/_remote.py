@@ -31,8 +31,10 @@ from zeph_providers.errors import (
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    UnsupportedCapabilityError,
     register_secret,
 )
+from zeph_providers.models_info import ModelInfo, ModelsCache, known_context_window
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.retry import RetryPolicy, retry_stream
 from zeph_providers.types import Message, StreamChunk
@@ -166,6 +168,10 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
         self._server = server_attributes(self.base_url)
         self._closers: list[Callable[[], Awaitable[Any]]] = []
         self._closed = False
+        self.models_cache = ModelsCache()
+        """This provider's `list_models()` answer, reused for `models_info.MODELS_CACHE_SECS`."""
+        self._fetched_window: int | None = None
+        """The context window a request found out (`fetch_context_window()`), once known."""
 
     @property
     def api_key(self) -> str | None:
@@ -223,6 +229,20 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
             return vectors
         raise BadResponseError("no embeddings in the response", provider=self.name)
 
+    async def api_call(self, request: Callable[[float], Awaitable[T]]) -> T:
+        """One metadata request (`request(deadline)`: list models, count tokens...), with the chat
+        calls' deadline (`timeout_secs`), retry policy and typed errors."""
+        deadline = time.monotonic() + self.config.timeout_secs
+
+        async def attempt() -> AsyncIterator[T]:
+            yield await self.within(deadline, request(deadline))
+
+        async for value in retry_stream(
+            lambda: self._mapped(attempt()), self.retry_policy, deadline=deadline, provider=self.name
+        ):
+            return value
+        raise BadResponseError("no answer", provider=self.name)  # pragma: no cover - attempt always yields
+
     async def within(self, deadline: float, work: Awaitable[T]) -> T:
         """`work`, cut off at the deadline (a drip-fed reply never passes the SDK's read timeout)."""
         try:
@@ -230,6 +250,20 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
                 return await work
         except TimeoutError as exc:
             raise ProviderTimeoutError("no complete answer within the call's deadline", provider=self.name) from exc
+
+    # ----- model metadata (`zeph_providers.models_info`) ------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """What a request found out (`fetch_context_window()`), else the maintained table's figure."""
+        return self._fetched_window if self._fetched_window is not None else known_context_window(self.model)
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """The server's model list (`_list_models`), cached for `models_info.MODELS_CACHE_SECS`."""
+        return await self.models_cache.get(lambda: self.api_call(self._list_models), refresh=refresh)
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        raise UnsupportedCapabilityError("list_models", provider=self.name, detail="this backend lists no models")
 
     # ----- what each backend implements ---------------------------------------------
 

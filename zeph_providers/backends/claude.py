@@ -68,6 +68,12 @@ from zeph_providers.backends._claude_request import (
 )
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._models import (
+    COUNT_TOKENS_FIELDS,
+    anthropic_model,
+    anthropic_models,
+    anthropic_token_count,
+)
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import count, drain, loads
@@ -78,6 +84,7 @@ from zeph_providers.errors import (
     InvalidRequestError,
     LlmError,
 )
+from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.structured import prompted_payload
 from zeph_providers.types import (
@@ -89,6 +96,7 @@ from zeph_providers.types import (
     RedactedThinkingChunk,
     StreamChunk,
     ThinkingChunk,
+    ToolDefinition,
     ToolUseChunk,
     Usage,
     UsageChunk,
@@ -454,6 +462,42 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
         message = str(getattr(exc, "api_message", None) or _get(error, "message", "") or exc.message)
         text = f"{error_type}: {message}" if error_type else message
         return status_error(exc.status_code, text, provider=self.name, headers=exc.response.headers)
+
+    # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        """`GET /v1/models`, every page (`after_id`)."""
+        models: list[ModelInfo] = []
+        after: str | None = None
+        while True:
+            page: dict[str, Any] = {"limit": 1000} if after is None else {"limit": 1000, "after_id": after}
+            raw = await self._client.models.with_raw_response.list(**page, timeout=self.remaining(deadline))
+            found, after = anthropic_models(loads(raw.http_response.content, provider=self.name), self.name)
+            models.extend(found)
+            if after is None:
+                return models
+
+    async def fetch_context_window(self) -> int | None:
+        """`GET /v1/models/{model}`'s `max_input_tokens` (aliases resolve), else the maintained table's."""
+        if self._fetched_window is None:
+
+            async def retrieve(deadline: float) -> ModelInfo:
+                raw = await self._client.models.with_raw_response.retrieve(self.model, timeout=self.remaining(deadline))
+                return anthropic_model(loads(raw.http_response.content, provider=self.name), self.name)
+
+            self._fetched_window = (await self.api_call(retrieve)).context_window
+        return self.context_window
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """`POST /v1/messages/count_tokens` with the request `chat()` would send (system, tools, thinking)."""
+        params = self.build_request(messages, ChatOptions.from_kwargs({"tools": list(tools)}))
+        params = {k: v for k, v in params.items() if k in COUNT_TOKENS_FIELDS}
+
+        async def counted(deadline: float) -> int:
+            raw = await self._client.messages.with_raw_response.count_tokens(**params, timeout=self.remaining(deadline))
+            return anthropic_token_count(loads(raw.http_response.content, provider=self.name), self.name)
+
+        return await self.api_call(counted)
 
     # ----- structured output ----------------------------------------------------------
 

@@ -31,6 +31,7 @@ from zeph_providers.types import (
     StreamChunk,
     ThinkingChunk,
     ToolCall,
+    ToolDefinition,
     ToolUseChunk,
     Usage,
     UsageChunk,
@@ -38,6 +39,7 @@ from zeph_providers.types import (
 
 if TYPE_CHECKING:
     from zeph_providers.config import MockConfig
+    from zeph_providers.models_info import ModelInfo
     from zeph_providers.registry import Registry
 
 __all__ = ["MockProvider", "MockReply", "MockRequest", "build"]
@@ -150,6 +152,16 @@ class MockProvider(BaseProvider):
             # The scripted call itself, not its JSON round trip (a script may hold non-JSON values).
             chunks.extend(ToolUseChunk(tool_call=call) if isinstance(c, ToolUseChunk) else c for c in closing)
         return chunks
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """Its one model."""
+        from zeph_providers.models_info import ModelInfo
+
+        return [ModelInfo(id=self.model, provider=self.name)]
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """Words, as its `usage.input_tokens` counts them."""
+        return sum(len(m.text.split()) for m in messages)
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         return [self._vector(text) for text in texts]

@@ -37,7 +37,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -46,6 +46,7 @@ from pydantic import ValidationError
 
 from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._models import ollama_context_length, ollama_models
 from zeph_providers.backends._ollama_request import chat_payload, forced_tools, parse_forced_call
 from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
 from zeph_providers.backends._tools import ToolCallAccumulator
@@ -60,6 +61,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
     ContentChunk,
@@ -186,6 +188,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             log.warning("provider %r: unexpected /api/show answer (%s); not restricting requests", self.name, exc)
             self._caps_known = True
             return
+        self._fetched_window = ollama_context_length(shown.modelinfo)  # `<arch>.context_length`
         names = shown.capabilities
         embeddings = self.config.embedding_model is not None
         if names is None:
@@ -206,6 +209,28 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             )
             self._completion = "completion" in listed
         self._caps_known = True
+
+    # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
+
+    async def fetch_context_window(self) -> int | None:
+        """The model's trained window from `/api/show` (read with the capabilities). Ollama runs a
+        model with `num_ctx` tokens (its own default is smaller), settable per call: `extra={"num_ctx": N}`."""
+        if not self._caps_known:
+            await self.refresh_capabilities()
+        return self._fetched_window
+
+    @property
+    def context_window(self) -> int | None:
+        return self._fetched_window  # no table for Ollama's model names: known once /api/show answered
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        """`GET /api/tags`: the models pulled on this server (their windows: `fetch_context_window()`)."""
+        response = await self._post("/api/tags", None, deadline, method="GET")
+        return ollama_models(loads(response.content, provider=self.name), self.name)
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        detail = "Ollama's API has no tokenize endpoint; its replies report prompt_eval_count after the fact"
+        raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
 
     # ----- request checks ---------------------------------------------------------------
 
@@ -380,6 +405,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                     raise self._shape_error("a token count is not a non-negative integer")
                 if not isinstance(reason, str | None) or not isinstance(model, str | None):
                     raise self._shape_error("`done_reason` / `model` is not text")
+                # No billing cache: `prompt_eval_count` is all input (`Usage`: uncached input).
                 if forced is not None and index == 0:
                     name, arguments = parse_forced_call("".join(forced_text), forced, reason, provider=self.name)
                     for chunk in [*calls_seen.add(index, None, name, arguments), *calls_seen.finish(index)]:
@@ -418,12 +444,13 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
     async def _post(
         self,
         path: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         deadline: float,
         *,
         response_type: Any = None,
         meta: _ResponseMeta | None = None,
         model: str | None = None,
+        method: str = "POST",
     ) -> Any:
         """One non-streamed request through the SDK (`/api/show`, `/api/chat`, `/api/embed`).
 
@@ -436,8 +463,8 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
         try:
             if response_type is None:
                 request_raw: Any = self._client._request_raw  # the SDK leaves it untyped
-                return await request_raw("POST", path, **options)
-            return await self._client._request(response_type, "POST", path, **options)
+                return await request_raw(method, path, **options)
+            return await self._client._request(response_type, method, path, **options)
         except ConnectionError as exc:
             raise self._connection_error(exc) from _sdk_cause(exc)
         except ollama.ResponseError as exc:

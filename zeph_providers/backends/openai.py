@@ -26,8 +26,8 @@ Wire mapping, in short:
   position, see `_tools`) and are reassembled and emitted as complete `ToolUseChunk`s when the
   choice finishes; a call without an id gets a stable generated one;
 - usage -> exactly one `UsageChunk` at the end (zeros when the server sent none);
-  `prompt_tokens` -> `input_tokens` (OpenAI counts cached tokens in it too),
-  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`,
+  `prompt_tokens_details.cached_tokens` -> `cache_read_tokens`, `prompt_tokens` minus those ->
+  `input_tokens` (uncached, as `Usage` defines it; `usage.prompt_tokens` is OpenAI's figure);
   `completion_tokens_details.reasoning_tokens` -> `reasoning_tokens` (a part of `output_tokens`);
 - a stream that ends without a finish reason raises `BadResponseError` after what it delivered;
   a complete non-streamed body without one is taken as "stop" (its body is whole by definition).
@@ -56,6 +56,7 @@ from openai import AsyncOpenAI
 
 from zeph_providers.backends._convert import iter_sse, map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
+from zeph_providers.backends._models import llamacpp_count, openai_models
 from zeph_providers.backends._openai_reply import extra_text, logprobs, usage
 from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request, check_options
 from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
@@ -72,6 +73,7 @@ from zeph_providers.errors import (
     RefusalError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.structured import answer_tool, answer_tool_chunks, prompted_payload
 from zeph_providers.types import (
@@ -84,6 +86,7 @@ from zeph_providers.types import (
     Role,
     StreamChunk,
     ThinkingChunk,
+    ToolDefinition,
     Usage,
     UsageChunk,
 )
@@ -493,6 +496,31 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
                 provider=self.name,
             )
         return vectors
+
+    # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
+
+    async def fetch_context_window(self) -> int | None:
+        """A compatible server's own figure from `/v1/models` (the entry named like the model, or the
+        only one listed); OpenAI's list has none, so the table answers."""
+        if self.compatible and self._fetched_window is None:
+            models = await self.list_models()
+            named = [m for m in models if m.id == self.model] or (models if len(models) == 1 else [])
+            if named:
+                self._fetched_window = named[0].context_window
+        return self.context_window
+
+    async def _list_models(self, deadline: float) -> list[ModelInfo]:
+        raw = await self._client.models.with_raw_response.list(timeout=self._timeout(deadline))
+        return openai_models(loads(raw.http_response.content, provider=self.name), self.name)
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """Compatible servers: llama.cpp's `/apply-template` + `/tokenize` (see `_models.llamacpp_count`)."""
+        if not self.compatible:
+            detail = "the Chat Completions API has no token-counting endpoint (tiktoken, not a dependency, estimates)"
+            raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
+        body = self.build_request(messages, ChatOptions.from_kwargs({"tools": list(tools)}))
+        request: dict[str, Any] = {k: body[k] for k in ("messages", "tools") if k in body}
+        return await self.api_call(lambda deadline: llamacpp_count(self, request, self._timeout(deadline)))
 
     # ----- errors -----------------------------------------------------------------------
 

@@ -70,11 +70,12 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.models_info import ModelInfo, members_models, smallest_window
 from zeph_providers.options import PROVIDER_OPTIONS, Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
 from zeph_providers.structured import Finalize
-from zeph_providers.types import Message, StreamChunk
+from zeph_providers.types import Message, StreamChunk, ToolDefinition
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -189,6 +190,30 @@ class RouterProvider(BaseProvider):
 
     async def aclose(self) -> None:
         """Nothing to release: the registry owns (and closes) the members."""
+
+    # ----- model metadata (zeph_providers.models_info) --------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """The smallest of the members' windows (a call may fall back to any); None if one is unknown."""
+        self._resolve_members()
+        return smallest_window(getattr(m, "context_window", None) for m in self._members.values())
+
+    async def fetch_context_window(self) -> int | None:
+        self._resolve_members()
+        fetch = [getattr(m, "fetch_context_window", None) for m in self._members.values()]
+        return smallest_window([await f() if f is not None else None for f in fetch])
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """The union of the members' lists, in member order (each entry names its member)."""
+        errors = self._resolve_members()
+        if not self._members and errors:
+            raise errors[0]
+        return await members_models(self._members, provider=self.name, refresh=refresh)
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        detail = "its members tokenise differently; count with the member the call will go to"
+        raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail=detail)
 
     # ----- members ------------------------------------------------------------------
 

@@ -244,6 +244,8 @@ class LlamaCppEngine:
             self._pool = futures.ThreadPoolExecutor(self.max_batch_size, thread_name_prefix="zeph-llamacpp-row")
         self._batches: set[_Rows] = set()
         self._batches_lock = threading.Lock()
+        self.http_key: str | None = None
+        """The key guarding the server's private Unix socket (`count_tokens` talks to it)."""
 
     @classmethod
     def load(cls, config: LocalConfig) -> LlamaCppEngine:
@@ -286,7 +288,8 @@ class LlamaCppEngine:
         socket_dir = tempfile.mkdtemp(prefix="zeph-llamacpp-")
         params.hostnames = [os.path.join(socket_dir, "llama.sock")]
         params.port = 0
-        params.api_keys = [secrets.token_urlsafe(32)]
+        http_key = secrets.token_urlsafe(32)
+        params.api_keys = [http_key]
         params.n_threads_http = 1
         with contextlib.suppress(AttributeError):
             params.ui = False
@@ -309,8 +312,10 @@ class LlamaCppEngine:
             time.monotonic() - started,
         )
         loaded = LoadedGguf(str(source.path), source.label, "cpu" if config.device == "cpu" else config.device, n_ctx)
-        return cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots,
-                   own_template=own, strip_bos=strip_bos)  # fmt: skip
+        engine = cls(server, loaded, template=template, socket_dir=socket_dir, provider=provider, max_batch_size=slots,
+                     own_template=own, strip_bos=strip_bos)  # fmt: skip
+        engine.http_key = http_key
+        return engine
 
     @property
     def device(self) -> str:
@@ -479,6 +484,33 @@ class LlamaCppEngine:
         if completion is None:
             completion = int(timings.get("predicted_n") or stream.steps)
         return Phase(stream.text, stream.finish, int(prompt), int(completion), stream.triggered, stream.cancelled)
+
+    @property
+    def context_window(self) -> int:
+        """Tokens one request may use: the configured `n_ctx` (per slot)."""
+        return self.loaded.n_ctx
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """The prompt's token count as llama.cpp will see it (`usage.input_tokens`), from its own
+        `/apply-template` and `/tokenize` on the private socket (blocking; safe off the worker thread:
+        the server answers those on its HTTP thread, beside generation)."""
+        import httpx
+
+        if self.server is None or self._socket_dir is None:
+            raise InferenceError("the llama.cpp engine is closed", provider=self.provider)
+        transport = httpx.HTTPTransport(uds=os.path.join(self._socket_dir, "llama.sock"))
+        headers = {"authorization": f"Bearer {self.http_key}"} if self.http_key else {}
+        with httpx.Client(transport=transport, base_url="http://llama.cpp", headers=headers, timeout=60.0) as http:
+            if self.template is None:
+                turns = [{"role": role, "content": text} for role, text in to_turns(messages)]
+                answer = http.post("/apply-template", json={"messages": turns})
+                answer.raise_for_status()
+                prompt = str(answer.json()["prompt"])
+            else:
+                prompt = self.template.render(messages)
+            answer = http.post("/tokenize", json={"content": prompt, "add_special": True, "parse_special": True})
+            answer.raise_for_status()
+            return len(answer.json()["tokens"])
 
     def _error(self, error: dict[str, Any]) -> LlmError:
         message = str(error.get("message") or error)

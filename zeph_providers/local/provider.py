@@ -23,20 +23,30 @@ import asyncio
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from zeph_providers.base import BaseProvider
-from zeph_providers.errors import LlmError
+from zeph_providers.errors import InferenceError, LlmError, UnsupportedCapabilityError
 from zeph_providers.local.embed import Embedder
 from zeph_providers.local.engine import EngineName, GenerationParams, InferenceEngine, select_engine
 from zeph_providers.local.tooling import ReplyParser, check_request
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, PreparedEvent, Text
 from zeph_providers.options import Capabilities, ChatOptions
-from zeph_providers.types import ChatResponse, ContentChunk, EndChunk, Message, StreamChunk, Usage, UsageChunk
+from zeph_providers.types import (
+    ChatResponse,
+    ContentChunk,
+    EndChunk,
+    Message,
+    StreamChunk,
+    ToolDefinition,
+    Usage,
+    UsageChunk,
+)
 
 if TYPE_CHECKING:
     from zeph_providers.config import LocalConfig
+    from zeph_providers.models_info import ModelInfo
     from zeph_providers.registry import Registry
 
 __all__ = ["LocalProvider", "build"]
@@ -106,6 +116,8 @@ class LocalProvider(BaseProvider):
                     if params.tools and event.prepared.syntax is not None:
                         parser = ReplyParser(event.prepared, params.tools, provider=self.name)
                 elif isinstance(event, Done):
+                    # Every prompt token is `input_tokens`: llama.cpp's reused KV prefix (`cache_n`) saves
+                    # time, not money, so it is no `cache_read_tokens` (a billing cache; see `Usage`).
                     finish = event.finish_reason
                     if parser is not None:
                         for chunk in parser.close():
@@ -125,6 +137,50 @@ class LocalProvider(BaseProvider):
         if options.response_format is not None and response.tool_calls and not response.text:
             return response  # a forced call answered: the schema is for the answer after the tool results
         return super()._finalize(response, options)
+
+    # ----- model metadata (see zeph_providers.models_info) ---------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        """llama.cpp: the configured `n_ctx`; transformers: `max_position_embeddings`, once loaded."""
+        engine = self.worker.engine
+        window = getattr(engine, "context_window", None) if engine is not None else None
+        if isinstance(window, int) and window > 0:
+            return window
+        if self.engine_name == "llama.cpp":
+            from zeph_providers.local.llamacpp import DEFAULT_N_CTX
+
+            return self.config.n_ctx if self.config.n_ctx is not None else DEFAULT_N_CTX
+        return None
+
+    async def fetch_context_window(self) -> int | None:
+        """The context window, loading the model first (as the first request would) when needed."""
+        if self.context_window is None:
+            await self.worker.loaded_engine()
+        return self.context_window
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        """The one model this provider runs."""
+        from zeph_providers.models_info import ModelInfo
+
+        return [ModelInfo(id=self.model, provider=self.name, context_window=self.context_window)]
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        """The prompt's tokens through the model's own tokenizer (llama.cpp's, or transformers'), on a
+        helper thread (the event loop never blocks; generation goes on). Loads the model if needed."""
+        if tools:
+            raise UnsupportedCapabilityError("count_tokens with tools", provider=self.name)
+        engine = await self.worker.loaded_engine()
+        counter: Callable[[list[Message]], int] | None = getattr(engine, "count_tokens", None)
+        if counter is None:
+            raise UnsupportedCapabilityError("count_tokens", provider=self.name, detail="this engine has no tokenizer")
+        try:
+            return await asyncio.to_thread(counter, list(messages))
+        except LlmError as exc:
+            exc.provider = exc.provider or self.name
+            raise
+        except Exception as exc:
+            raise InferenceError(f"counting tokens failed: {type(exc).__name__}: {exc}", provider=self.name) from exc
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         assert self.embedder is not None  # BaseProvider checks the capability first

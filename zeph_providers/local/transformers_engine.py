@@ -9,6 +9,7 @@ requests together (`transformers_batch`). Everything here runs on the worker thr
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +103,8 @@ class TransformersEngine:
         self._streamer_cls = _streamer_class()
         self._halt_cls = _halt_class()
         self._batchable: bool | None = None
+        self._count_lock = threading.Lock()
+        self._count_tokenizer: Any = None
 
     @classmethod
     def load(cls, config: LocalConfig) -> TransformersEngine:
@@ -117,6 +120,22 @@ class TransformersEngine:
 
     def close(self) -> None:
         """Nothing to stop: the worker drops its reference and garbage collection frees the weights."""
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's `max_position_embeddings` (None when its config has none)."""
+        return self.context or None
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """The prompt's token count, as `run` encodes it (`usage.input_tokens`). Safe off the worker
+        thread: it uses its own copy of the tokenizer (a fast tokenizer is not safe to share across
+        threads while the worker decodes with it)."""
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = copy.deepcopy(self.loaded.tokenizer)
+            prompt = self.template.render(messages)
+            encoded = self._count_tokenizer(prompt, add_special_tokens=self.template.add_special_tokens)
+            return len(encoded["input_ids"])
 
     def encode(self, messages: list[Message]) -> Any:
         prompt = self.template.render(messages)

@@ -93,6 +93,8 @@ class Job:
     thread: threading.Thread | None = None
     prepared: Prepared | None = None
     """The rendered request, once the engine has rendered it (`on_prepared`)."""
+    load_only: bool = False
+    """Load the engine and finish (`InferenceWorker.loaded_engine`): nothing is generated."""
 
     def post(self, event: Event) -> None:
         """Deliver an event to the caller's loop (thread-safe); a closed loop cancels the job."""
@@ -258,6 +260,22 @@ class InferenceWorker:
                     provider=self.name,
                 )
 
+    async def loaded_engine(self) -> InferenceEngine:
+        """The engine, loaded on the worker thread first (a load-only job) when no request has yet."""
+        if self._engine is None:
+            from zeph_providers.local.engine import GenerationParams
+
+            loop = asyncio.get_running_loop()
+            job = Job([], GenerationParams(max_tokens=1, temperature=0.0), loop, load_only=True)
+            await self.submit(job)
+            while not isinstance(event := await self.next_event(job), Done):
+                if isinstance(event, Failed):
+                    raise event.error
+        engine = self._engine
+        if engine is None:
+            raise ProviderUnavailableError("the local provider is closed", provider=self.name)
+        return engine
+
     # ----- worker thread ---------------------------------------------------------------------
 
     def _engine_or_load(self) -> InferenceEngine:
@@ -323,6 +341,9 @@ class InferenceWorker:
     def _serve(self, job: Job, jobs: queue.Queue[Job | None]) -> None:
         """Run `job`, batched with whatever else waits (and arrives) when the engine can batch."""
         engine = self._engine_or_load()
+        if job.load_only:
+            job.post(Done(0, 0, "stop"))
+            return
         limit = self.max_batch_size or engine.max_batch_size
         first = [job, *self._take(jobs, max(0, limit - 1))]
         engine.run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
