@@ -344,7 +344,9 @@ def test_prepare_auto_is_a_lazy_grammar() -> None:
     for choice in ("auto", None):
         prepared = prepare(select_template("chatml", None), CHAT, _params(tools=TOOLS, tool_choice=choice))
         assert prepared.prefill == "" and prepared.prompt.endswith("<|im_start|>assistant\n")
-        assert prepared.constraint == Constraint(closed_objects(HERMES.span_schema(TOOLS)), trigger="<tool_call>", rearm=True)
+        assert prepared.constraint == Constraint(
+            closed_objects(HERMES.span_schema(TOOLS)), trigger="<tool_call>", rearm=True
+        )
     mistral = prepare(select_template("mistral", None), CHAT, _params(tools=TOOLS))
     assert mistral.constraint is not None and mistral.constraint.trigger == "[TOOL_CALLS]"
     assert mistral.constraint.schema["type"] == "array"
