@@ -126,12 +126,29 @@ def closed_objects(schema: Any) -> Any:
     return out
 
 
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""llguidance's JSON layout options: one fixed layout (json.dumps's), no free whitespace."""
+
+
+def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema a constraint decodes under: objects closed (`closed_objects`) and one fixed JSON
+    layout (`x-guidance`, read by llguidance, the grammar engine of both local engines).
+
+    Why the layout: with free whitespace a model may spend tokens on spaces and newlines, and tiny
+    differences in logits (a cached prompt against a fresh one) flip between equivalent layouts. A
+    schema that sets its own `x-guidance` keeps it."""
+    closed: dict[str, Any] = closed_objects(schema)
+    if "x-guidance" not in closed:
+        closed = {"x-guidance": dict(_COMPACT), **closed}
+    return closed
+
+
 def prepare(template: ChatTemplate, messages: Sequence[Message], params: GenerationParams) -> Prepared:
     """The prompt for `messages` under `template`, with the constraint `params` asks for.
 
-    Constraint schemas are decoded with objects closed (`closed_objects`)."""
+    Constraint schemas are decoded with objects closed and one JSON layout (`decoding_schema`)."""
     if not params.tools:
-        constraint = Constraint(closed_objects(params.schema)) if params.schema is not None else None
+        constraint = Constraint(decoding_schema(params.schema)) if params.schema is not None else None
         prompt = template.render(messages)
         return Prepared(prompt=prompt, constraint=constraint, add_special_tokens=template.add_special_tokens)
     check_request(params, template=template.name)
@@ -142,11 +159,11 @@ def prepare(template: ChatTemplate, messages: Sequence[Message], params: Generat
         return Prepared(
             prompt=prompt + syntax.prefill,
             prefill=syntax.prefill,
-            constraint=Constraint(closed_objects(syntax.span_schema(forced))),
+            constraint=Constraint(decoding_schema(syntax.span_schema(forced))),
             syntax=syntax,
             add_special_tokens=template.add_special_tokens,
         )
-    constraint = Constraint(closed_objects(syntax.span_schema(params.tools)), trigger=syntax.trigger, rearm=True)
+    constraint = Constraint(decoding_schema(syntax.span_schema(params.tools)), trigger=syntax.trigger, rearm=True)
     return Prepared(prompt=prompt, constraint=constraint, syntax=syntax, add_special_tokens=template.add_special_tokens)
 
 
