@@ -276,6 +276,17 @@ class BaseProvider:
         """Facts about this provider that hook subscribers may record (no secrets)."""
         return {}
 
+    @property
+    def embedding_model(self) -> str:
+        """The model `embed()` uses (what an embeddings call reports as its model): the config's
+        `embedding_model` (`embedding_repo` for the local backend), else the chat model."""
+        config = getattr(self, "config", None)
+        for name in ("embedding_model", "embedding_repo"):
+            value = getattr(config, name, None)
+            if isinstance(value, str) and value:
+                return value
+        return self._model
+
     def new_call(
         self,
         operation: Operation,
@@ -293,7 +304,7 @@ class BaseProvider:
             operation=operation,
             provider=self._name,
             backend=self.backend,
-            model=self._model,
+            model=self.embedding_model if operation == "embeddings" else self._model,
             options=options,
             messages=messages,
             texts=texts,

@@ -39,9 +39,9 @@ from zeph_providers.errors import LlmError
 
 if TYPE_CHECKING:
     from zeph_providers.options import ChatOptions
-    from zeph_providers.types import Attempt, ChatResponse, Message
+    from zeph_providers.types import Attempt, ChatResponse, Message, Usage
 
-__all__ = ["Call", "Hook", "Hooks", "add_hook", "current_call", "global_hooks", "remove_hook"]
+__all__ = ["Call", "Hook", "Hooks", "add_hook", "current_call", "global_hooks", "remove_hook", "report_usage"]
 
 log = logging.getLogger("zeph_providers.hooks")
 
@@ -119,6 +119,14 @@ def remove_hook(hook: Hook) -> None:
 _current: ContextVar[Call | None] = ContextVar("zeph_providers_current_call", default=None)
 
 
+def report_usage(usage: Usage) -> None:
+    """Add `usage` to the current call's `usage` (for backends: an embeddings reply's token counts,
+    which the cost tracker prices). No-op outside a reported call."""
+    call = _current.get()
+    if call is not None:
+        call.usage = usage if call.usage is None else call.usage + usage
+
+
 def current_call() -> Call | None:
     """The call whose stream (or embedding) is being served in this task, if any."""
     return _current.get()
@@ -166,6 +174,9 @@ class Call:
         self.own_attempts: list[Attempt] = []
         """The tries this call made itself (a router's member tries are its members' calls')."""
         self.cost: float | None = None
+        self.usage: Usage | None = None
+        """Token counts of a call that has no chat reply (embeddings), as its backend reported them
+        (`report_usage`); a chat call's are `response.usage`."""
         self.data: dict[str, Any] = {}
         self.ended = False
 

@@ -189,7 +189,7 @@ class CostTracker(Hook):
         if parent is not None and cost is not None:
             with self._lock:
                 parent.data[_KEY] = parent.data.get(_KEY, 0.0) + cost
-        usage = call.response.usage if call.response is not None else None
+        usage = call.response.usage if call.response is not None else call.usage
         with self._lock:
             totals = self._totals.setdefault(call.provider, ProviderTotals())
             totals.calls += 1
@@ -213,16 +213,18 @@ class CostTracker(Hook):
                 routed: float | None = call.data.get(_KEY)
             return routed
         response = call.response
-        if response is None or call.operation != "chat":
+        # A chat call's usage is its reply's; an embeddings call's is what its backend reported.
+        usage = response.usage if response is not None else call.usage
+        if usage is None or (response is None and call.operation != "embeddings"):
             return None
         entry = self._entry(call.provider)
         pricing = None if entry is None else entry.pricing
         if pricing is not None:
-            return price(response.usage, pricing, backend=call.backend)
+            return price(usage, pricing, backend=call.backend)
         if call.backend not in ("openai", "claude", "compatible"):
             return None  # local, Ollama, mock: no price without `pricing`
-        model = response.model or call.model
+        model = (response.model if response is not None else "") or call.model
         base_url = None if entry is None else getattr(entry, "base_url", None)
         if call.backend == "openai" and base_url and "api.openai.com" in base_url:
             base_url = None
-        return price_from_library(response.usage, model, backend=call.backend, base_url=base_url)
+        return price_from_library(usage, model, backend=call.backend, base_url=base_url)

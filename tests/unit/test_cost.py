@@ -210,3 +210,24 @@ def test_bad_cost_settings_are_config_errors(llm: dict[str, Any], provider: dict
     with pytest.raises(ConfigError) as info:
         Registry.from_dict({"llm": {**llm, "providers": [mock(**provider)]}})
     assert needle in str(info.value) + "".join(str(p) for p in info.value.problems)
+
+
+async def test_embeddings_are_priced_from_the_usage_the_backend_reports() -> None:
+    reg = registry(mock(pricing=PRICING))
+    await reg.get("m").embed_batch(["one two", "three"])  # the mock reports 3 input tokens
+    totals = reg.usage()["m"]
+    assert (totals.calls, totals.input_tokens, totals.output_tokens) == (1, 3, 0)
+    assert totals.cost_usd == pytest.approx(3 * 2.0 / 1e6)
+    assert reg.total_cost() == pytest.approx(3 * 2.0 / 1e6)
+
+
+async def test_embeddings_without_a_price_are_unpriced_not_free() -> None:
+    reg = registry(mock())
+    await reg.get("m").embed("one two three")
+    totals = reg.usage()["m"]
+    assert totals.cost_usd == 0.0 and totals.unpriced_calls == 1 and totals.input_tokens == 3
+
+
+def test_library_prices_openai_embedding_models() -> None:
+    cost = price_from_library(Usage(input_tokens=1_000_000), "text-embedding-3-small", backend="openai")
+    assert cost == pytest.approx(0.02)

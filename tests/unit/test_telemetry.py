@@ -281,3 +281,25 @@ def test_server_attributes_default_ports_and_bad_urls() -> None:
     assert server_attributes("http://[::1]/v1") == {"server.address": "::1", "server.port": 80}
     assert server_attributes("http://host:99999999/v1") == {}
     assert server_attributes("") == {} and server_attributes(None) == {}
+
+
+async def test_embedding_span_names_the_embedding_model_and_its_cost(otel: Any) -> None:
+    from zeph_providers.backends.openai import OpenAIProvider
+    from zeph_providers.config import CompatibleConfig
+
+    exporter, _ = otel
+    pricing = {"input": 1.0, "output": 1.0}
+    provider = {"name": "m", "type": "mock", "model": "t-chat", "responses": ["x"], "pricing": pricing}
+    reg = Registry.from_dict({"llm": {"providers": [provider]}})
+    mock = reg.get("m")
+    await mock.embed_batch(["a b", "c"])
+    (span,) = spans_named(exporter, "embeddings t-chat")  # the mock embeds with its one model
+    assert span.attributes is not None and span.attributes["zeph.cost_usd"] == pytest.approx(3 / 1e6)
+    await reg.aclose()
+    config = CompatibleConfig(name="c", model="chat-m", embedding_model="embed-m", base_url="http://127.0.0.1:9/v1")
+    remote = OpenAIProvider(config)
+    assert (remote.model, remote.embedding_model) == ("chat-m", "embed-m")
+    remote.hooks.add(Telemetry())
+    call = remote.new_call("embeddings", texts=["x"])
+    assert call is not None and call.model == "embed-m"  # an embeddings span is named after the embedding model
+    await remote.aclose()

@@ -164,6 +164,9 @@ class MockProvider(BaseProvider):
         return sum(len(m.text.split()) for m in messages)
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        from zeph_providers.hooks import report_usage
+
+        report_usage(Usage(input_tokens=sum(len(text.split()) for text in texts)))  # words, as chat counts them
         return [self._vector(text) for text in texts]
 
     def _vector(self, text: str) -> list[float]:
