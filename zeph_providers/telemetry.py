@@ -21,6 +21,10 @@ What a call produces (see docs/observability.md for a rendered tree):
 - a call that made more than one try (retries; a router's members that never started) gets one
   `zeph.attempt` child span per try, with `zeph.attempt.number`, `.outcome`, `.wait` and the
   try's `error.type`;
+- remote backends add `server.address` / `server.port`; the local backend adds `zeph.local.engine`,
+  `zeph.local.queue_wait` (s waiting for the worker: the queue, and the model's load on the first
+  request), `zeph.local.generation` (s from the engine taking the job to its end) and
+  `zeph.local.time_to_first_token` (s);
 - histograms `gen_ai.client.operation.duration` (s), `gen_ai.client.token.usage` ({token}, by
   `gen_ai.token.type`) and, for streams, `gen_ai.client.operation.time_to_first_chunk` (s), for
   the calls that reached a model (a router's own call is not measured twice).
@@ -211,6 +215,9 @@ class Telemetry(Hook):
     def _finish(self, otel: _Instruments, call: Call, span: Any, error_type: str | None, end_ns: int) -> None:
         response = call.response
         attrs: dict[str, Any] = {"zeph.attempts": len(call.attempts)}
+        for key, value in call.attributes.items():  # facts a backend added during the call (local timings)
+            if isinstance(value, str | int | float | bool):
+                attrs[key] = value
         if response is not None:
             attrs["gen_ai.response.model"] = response.model or call.model
             attrs["gen_ai.response.finish_reasons"] = [response.finish_reason]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from zeph_providers.errors import BadResponseError, InvalidRequestError, UnsupportedCapabilityError
 from zeph_providers.local.engine import Constraint, GenerationParams, Prepared
 from zeph_providers.local.templates import select_template
-from zeph_providers.local.tooling import ReplyParser, prepare
+from zeph_providers.local.tooling import ReplyParser, closed_objects, decoding_schema, prepare
 from zeph_providers.local.toolsyntax import HERMES, LLAMA3, MISTRAL, ToolSyntax, detect_syntax
 from zeph_providers.types import (
     ContentChunk,
@@ -328,13 +328,13 @@ def test_prepare_required_prefills_the_opener_and_constrains_any_tool() -> None:
     assert prepared.prefill == "<tool_call>\n" and prepared.syntax is HERMES
     assert prepared.prompt == template.render(CHAT, tools=TOOLS) + "<tool_call>\n"
     assert prepared.prompt.endswith("<|im_start|>assistant\n<tool_call>\n")
-    assert prepared.constraint == Constraint(HERMES.span_schema(TOOLS))
+    assert prepared.constraint == Constraint(decoding_schema(HERMES.span_schema(TOOLS)))
 
 
 def test_prepare_named_tool_constrains_that_tool_only() -> None:
     template = select_template("chatml", None)
     prepared = prepare(template, CHAT, _params(tools=TOOLS, tool_choice="get_time"))
-    assert prepared.constraint == Constraint(HERMES.span_schema([TIME]))
+    assert prepared.constraint == Constraint(decoding_schema(HERMES.span_schema([TIME])))
     assert "get_weather" in prepared.prompt  # every tool is still offered
     with pytest.raises(InvalidRequestError, match="'get_news'"):
         prepare(template, CHAT, _params(tools=TOOLS, tool_choice="get_news"))
@@ -344,7 +344,9 @@ def test_prepare_auto_is_a_lazy_grammar() -> None:
     for choice in ("auto", None):
         prepared = prepare(select_template("chatml", None), CHAT, _params(tools=TOOLS, tool_choice=choice))
         assert prepared.prefill == "" and prepared.prompt.endswith("<|im_start|>assistant\n")
-        assert prepared.constraint == Constraint(HERMES.span_schema(TOOLS), trigger="<tool_call>", rearm=True)
+        assert prepared.constraint == Constraint(
+            decoding_schema(HERMES.span_schema(TOOLS)), trigger="<tool_call>", rearm=True
+        )
     mistral = prepare(select_template("mistral", None), CHAT, _params(tools=TOOLS))
     assert mistral.constraint is not None and mistral.constraint.trigger == "[TOOL_CALLS]"
     assert mistral.constraint.schema["type"] == "array"
@@ -362,10 +364,10 @@ def test_prepare_structured_output_and_its_mix_with_tools() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     template = select_template("chatml", None)
     plain = prepare(template, CHAT, _params(schema=schema))
-    assert plain.constraint == Constraint(schema) and plain.prefill == "" and plain.syntax is None
+    assert plain.constraint == Constraint(decoding_schema(schema)) and plain.prefill == "" and plain.syntax is None
     assert plain.prompt == template.render(CHAT)
     forced = prepare(template, CHAT, _params(schema=schema, tools=TOOLS, tool_choice="get_time"))
-    assert forced.constraint == Constraint(HERMES.span_schema([TIME]))  # the forced call wins
+    assert forced.constraint == Constraint(decoding_schema(HERMES.span_schema([TIME])))  # the forced call wins
     with pytest.raises(InvalidRequestError, match="response_format"):
         prepare(template, CHAT, _params(schema=schema, tools=TOOLS, tool_choice="auto"))
 
@@ -401,3 +403,50 @@ def test_span_schemas_compile_as_llguidance_grammars() -> None:
         for tools in ([WEATHER], [WEATHER, TIME, plan]):
             grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(syntax.span_schema(tools)))
             assert llguidance.LLMatcher.validate_grammar(grammar) == "", (syntax.name, len(tools))
+
+
+def test_closed_objects_closes_only_objects_that_do_not_choose() -> None:
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "person": {"$ref": "#/$defs/Person"},
+            "tags": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+            "free": {"type": "object"},
+            "mapping": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "either": {"anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"type": "null"}]},
+            "properties": {"type": "object", "properties": {"x": {"const": {"properties": {}}}}},
+        },
+        "$defs": {"Person": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["$defs"]["Person"]["additionalProperties"] is False
+    assert closed["properties"]["tags"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["free"]  # lists no properties: stays open
+    assert closed["properties"]["mapping"]["additionalProperties"] == {"type": "integer"}  # chose
+    assert closed["properties"]["either"]["anyOf"][0]["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False  # a property named "properties"
+    assert closed["properties"]["properties"]["properties"]["x"]["const"] == {"properties": {}}  # values untouched
+    assert "additionalProperties" not in schema  # the caller's schema is not modified
+
+
+def test_prepare_decodes_response_format_with_closed_objects() -> None:
+    from pydantic import BaseModel
+
+    from zeph_providers.local.engine import GenerationParams
+    from zeph_providers.local.templates import select_template
+    from zeph_providers.local.tooling import prepare
+    from zeph_providers.types import Message
+
+    class Open(BaseModel):
+        name: str
+
+    params = GenerationParams(max_tokens=8, temperature=0.0, schema=Open.model_json_schema())
+    prepared = prepare(select_template("chatml", None), [Message.user("hi")], params)
+    assert prepared.constraint is not None
+    assert prepared.constraint.schema["additionalProperties"] is False
+    assert prepared.constraint.schema["x-guidance"]["whitespace_flexible"] is False
+    custom = {"x-guidance": {"whitespace_flexible": True}, "type": "object", "properties": {}}
+    assert decoding_schema(custom)["x-guidance"] == {"whitespace_flexible": True}  # the schema's own choice
+    assert Open.model_validate({"name": "x"})  # every reply the closed grammar allows still validates

@@ -124,6 +124,7 @@ class LocalProvider(BaseProvider):
                             yield chunk
                         if parser.calls:
                             finish = "tool_use"
+                    _annotate_call(job, self.engine_name)
                     usage = Usage(input_tokens=event.prompt_tokens, output_tokens=event.completion_tokens)
                     yield UsageChunk(usage=usage)
                     yield EndChunk(finish_reason=finish, model=self.model)
@@ -200,6 +201,16 @@ def constrained_decoding(engine: EngineName) -> bool:
         return importlib.util.find_spec("llguidance") is not None
     except (ImportError, ValueError):
         return False
+
+
+def _annotate_call(job: Job, engine: str) -> None:
+    """Tell the call's hook subscribers (telemetry spans) how long the job waited and generated."""
+    from zeph_providers.hooks import current_call
+
+    call = current_call()
+    if call is not None:
+        call.attributes["zeph.local.engine"] = engine
+        call.attributes.update(job.timings())
 
 
 def _loader(config: LocalConfig, engine: EngineName) -> Callable[[], InferenceEngine]:

@@ -95,6 +95,25 @@ class Job:
     """The rendered request, once the engine has rendered it (`on_prepared`)."""
     load_only: bool = False
     """Load the engine and finish (`InferenceWorker.loaded_engine`): nothing is generated."""
+    queued_at: float | None = None
+    """When the job was submitted (`time.monotonic()`)."""
+    started_at: float | None = None
+    """When the engine took it (the model loaded): `started_at - queued_at` is its wait."""
+    first_text_at: float | None = None
+    """When its first text arrived from the engine."""
+
+    def timings(self, now: float | None = None) -> dict[str, float]:
+        """Seconds spent waiting (queue, and the model's load on the first request) and generating, and
+        the time to the first text, as far as they are known (for spans: `zeph.local.*`)."""
+        end = time.monotonic() if now is None else now
+        out: dict[str, float] = {}
+        if self.queued_at is not None and self.started_at is not None:
+            out["zeph.local.queue_wait"] = max(0.0, self.started_at - self.queued_at)
+        if self.started_at is not None:
+            out["zeph.local.generation"] = max(0.0, end - self.started_at)
+            if self.first_text_at is not None:
+                out["zeph.local.time_to_first_token"] = max(0.0, self.first_text_at - self.started_at)
+        return out
 
     def post(self, event: Event) -> None:
         """Deliver an event to the caller's loop (thread-safe); a closed loop cancels the job."""
@@ -105,6 +124,8 @@ class Job:
 
     # TokenSink, called on the worker thread by the generation
     def on_text(self, text: str) -> None:
+        if self.first_text_at is None:
+            self.first_text_at = time.monotonic()
         self.post(Text(text))
 
     def on_prepared(self, prepared: Prepared) -> None:
@@ -217,6 +238,7 @@ class InferenceWorker:
     async def submit(self, job: Job) -> None:
         """Queue a job, waiting at most `timeout` seconds for room (timed from when the model is ready)."""
         job.step_hook = self.step_hook
+        job.queued_at = time.monotonic()
         since = self.clock()
         delay = 0.002
         while True:
@@ -331,6 +353,7 @@ class InferenceWorker:
             elif job.cancel.is_set():
                 job.done.set()
             else:
+                job.started_at = time.monotonic()
                 taken.append(job)
         self._current.extend(taken)
         return taken
@@ -345,6 +368,7 @@ class InferenceWorker:
             job.post(Done(0, 0, "stop"))
             return
         limit = self.max_batch_size or engine.max_batch_size
+        job.started_at = time.monotonic()
         first = [job, *self._take(jobs, max(0, limit - 1))]
         engine.run_batch(first, lambda room: self._take(jobs, room), self._finish, on_step=self._count_step)
 
