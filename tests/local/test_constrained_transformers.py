@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ HANG_GUARD = 120.0  # generous "never hangs" bound, not a timing assertion
 SEEDS = [1, 2, 3, 4, 5]
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     green = "green"
     blue = "blue"
@@ -86,7 +86,8 @@ async def test_sampled_replies_match_the_schema(make_provider: ProviderFactory, 
         assert response.finish_reason == "stop", response.text
         assert isinstance(response.parsed, Person)
         assert Person.model_validate_json(response.text) == response.parsed
-        assert not re.search(r"\s", re.sub(r'"(\\.|[^"\\])*"', '""', response.text))  # compact: no space outside strings
+        outside_strings = re.sub(r'"(\\.|[^"\\])*"', '""', response.text)
+        assert not re.search(r"\s", outside_strings)  # compact JSON
         texts.add(response.text)
     assert len(texts) > 1  # sampling really sampled
 
@@ -115,10 +116,8 @@ async def test_mixed_batch_each_row_with_its_own_grammar(make_provider: Provider
     assert isinstance(tags, ChatResponse) and set(tags.parsed) <= {"a", "b", "c"}
     assert isinstance(free, ChatResponse) and free.parsed is None
     # the unconstrained row is what it is alone (greedy), untouched by its neighbours' grammars
-    alone = await _chat(provider, max_tokens=24)
-    assert isinstance(free, ChatResponse)
-    assert free.text == (await asyncio.wait_for(provider.chat([Message.user("free text")], max_tokens=24), HANG_GUARD)).text
-    assert alone.usage.output_tokens == 24
+    alone = await asyncio.wait_for(provider.chat([Message.user("free text")], max_tokens=24), HANG_GUARD)
+    assert free.text == alone.text
 
 
 @pytest.mark.parametrize("batch", [1, 4])
