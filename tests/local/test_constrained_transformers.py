@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from tests.local.conftest import ProviderFactory, tiny_config
 from tests.local.test_batching import _together
+from tests.local.test_smollm2 import smollm2_cache  # noqa: F401 - the converted-GGUF fixture (slow tier)
 from zeph_providers.errors import BadResponseError, InvalidRequestError
 from zeph_providers.local.engine import Constraint, GenerationParams, GenerationResult, Prepared
 from zeph_providers.local.provider import LocalProvider
@@ -296,3 +297,41 @@ def test_rearm_constrains_every_triggered_span(engine: TransformersEngine, monke
             Flag.model_validate(value)
             spans += 1
         assert spans >= 1
+
+
+# ----- slow tier: the real SmolLM2 on the transformers engine -----------------------------------
+
+
+class Pet(BaseModel):
+    name: str = Field(max_length=20)
+    species: Annotated[str, Field(pattern="^(cat|dog|bird|fish)$")]
+
+
+class Owner(BaseModel):
+    name: str = Field(max_length=24)
+    age: int = Field(ge=0, le=120)
+    favorite_color: Color
+    pet: Pet
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("smollm2_cache")
+async def test_smollm2_returns_a_valid_instance_for_ten_seeds() -> None:
+    from zeph_providers import Registry
+
+    config = Registry.from_default().config.provider("local")
+    config = config.model_copy(update={"engine": "transformers", "max_batch_size": 4})
+    provider = _structured(LocalProvider(config))  # type: ignore[arg-type]
+    messages = [Message.user("Invent a pet owner: name, age, favorite color and their pet.")]
+    try:
+
+        async def one(seed: int) -> ChatResponse:
+            return await provider.chat(messages, response_format=Owner, temperature=0.8, seed=seed, max_tokens=200)
+
+        responses = await asyncio.wait_for(asyncio.gather(*(one(seed) for seed in range(10))), 600)
+    finally:
+        await provider.aclose()
+    for response in responses:
+        assert isinstance(response.parsed, Owner), response.text
+        assert response.finish_reason == "stop"
+    assert len({r.text for r in responses}) > 1
