@@ -192,6 +192,7 @@ async def main() -> None:
     if not provider.capabilities.structured_output:  # until the provider reports it itself
         provider._capabilities = dataclasses.replace(provider.capabilities, structured_output=True)
     rows: list[tuple[str, str]] = []
+    print(f"SmolLM2-135M-Instruct, engine {args.engine}, {args.tokens} max tokens, {args.prompts} prompts", flush=True)
     try:
         t0 = time.perf_counter()
         await provider.chat(prompt(0), max_tokens=4, temperature=0)
@@ -210,13 +211,13 @@ async def main() -> None:
             ok, cut, n = await ours_validity(provider, args.prompts, args.tokens)
             label = f"ours valid ({args.engine}, constrained, T=0.8)"
             rows.append((label, f"{ok}/{n} = {ok / n:.0%} ({cut} cut short by max_tokens)"))
+            print("\n".join(f"{label}: {value}" for label, value in rows), flush=True)  # before the slow baseline
     finally:
         await provider.aclose()
     strict, loose, n = raw_validity(base, args.prompts, args.tokens)
     rows.append(("raw generate valid (no constraint, T=0.8)", f"{strict}/{n} = {strict / n:.0%}"))
     rows.append(("raw generate valid after trimming to {...}", f"{loose}/{n} = {loose / n:.0%}"))
     width = max(len(label) for label, _ in rows)
-    print(f"SmolLM2-135M-Instruct, engine {args.engine}, {args.tokens} max tokens, {args.prompts} prompts")
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
 

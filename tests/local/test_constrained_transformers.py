@@ -93,6 +93,34 @@ async def test_sampled_replies_match_the_schema(make_provider: ProviderFactory, 
     assert len(texts) > 1  # sampling really sampled
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+async def test_top_k_top_p_and_repeat_penalty_under_a_constraint(make_provider: ProviderFactory, batch: int) -> None:
+    provider = _structured(make_provider(max_batch_size=batch))
+    for seed in (1, 2):
+        response = await _chat(
+            provider,
+            response_format=Person,
+            temperature=1.2,
+            top_k=5,
+            top_p=0.9,
+            seed=seed,
+            max_tokens=200,
+            extra={"repeat_penalty": 1.3},
+        )
+        assert isinstance(response.parsed, Person) and response.finish_reason == "stop"
+        again = await _chat(
+            provider,
+            response_format=Person,
+            temperature=1.2,
+            top_k=5,
+            top_p=0.9,
+            seed=seed,
+            max_tokens=200,
+            extra={"repeat_penalty": 1.3},
+        )
+        assert again.text == response.text  # a seed reproduces its reply
+
+
 async def test_greedy_constrained_reply_and_a_dict_schema(tiny: LocalProvider) -> None:
     provider = _structured(tiny)
     response = await _chat(provider, response_format=Flag.model_json_schema(), max_tokens=60)
