@@ -97,12 +97,13 @@ async def rate(provider: LocalProvider, messages: list[Message], tokens: int, **
 
 
 async def speed(provider: LocalProvider, runs: int, tokens: int) -> tuple[float, float, int, int]:
+    """Median decode tokens/s, constrained then unconstrained with the same prompt and token count."""
     free, constrained, n_free, n_con = [], [], 0, 0
     for i in range(runs):
-        tps, n_free = await rate(provider, prompt(i), tokens, temperature=0)
-        free.append(tps)
         tps, n_con = await rate(provider, prompt(i), tokens, temperature=0, response_format=Person)
         constrained.append(tps)
+        tps, n_free = await rate(provider, prompt(i), n_con, temperature=0)
+        free.append(tps)
     return statistics.median(free), statistics.median(constrained), n_free, n_con
 
 
