@@ -25,8 +25,9 @@ lets a model add keys of unbounded text after the declared ones (seen on the tin
 closed the object).
 A schema llguidance rejects is an `InvalidRequestError` naming the problem.
 
-Why llguidance (measured on SmolLM2-135M's tokenizer, 2 shared CPU cores, `python
-/tmp/grammar/measure.py`-style run; the figures are in bench/bench_constrained.py's output too):
+Why llguidance (measured on SmolLM2-135M's tokenizer, vocabulary 49152, 2 shared CPU cores, one
+script loading the tokenizer through the project's loader and walking a 41-token JSON reply through
+each library; December 2026):
 
 | | llguidance 1.9.1 | xgrammar 0.2.9 |
 |---|---|---|
@@ -41,6 +42,12 @@ of a step; llguidance is light (no torch/triton dependency of its own), compiles
 bad schemas with readable messages, and was the expected choice, so it is the one used. Its torch
 helper `apply_token_bitmask_inplace` is decorated with `torch.compile` (slow first call on CPU),
 so masks are applied here with plain tensor ops.
+
+In the engine (`python bench/bench_constrained.py`, SmolLM2, transformers engine, machine at load
+~5): llguidance tokenizer init 1.2 s at first use, schema compile cold 2.7 ms, cached 0.04 ms;
+`Guide.apply` + `advance` cost 0.23-0.58 ms per token (mean), under 1% of a decode step. Validity
+over 50 prompts at temperature 0.8: constrained 50/50; raw `model.generate` with the schema in the
+prompt and no constraint 0/50 (0/50 even after trimming to the outermost braces).
 """
 
 from __future__ import annotations
