@@ -160,31 +160,44 @@ class RowMatcher:
     """One row's grammar state (an llguidance matcher and its mask buffer)."""
 
     def __init__(self, matcher: Any, vocab_size: int, *, provider: str | None = None) -> None:
-        import torch
+        import numpy as np
 
         self._matcher = matcher
         self.vocab_size = vocab_size
         self.provider = provider
         self._words = (vocab_size + 31) // 32
-        self._bitmask = torch.full((self._words,), -1, dtype=torch.int32)
-        self._shifts = torch.arange(32, dtype=torch.int32)
+        self._bitmask = np.full((self._words,), -1, dtype=np.int32)
 
     def allowed(self) -> Any:
-        """A bool tensor (vocab_size,): the tokens the grammar allows next."""
+        """A numpy bool array (vocab_size,): the tokens the grammar allows next."""
+        import numpy as np
+
         self._check()
-        self._matcher.unsafe_compute_mask_ptr(self._bitmask.data_ptr(), self._words * 4)
+        self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._words * 4)
         self._check()
-        bits = (self._bitmask.unsqueeze(-1) >> self._shifts) & 1
-        return bits.reshape(-1)[: self.vocab_size].bool()
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
+        return bits[: self.vocab_size].astype(bool)
 
     def apply(self, scores: Any) -> Any:
-        """Forbidden tokens to -inf on `scores` ((vocab,) or (1, vocab)), in place; returns `scores`."""
+        """Forbidden tokens to -inf on `scores` ((vocab,) or (1, vocab)), in place; returns `scores`.
+
+        On CPU the mask is written through a numpy view: single-threaded, no torch op (each torch op
+        on a 49K row wakes the OpenMP pool, which cost ~35 ms a token on a loaded 2-core machine).
+        """
+        import numpy as np
+        import torch
+
         allowed = self.allowed()
         width = scores.shape[-1]
+        if scores.device.type == "cpu" and scores.is_contiguous() and scores.dtype in (torch.float32, torch.float64):
+            row = scores.numpy().reshape(-1)
+            row[self.vocab_size :] = -np.inf
+            row[: self.vocab_size][~allowed[:width]] = -np.inf
+            return scores
+        forbid = torch.from_numpy(~allowed).to(scores.device)
         if width > self.vocab_size:
             scores[..., self.vocab_size :] = float("-inf")
-            scores = scores[..., : self.vocab_size]
-        scores.masked_fill_(~allowed[:width], float("-inf"))
+        scores[..., : self.vocab_size].masked_fill_(forbid[:width], float("-inf"))
         return scores
 
     def consume(self, token_id: int) -> None:
