@@ -154,14 +154,14 @@ async def test_a_prompt_that_fails_to_encode_fails_alone(make_provider: Provider
     await _solo(provider, "warm up", max_tokens=1)
     engine = provider.worker.engine
     assert engine is not None
-    encode = engine.encode
+    encode = engine.encode_prepared  # type: ignore[attr-defined]
 
-    def picky(messages: list[Message]) -> Any:
-        if messages[0].text == "poison":
+    def picky(prepared: Any) -> Any:
+        if "poison" in prepared.prompt:
             raise ValueError("cannot encode this")
-        return encode(messages)
+        return encode(prepared)
 
-    engine.encode = picky  # type: ignore[method-assign]
+    engine.encode_prepared = picky  # type: ignore[attr-defined]
     requests: list[Request] = [("fine", {"max_tokens": 5}), ("poison", {}), ("also fine", {"max_tokens": 5})]
     first, bad, third = await _together(provider, requests)
     assert isinstance(bad, InferenceError) and "cannot encode this" in str(bad) and bad.provider == "tiny"

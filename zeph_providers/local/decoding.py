@@ -1,11 +1,17 @@
 """Decoding helpers shared by the transformers engine and its batching: incremental detokenising
-(never splitting a character) and stop strings (cut at the first one, holding back a possible start)."""
+(never splitting a character) and stop strings (cut at the first one, holding back a possible start).
+
+Inside a constrained span (see `local.grammar.Guide`) text goes through `StopMatcher.passthrough`:
+stop strings do not cut a JSON value the grammar is still building."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["IncrementalDecoder", "StopMatcher"]
+if TYPE_CHECKING:
+    from zeph_providers.local.engine import GenerationParams
+
+__all__ = ["IncrementalDecoder", "StopMatcher", "logits_processors"]
 
 
 class IncrementalDecoder:
@@ -70,6 +76,37 @@ class StopMatcher:
         self._pending = buffer[len(buffer) - hold :] if hold else ""
         return buffer[: len(buffer) - hold]
 
+    def passthrough(self, delta: str) -> str:
+        """Text emitted without looking for stop strings (a constrained span: the grammar decides)."""
+        if self.hit:
+            return ""
+        text, self._pending = self._pending + delta, ""
+        return text
+
     def flush(self) -> str:
         text, self._pending = ("" if self.hit else self._pending), ""
         return text
+
+
+def logits_processors(params: GenerationParams) -> list[Any]:
+    """transformers' logits processors for one request, in `generate`'s order (repeat penalty, temperature,
+    top-k, top-p). Used by the batch loop for every row and by `generate` under a grammar, where the
+    grammar's mask must come first."""
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out: list[Any] = []
+    if params.repeat_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(params.repeat_penalty))
+    if not params.greedy:
+        if params.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k:
+            out.append(TopKLogitsWarper(top_k=params.top_k))
+        if params.top_p is not None and params.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=params.top_p))
+    return out

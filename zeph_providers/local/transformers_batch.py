@@ -16,6 +16,11 @@ How: a hand-written decode loop over one left-padded batch with a shared `Dynami
 - Each row samples with its own settings (temperature, top-p, top-k, repeat penalty, seed: a
   private `torch.Generator`), using transformers' own logits processors in `generate`'s order, and
   streams its own text through its own sink (incremental decoding and stop strings per row).
+- Constrained decoding (`local.grammar`): each row has its OWN `Guide` (grammar matcher), or none
+  (unconstrained). A constrained row's logits get its grammar's mask first, then its own processors
+  and sampling; its tokens advance its matcher, stop strings do not cut the constrained span, and a
+  trigger-less row ends (finish "stop") as soon as its value is complete. Rows render through
+  `local.tooling.prepare` and hear `on_prepared` (when the job has it) before their first text.
 - An error in one row's preparation or sink fails that row only; an error in a forward pass
   propagates to the worker, which fails every row it admitted.
 
@@ -30,11 +35,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from zeph_providers.errors import ContextLengthError
-from zeph_providers.local.decoding import IncrementalDecoder, StopMatcher
+from zeph_providers.local.decoding import IncrementalDecoder, StopMatcher, logits_processors
 from zeph_providers.local.engine import Finish, GenerationResult, TokenSink
 
 if TYPE_CHECKING:
     from zeph_providers.local.engine import GenerationParams
+    from zeph_providers.local.grammar import Guide
     from zeph_providers.local.transformers_engine import TransformersEngine as Engine
     from zeph_providers.types import Message
 
@@ -76,6 +82,8 @@ class _Row:
     generator: Any
     position: int
     """Position id of the next token fed for this row (its real length so far)."""
+    guide: Guide | None = None
+    """This row's grammar state (None: unconstrained)."""
     pending: int = -1
     """The last sampled token: not in the cache yet, fed at the next step."""
     count: int = 0
@@ -107,7 +115,12 @@ class _Batch:
 
         try:
             params = job.params
-            ids = [int(i) for i in self.engine.encode(job.messages)["input_ids"][0].tolist()]
+            prepared = self.engine.prepare(job.messages, params)
+            guide = self.engine.guide(prepared)
+            notify = getattr(job, "on_prepared", None)
+            if notify is not None:
+                notify(prepared)
+            ids = [int(i) for i in self.engine.encode_prepared(prepared)["input_ids"][0].tolist()]
             prompt_tokens = len(ids)
             max_new = params.max_tokens
             if self.engine.context:
@@ -132,6 +145,7 @@ class _Batch:
                 processors=_processors(params),
                 generator=generator,
                 position=prompt_tokens,
+                guide=guide,
             )
         except Exception as exc:
             self.finish(job, exc)
@@ -221,7 +235,12 @@ class _Batch:
         greedy = logits.argmax(dim=-1).tolist()
         for index, row in enumerate(rows):
             try:
-                if row.processors or not row.params.greedy:
+                guide = row.guide
+                if guide is not None and guide.active:
+                    scores = logits[index : index + 1].float().clone()
+                    guide.apply(scores)
+                    token = _sample(row, scores, torch)
+                elif row.processors or not row.params.greedy:
                     token = _sample(row, logits[index : index + 1].float(), torch)
                 else:
                     token = int(greedy[index])
@@ -234,14 +253,20 @@ class _Batch:
         row.count += 1
         row.ids.append(token)
         row.pending = token
+        guide = row.guide
         if token in self.eos:
             row.saw_eos = True
         elif not row.matcher.hit:
-            text = row.matcher.feed(row.decoder.push(token))
+            constrained = guide is not None and guide.active
+            if guide is not None:
+                guide.advance(token)
+            delta = row.decoder.push(token)
+            text = row.matcher.passthrough(delta) if constrained else row.matcher.feed(delta)
             if text:
                 row.job.on_text(text)
         row.job.on_step()
-        if row.saw_eos or row.matcher.hit or row.count >= row.max_new or row.job.is_cancelled():
+        done = guide is not None and guide.done
+        if row.saw_eos or row.matcher.hit or done or row.count >= row.max_new or row.job.is_cancelled():
             row.finished = True
 
     def retire(self) -> None:
@@ -264,7 +289,8 @@ class _Batch:
                         if text:
                             row.job.on_text(text)
                 reason: Literal["stop", "length"] = "stop"
-                if not (row.saw_eos or row.matcher.hit) and row.count >= row.max_new:
+                done = row.guide is not None and row.guide.done
+                if not (row.saw_eos or row.matcher.hit or done) and row.count >= row.max_new:
                     reason = "length"
                 self.finish(row.job, GenerationResult(row.prompt_tokens, row.count, reason))
             except Exception as exc:
@@ -285,26 +311,8 @@ class _Batch:
             layer.values = layer.values.index_select(0, rows)[:, :, start:, :]
 
 
-def _processors(params: GenerationParams) -> list[Any]:
-    """transformers' logits processors for one row, in `generate`'s order."""
-    from transformers import (
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    out: list[Any] = []
-    if params.repeat_penalty != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(params.repeat_penalty))
-    if not params.greedy:
-        if params.temperature != 1.0:
-            out.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_k:
-            out.append(TopKLogitsWarper(top_k=params.top_k))
-        if params.top_p is not None and params.top_p < 1.0:
-            out.append(TopPLogitsWarper(top_p=params.top_p))
-    return out
+_processors = logits_processors
+"""transformers' logits processors for one row, in `generate`'s order (now in `decoding`)."""
 
 
 def _sample(row: _Row, scores: Any, torch: Any) -> int:

@@ -4,6 +4,14 @@
 `TokenSink` as each token arrives (a `BaseStreamer` subclass), stopping within one token when the
 sink is cancelled or a stop string appears (a `StoppingCriteria`). `run_batch` decodes several
 requests together (`transformers_batch`). Everything here runs on the worker thread and blocks.
+
+Rendering goes through `local.tooling.prepare` (prompt, prefill, `Constraint`); the sink hears
+`on_prepared` before any text. Under a constraint (`local.grammar`), `generate` gets the grammar's
+mask as its FIRST logits processor followed by the request's own processors (repeat penalty,
+temperature, top-k, top-p, built here rather than by `generate`, which would put its warpers
+before a custom processor and could leave only forbidden tokens); the streamer feeds each token
+to the row's `Guide`, and the stopping criteria end the reply once a trigger-less value is complete.
+The grammar compiler is built once per engine, its tokenizer lazily at the first constrained request.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.errors import ContextLengthError
-from zeph_providers.local.decoding import IncrementalDecoder, StopMatcher
-from zeph_providers.local.engine import GenerationParams, GenerationResult, TokenSink, run_one_by_one
+from zeph_providers.local.decoding import IncrementalDecoder, StopMatcher, logits_processors
+from zeph_providers.local.engine import GenerationParams, GenerationResult, Prepared, TokenSink, run_one_by_one
+from zeph_providers.local.grammar import GrammarCompiler, Guide
 from zeph_providers.local.templates import ChatTemplate, eos_token_ids, select_template
+from zeph_providers.local.tooling import prepare
 
 if TYPE_CHECKING:
     from zeph_providers.config import LocalConfig
@@ -33,11 +43,19 @@ def _streamer_class() -> type:
     class _Streamer(BaseStreamer):
         """Receives each new token from `generate` on the worker thread and forwards text."""
 
-        def __init__(self, tokenizer: Any, eos_ids: list[int], stops: tuple[str, ...], sink: TokenSink) -> None:
+        def __init__(
+            self,
+            tokenizer: Any,
+            eos_ids: list[int],
+            stops: tuple[str, ...],
+            sink: TokenSink,
+            guide: Guide | None = None,
+        ) -> None:
             self.decoder = IncrementalDecoder(tokenizer)
             self.matcher = StopMatcher(stops)
             self.eos_ids = set(eos_ids)
             self.sink = sink
+            self.guide = guide
             self.count = 0
             self.saw_eos = False
             self._prompt_skipped = False
@@ -51,9 +69,19 @@ def _streamer_class() -> type:
                 if token_id in self.eos_ids:
                     self.saw_eos = True
                     continue
-                if self.matcher.hit or self.saw_eos:
+                if self.matcher.hit or self.saw_eos or self.done:
                     continue
-                self._emit(self.matcher.feed(self.decoder.push(int(token_id))))
+                guide = self.guide
+                constrained = guide is not None and guide.active
+                if guide is not None:
+                    guide.advance(int(token_id))
+                delta = self.decoder.push(int(token_id))
+                self._emit(self.matcher.passthrough(delta) if constrained else self.matcher.feed(delta))
+
+        @property
+        def done(self) -> bool:
+            """The constrained value is complete (a trigger-less constraint ends the reply)."""
+            return self.guide is not None and self.guide.done
 
         def _emit(self, text: str) -> None:
             if text:
@@ -81,17 +109,36 @@ def _halt_class() -> type:
             import torch
 
             self.sink.on_step()
-            stop = self.streamer.matcher.hit or self.sink.is_cancelled()
+            stop = self.streamer.matcher.hit or self.streamer.done or self.sink.is_cancelled()
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
     return _Halt
 
 
+def _mask_class() -> type:
+    from transformers import LogitsProcessor
+
+    class _Mask(LogitsProcessor):
+        """The grammar's mask on `generate`'s scores (batch of one), applied before any other processor."""
+
+        def __init__(self, guide: Guide) -> None:
+            self.guide = guide
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            self.guide.apply(scores[0])
+            return scores
+
+    return _Mask
+
+
 class TransformersEngine:
     """A loaded model, its template and end tokens; runs one request at a time on the worker thread."""
 
-    def __init__(self, loaded: LoadedModel, template: ChatTemplate, *, max_batch_size: int = 8) -> None:
+    def __init__(
+        self, loaded: LoadedModel, template: ChatTemplate, *, max_batch_size: int = 8, name: str | None = None
+    ) -> None:
         self.loaded = loaded
+        self.name = name
         self.max_batch_size = max_batch_size
         """Most requests `run_batch` decodes together (config `max_batch_size`)."""
         self.template = template
@@ -102,9 +149,13 @@ class TransformersEngine:
         self.context = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
         self._streamer_cls = _streamer_class()
         self._halt_cls = _halt_class()
+        self._mask_cls: type | None = None
         self._batchable: bool | None = None
         self._count_lock = threading.Lock()
         self._count_tokenizer: Any = None
+        vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(tokenizer))
+        self.grammar = GrammarCompiler(tokenizer, vocab_size=vocab, eos_ids=self.eos_ids, provider=name)
+        """JSON-schema grammars for this tokenizer (built lazily, cached per schema)."""
 
     @classmethod
     def load(cls, config: LocalConfig) -> TransformersEngine:
@@ -112,7 +163,7 @@ class TransformersEngine:
 
         loaded = load_causal_lm(config)
         template = select_template(config.chat_template, loaded.tokenizer)
-        return cls(loaded, template, max_batch_size=config.max_batch_size)
+        return cls(loaded, template, max_batch_size=config.max_batch_size, name=config.name)
 
     @property
     def device(self) -> str:
@@ -137,13 +188,31 @@ class TransformersEngine:
             encoded = self._count_tokenizer(prompt, add_special_tokens=self.template.add_special_tokens)
             return len(encoded["input_ids"])
 
-    def encode(self, messages: list[Message]) -> Any:
-        prompt = self.template.render(messages)
-        special = self.template.add_special_tokens
-        return self.loaded.tokenizer(prompt, add_special_tokens=special, return_tensors="pt")
+    def prepare(self, messages: list[Message], params: GenerationParams) -> Prepared:
+        """The request rendered through the template (`local.tooling.prepare`)."""
+        return prepare(self.template, messages, params)
 
-    def generation_kwargs(self, params: GenerationParams, max_new: int) -> dict[str, Any]:
-        """`generate()` settings: the model's own generation config, overridden by this request."""
+    def encode_prepared(self, prepared: Prepared) -> Any:
+        special = prepared.add_special_tokens
+        return self.loaded.tokenizer(prepared.prompt, add_special_tokens=special, return_tensors="pt")
+
+    def encode(self, messages: list[Message]) -> Any:
+        """The prompt's token ids for a plain chat (no tools, no schema)."""
+        return self.encode_prepared(self.prepare(messages, GenerationParams(max_tokens=1, temperature=0.0)))
+
+    def guide(self, prepared: Prepared) -> Guide | None:
+        """The row's grammar state for `prepared.constraint` (None without one)."""
+        if prepared.constraint is None:
+            return None
+        matcher = self.grammar.matcher(prepared.constraint)
+        return Guide(matcher, prepared.constraint, self.loaded.tokenizer, prefill=prepared.prefill)
+
+    def generation_kwargs(self, params: GenerationParams, max_new: int, guide: Guide | None = None) -> dict[str, Any]:
+        """`generate()` settings: the model's own generation config, overridden by this request.
+
+        With a `guide`, the grammar's mask runs first and the request's processors after it, so
+        `generate`'s own sampling processors are switched off (the model's defaults too).
+        """
         import transformers
 
         base = getattr(self.loaded.model, "generation_config", None)
@@ -159,20 +228,35 @@ class TransformersEngine:
             "use_cache": True,
             "repetition_penalty": params.repeat_penalty if params.repeat_penalty != 1.0 else None,
         }
-        if params.greedy:  # the model's sampling defaults must not leak into (or warn about) greedy decoding
+        if guide is not None:
+            settings.update(temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
+            settings["repetition_penalty"] = None
+        elif params.greedy:  # the model's sampling defaults must not leak into (or warn about) greedy decoding
             settings.update(temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
         else:
             settings["temperature"] = params.temperature
             settings["top_p"] = params.top_p if params.top_p is not None else 1.0
             settings["top_k"] = params.top_k or 0
         config.update(**settings)
-        return {"generation_config": config}
+        if guide is None:
+            return {"generation_config": config}
+        from transformers import LogitsProcessorList
+
+        if self._mask_cls is None:
+            self._mask_cls = _mask_class()
+        processors = LogitsProcessorList([self._mask_cls(guide), *logits_processors(params)])
+        return {"generation_config": config, "logits_processor": processors}
 
     def run(self, messages: list[Message], params: GenerationParams, sink: TokenSink) -> GenerationResult:
         """Generate one reply, streaming text into `sink`; blocks until done or cancelled."""
         import torch
 
-        encoded = self.encode(messages)
+        prepared = self.prepare(messages, params)
+        guide = self.guide(prepared)
+        notify = getattr(sink, "on_prepared", None)
+        if notify is not None:
+            notify(prepared)
+        encoded = self.encode_prepared(prepared)
         device = self.loaded.device
         input_ids = encoded["input_ids"].to(device)
         attention = encoded.get("attention_mask")
@@ -185,11 +269,11 @@ class TransformersEngine:
                     f"the prompt has {prompt_tokens} tokens; the model's context window is {self.context}"
                 )
             max_new = min(max_new, room)
-        streamer = self._streamer_cls(self.loaded.tokenizer, self.eos_ids, params.stop, sink)
+        streamer = self._streamer_cls(self.loaded.tokenizer, self.eos_ids, params.stop, sink, guide)
         from transformers import StoppingCriteriaList
 
         criteria = StoppingCriteriaList([self._halt_cls(streamer, sink)])
-        kwargs = self.generation_kwargs(params, max_new)
+        kwargs = self.generation_kwargs(params, max_new, guide)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -201,7 +285,7 @@ class TransformersEngine:
                 **kwargs,
             )
         finish: Literal["stop", "length"] = "stop"
-        if not (streamer.saw_eos or streamer.matcher.hit) and streamer.count >= max_new:
+        if not (streamer.saw_eos or streamer.matcher.hit or streamer.done) and streamer.count >= max_new:
             finish = "length"
         return GenerationResult(prompt_tokens, streamer.count, finish)
 
