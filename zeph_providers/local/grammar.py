@@ -62,24 +62,16 @@ from typing import Any
 
 from zeph_providers.errors import InferenceError, InvalidRequestError
 from zeph_providers.local.engine import Constraint
+from zeph_providers.local.tooling import JSON_LAYOUT, closed_objects
 
 __all__ = ["GrammarCompiler", "Guide", "RowMatcher", "strict_schema"]
 
 _LEADING_SPACE = r"/[ \t]{1,4}|[ \t]{0,4}(\r?\n)[ \t]{0,4}/"
-_COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+_COMPACT = JSON_LAYOUT
 
 
-def strict_schema(schema: Any) -> Any:
-    """A copy of `schema` where every object that does not say `additionalProperties` forbids extra keys."""
-    if isinstance(schema, list):
-        return [strict_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: strict_schema(value) for key, value in schema.items()}
-    is_object = out.get("type") == "object" or isinstance(out.get("properties"), dict)
-    if is_object and "additionalProperties" not in out and "patternProperties" not in out:
-        out["additionalProperties"] = False
-    return out
+strict_schema = closed_objects
+"""The former name of `local.tooling.closed_objects` (objects closed unless the schema chooses)."""
 
 
 class GrammarCompiler:

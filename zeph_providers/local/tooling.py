@@ -57,7 +57,15 @@ if TYPE_CHECKING:
     from zeph_providers.local.templates import ChatTemplate
     from zeph_providers.types import Message
 
-__all__ = ["ReplyParser", "check_request", "forced_tools", "prepare"]
+__all__ = [
+    "JSON_LAYOUT",
+    "ReplyParser",
+    "check_request",
+    "closed_objects",
+    "decoding_schema",
+    "forced_tools",
+    "prepare",
+]
 
 
 def forced_tools(params: GenerationParams, *, provider: str | None = None) -> tuple[ToolDefinition, ...] | None:
@@ -126,8 +134,9 @@ def closed_objects(schema: Any) -> Any:
     return out
 
 
-_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-"""llguidance's JSON layout options: one fixed layout (json.dumps's), no free whitespace."""
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+"""llguidance's JSON layout options for constrained values: compact, no free whitespace (a model
+cannot pad a value with endless whitespace, and fewer tokens are spent)."""
 
 
 def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +148,7 @@ def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
     schema that sets its own `x-guidance` keeps it."""
     closed: dict[str, Any] = closed_objects(schema)
     if "x-guidance" not in closed:
-        closed = {"x-guidance": dict(_COMPACT), **closed}
+        closed = {"x-guidance": dict(JSON_LAYOUT), **closed}
     return closed
 
 
