@@ -1,7 +1,7 @@
 """The Messages API reply -> our chunks: the stream translator and a whole `message` as events.
 
 Split from `claude.py` (the provider: request, transport, errors). `StreamTranslator` folds raw
-stream events (SDK models or plain dicts, `get` reads either) into neutral chunks one event at a
+stream events (SDK models or plain dicts, `_convert.get_field` reads either) into neutral chunks one event at a
 time; `message_events` turns a non-streamed `message` body into the events that would have carried
 it, so `chat()` goes through the same translator as `chat_stream()`. The decisions (synthetic
 structured-output call, thinking blocks, stop reasons, usage TTL breakdown) are recorded in
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeph_providers.backends._claude_request import Structured
+from zeph_providers.backends._convert import get_field as get
 from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import count
@@ -31,18 +32,12 @@ from zeph_providers.types import (
     UsageChunk,
 )
 
-__all__ = ["ErrorBody", "StreamTranslator", "get", "map_stop_reason", "message_events"]
+__all__ = ["ErrorBody", "StreamTranslator", "map_stop_reason", "message_events"]
 
 
 def map_stop_reason(reason: str | None) -> FinishReason:
     """Anthropic's `stop_reason` -> the neutral finish reason (the shared table)."""
     return map_finish_reason(reason)
-
-
-def get(obj: Any, name: str, default: Any = None) -> Any:
-    """A field of an SDK event model or of a plain dict; `default` when absent or null."""
-    value = obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-    return default if value is None else value
 
 
 @dataclass

@@ -2,7 +2,7 @@
 a whole `chat.completion` body -> the one chunk `chat()` replays, embedding vectors.
 
 Split from `openai.py` (the stream, the chunk translator and the provider) to keep both short.
-Every function takes a parsed JSON value (or an SDK model, `field` reads either) and the
+Every function takes a parsed JSON value (or an SDK model, `_convert.get_field` reads either) and the
 provider's name for the `BadResponseError` a malformed value raises.
 """
 
@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from zeph_providers.backends._convert import get_field as field
 from zeph_providers.backends._errors import error_event
 from zeph_providers.backends._wire import count
 from zeph_providers.errors import BadResponseError
 from zeph_providers.types import TokenLogprob, TopLogprob, Usage
 
 __all__ = ["completion_chunk", "embedding_vectors", "extra_text", "field", "logprobs", "usage"]
-
-
-def field(obj: Any, name: str) -> Any:
-    """A field of an SDK model or of a plain JSON dict (the non-streamed body is parsed here)."""
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 def usage(raw: Any, provider: str) -> Usage:

@@ -3,7 +3,7 @@ status), request needs, error verdicts, stream helpers, the final error and the 
 
 `router.py` holds the routing itself (the router class: members, order, breakers, the chat and
 embedding loops); this module the pieces it is made of that need no router instance, so each reads
-alone and `router.py` stays well under 500 lines.
+alone and `router.py` stays under 500 lines.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from zeph_providers.backends._claude_reply import ErrorBody, StreamTranslator, get, message_events
+from zeph_providers.backends._claude_reply import ErrorBody, StreamTranslator, message_events
 from zeph_providers.backends._claude_reply import map_stop_reason as map_stop_reason  # re-exported
 from zeph_providers.backends._claude_request import (
     DEFAULT_MAX_TOKENS,
@@ -68,6 +68,7 @@ from zeph_providers.backends._claude_request import (
     convert_tools,
     structured_tool,
 )
+from zeph_providers.backends._convert import get_field as get
 from zeph_providers.backends._convert import iter_sse
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import (
