@@ -2,6 +2,11 @@
 
 Everything here is a pydantic model so messages and responses round-trip through JSON
 (`model_dump_json()` / `model_validate_json()`), including image bytes (base64 in JSON).
+
+Layout: roles and message parts, messages and tool definitions, `ChatResponse`, then the stream
+chunks and the "tool call" aliases. The reply's metadata that depends on nothing else here
+(`Usage`, `FinishReason`, `TopLogprob` / `TokenLogprob`, `Attempt`) and the frozen base model
+live in `_types_reply` and are re-exported: import them from here, as before.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from zeph_providers._types_reply import Attempt, FinishReason, TokenLogprob, TopLogprob, Usage
+from zeph_providers._types_reply import Frozen as _Frozen
 
 __all__ = [
     "Attempt",
@@ -55,10 +63,6 @@ class Role(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
     TOOL = "tool"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class TextPart(_Frozen):
@@ -188,8 +192,14 @@ class CacheSettings(_Frozen):
 
 
 Part = Annotated[
-    TextPart | ImagePart | ToolUsePart | ToolResultPart | ThinkingPart  # (the original five)
-    | RedactedThinkingPart | CachePointPart | DocumentPart,  # issue 12
+    TextPart
+    | ImagePart
+    | ToolUsePart
+    | ToolResultPart
+    | ThinkingPart  # (the original five)
+    | RedactedThinkingPart
+    | CachePointPart
+    | DocumentPart,  # issue 12
     Field(discriminator="type"),
 ]
 
@@ -268,105 +278,6 @@ class ToolDefinition(_Frozen):
     strict: bool | None = None
     """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
     cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
-
-
-class Usage(_Frozen):
-    """Token counts of one reply, with one meaning on every backend (docs/backends.md, "Usage").
-
-    The input fields are disjoint: each prompt token is counted in exactly one of `input_tokens`,
-    `cache_read_tokens` and `cache_write_tokens`, and each is billed at its own rate
-    (`zeph_providers.pricing`: input, cache read, cache write). This is Anthropic's shape; OpenAI's
-    `prompt_tokens` (which includes the cached tokens) is split into `input_tokens` +
-    `cache_read_tokens` by the OpenAI backend. The whole prompt is `prompt_tokens`.
-    """
-
-    input_tokens: int = 0
-    """Uncached input tokens: the prompt tokens billed at the normal input rate (the whole prompt
-    minus cache reads and cache writes). Ollama and the local backend have no billing cache: all of
-    their prompt tokens are here."""
-    output_tokens: int = 0
-    """Every generated token, reasoning / thinking tokens included (as both APIs bill them)."""
-    cache_read_tokens: int = 0
-    """Input tokens served from the provider's prompt cache (billed at the cache-read rate):
-    Anthropic's `cache_read_input_tokens`, OpenAI's `prompt_tokens_details.cached_tokens`."""
-    cache_write_tokens: int = 0
-    """Input tokens written to the provider's prompt cache (billed at the cache-write rate):
-    Anthropic's `cache_creation_input_tokens`; OpenAI caches without a write charge (always 0)."""
-    reasoning_tokens: int = 0
-    """Of `output_tokens`, those spent reasoning (OpenAI `completion_tokens_details.reasoning_tokens`)."""
-    cache_write_5m_tokens: int = 0
-    """Of `cache_write_tokens`, those written to 5-minute cache entries (Claude's
-    `cache_creation.ephemeral_5m_input_tokens`; 0 where the API sends no breakdown)."""
-    cache_write_1h_tokens: int = 0
-    """Of `cache_write_tokens`, those written to 1-hour cache entries (`ephemeral_1h_input_tokens`)."""
-
-    @property
-    def prompt_tokens(self) -> int:
-        """All input tokens, cached or not: `input_tokens + cache_read_tokens + cache_write_tokens`
-        (what OpenAI calls `prompt_tokens`; the figure a context window limits)."""
-        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        """`prompt_tokens + output_tokens`: every token of the call (OpenAI's `total_tokens`)."""
-        return self.prompt_tokens + self.output_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
-            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
-            cache_write_5m_tokens=self.cache_write_5m_tokens + other.cache_write_5m_tokens,
-            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
-        )
-
-
-FinishReason = Literal["stop", "length", "tool_use", "content_filter", "error", "pause_turn", "refusal"]
-"""Why a reply ended. "pause_turn": Claude paused a long server-tool turn (send the reply back as
-is to let it continue); "refusal": the model declined (Claude's `stop_reason: refusal`)."""
-
-
-class TopLogprob(_Frozen):
-    """One candidate token at a position and its log probability."""
-
-    token: str
-    logprob: float
-    bytes: tuple[int, ...] | None = None
-    """The token's UTF-8 bytes, when the API sends them (a token may be part of a character)."""
-
-
-class TokenLogprob(TopLogprob):
-    """One generated token, its log probability and the most likely alternatives (`top_logprobs`)."""
-
-    top_logprobs: tuple[TopLogprob, ...] = ()
-
-
-class Attempt(_Frozen):
-    """One try at serving a call: a provider (a router's member), one request to it.
-
-    `outcome` is "ok", or the name of the typed error the try ended with (`ProviderTimeoutError`,
-    `RateLimitError`, ...), or "cancelled" when the caller stopped it. Times are seconds.
-    """
-
-    provider: str
-    outcome: str = "ok"
-    error: str | None = None
-    """The error's message (already redacted), when the try failed."""
-    wait: float = 0.0
-    """Seconds waited before this try (retry backoff; 0 for the first)."""
-    time_to_first_chunk: float | None = None
-    duration: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-    @property
-    def timed_out(self) -> bool:
-        """Whether this try ran out of time: the server may still have finished the work."""
-        return self.outcome == "ProviderTimeoutError"
 
 
 _NOT_COMPARED = frozenset({"attempts", "cost"})

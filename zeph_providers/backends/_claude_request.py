@@ -1,9 +1,10 @@
 """Claude's request: neutral messages, tools and options -> the Messages API's `messages.create` arguments.
 
-Split from `claude.py` (which keeps capabilities, the stream translator and errors) because the
-request conversion is pure: no SDK, no I/O, nothing the translator needs except `Structured`, the
-description of the synthetic answer tool that carries structured output. `claude.py` re-exports
-the public names (`convert_messages`, `convert_tools`, `convert_tool_choice`), so old imports work.
+Split from `claude.py` (which keeps capabilities, the provider and errors; the stream translator
+is `_claude_reply`) because the request conversion is pure: no SDK, no I/O, nothing the
+translator needs except `Structured`, the description of the synthetic answer tool that carries
+structured output. `claude.py` re-exports the public names (`convert_messages`, `convert_tools`,
+`convert_tool_choice`), so old imports work.
 The shape shared with the OpenAI backend (`extra_body`) lives in `_convert.put_extra_body`.
 
 Issue 12 decisions:

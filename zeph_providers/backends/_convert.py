@@ -22,6 +22,7 @@ from zeph_providers.types import (
 
 __all__ = [
     "function_tools",
+    "get_field",
     "iter_sse",
     "image_data_url",
     "json_arguments",
@@ -33,6 +34,12 @@ __all__ = [
     "tool_parameters",
     "tool_result_text",
 ]
+
+
+def get_field(obj: Any, name: str, default: Any = None) -> Any:
+    """A field of an SDK model or of a plain JSON dict alike; `default` when absent or null."""
+    value = obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+    return default if value is None else value
 
 
 def image_data_url(part: ImagePart) -> str:

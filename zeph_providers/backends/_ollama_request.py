@@ -1,6 +1,7 @@
 """Ollama's request: neutral messages, tools and options -> the `/api/chat` JSON body.
 
-Split from `ollama.py` (which keeps capabilities, the NDJSON translator, embeddings and errors)
+Split from `ollama.py` (which keeps capabilities, transport, embeddings and errors; the reply's
+translator is `_ollama_reply`)
 because building the body is pure: no SDK, no I/O. The body is built here in Ollama's documented
 shape rather than through the SDK's models, which drop nested tool schemas (see `ollama.py`).
 The tool shape shared with the OpenAI backend is `_convert.function_tools`.
@@ -21,8 +22,8 @@ grammar that constrains decoding; it does not show the schema to the model):
   would watch the constrained text. Instead, as Ollama's structured-output guide advises, the
   schema is also put in the prompt: a system instruction naming each allowed tool, its description
   and its parameters schema (appended to the leading system message, or a new one first).
-- The reply's text is that JSON object; `parse_forced_call` checks it and `ollama.py` turns it into
-  a `ToolCall` (no text chunk).
+- The reply's text is that JSON object; `parse_forced_call` checks it and `_ollama_reply` turns it
+  into a `ToolCall` (no text chunk). `check_forced` refuses what the emulation cannot do.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from zeph_providers.backends._convert import function_tools, tool_result_text
 from zeph_providers.backends._wire import loads
 from zeph_providers.config import OllamaConfig
-from zeph_providers.errors import BadResponseError
+from zeph_providers.errors import BadResponseError, InvalidRequestError, UnsupportedCapabilityError
 from zeph_providers.options import ChatOptions
 from zeph_providers.types import (
     ImagePart,
@@ -48,6 +49,7 @@ from zeph_providers.types import (
 
 __all__ = [
     "chat_payload",
+    "check_forced",
     "convert_messages",
     "forced_call_schema",
     "forced_instruction",
@@ -98,6 +100,30 @@ def forced_instruction(tools: list[ToolDefinition]) -> str:
         schema = json.dumps(tool.parameters or {"type": "object", "properties": {}}, ensure_ascii=False)
         lines.append(f"- {tool.name}{description}. Arguments (JSON schema): {schema}")
     return "\n".join(lines)
+
+
+def check_forced(choice: str, options: ChatOptions, *, structured_output: bool, provider: str) -> None:
+    """A forced tool (emulated with `format`): what it needs (tools, the model's `format`) and excludes."""
+    if not options.tools:
+        raise InvalidRequestError(f"tool_choice {choice!r} needs tools", provider=provider)
+    if choice not in ("required", "any") and choice not in {tool.name for tool in options.tools}:
+        raise InvalidRequestError(
+            f"tool_choice {choice!r} is neither auto/none/required nor the name of a given tool",
+            provider=provider,
+        )
+    if options.response_format is not None:
+        raise UnsupportedCapabilityError(
+            "tool_choice with response_format",
+            provider=provider,
+            detail=f"Ollama forces a tool (tool_choice={choice!r}) through its schema-constrained `format`, "
+            "which response_format needs too; ask for one of them",
+        )
+    if not structured_output:
+        raise UnsupportedCapabilityError(
+            "tool_choice",
+            provider=provider,
+            detail=f"a forced tool (tool_choice={choice!r}) needs the model's schema-constrained `format`",
+        )
 
 
 def parse_forced_call(

@@ -1,7 +1,8 @@
 """The Chat Completions request: neutral messages, tools and options -> `chat.completions.create` arguments.
 
 Split from `openai.py` (which keeps the model families and capabilities, the stream and chunk
-translator, embeddings and errors) because the request conversion is pure: no SDK, no I/O.
+translator, embeddings and errors; the reply's pieces are in `_openai_reply` / `_openai_stream`)
+because the request conversion is pure: no SDK, no I/O.
 `openai.py` re-exports what was public there. The pieces the Ollama backend writes the same way
 (`function_tools`) and the Claude backend too (`put_extra_body`) live in `_convert`.
 

@@ -1,9 +1,9 @@
-"""The router's parts that need no router: member statistics, request needs, error verdicts,
-stream helpers, the final error and the cycle guard.
+"""The router's parts that need no router: member statistics and selection (building, ordering,
+status), request needs, error verdicts, stream helpers, the final error and the cycle guard.
 
 `router.py` holds the routing itself (the router class: members, order, breakers, the chat and
 embedding loops); this module the pieces it is made of that need no router instance, so each reads
-alone and `router.py` stays well under 500 lines.
+alone and `router.py` stays under 500 lines.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zeph_providers.errors import (
     AllProvidersFailedError,
@@ -34,6 +34,7 @@ from zeph_providers.stream import AttemptClock, ChatStream
 from zeph_providers.types import Attempt, ChatResponse, DocumentPart, EndChunk, ImagePart, Message, StreamChunk
 
 if TYPE_CHECKING:
+    from zeph_providers.breaker import CircuitBreaker
     from zeph_providers.config import RouterConfig
     from zeph_providers.registry import Registry
 
@@ -75,6 +76,76 @@ def scores(stats: dict[str, MemberStats]) -> dict[str, float]:
         latency = member.ema_latency if member.ema_latency is not None else worst
         result[name] = max(latency, 1e-6) / max(member.ema_success, _MIN_SUCCESS)
     return result
+
+
+# ----- member selection ---------------------------------------------------------------
+
+
+def order(
+    names: Sequence[str], strategy: str, sequence: int, stats: dict[str, MemberStats], explore_every: int
+) -> list[str]:
+    """The members in the order request number `sequence` tries them, per the strategy (stats locked)."""
+    ordered = list(names)
+    if strategy == "round_robin":
+        start = (sequence - 1) % len(ordered)
+        ordered = ordered[start:] + ordered[:start]
+    elif strategy == "latency":
+        expected = scores(stats)
+        ordered.sort(key=lambda n: expected[n])  # stable: ties keep the configured order
+        if explore_every and len(ordered) > 1 and sequence % explore_every == 0:
+            stalest = min(ordered[1:], key=lambda n: stats[n].last_used)
+            ordered.remove(stalest)
+            ordered.insert(0, stalest)
+    return ordered
+
+
+def build_members(
+    names: Sequence[str], members: dict[str, LlmProvider], resolve: Callable[[str], LlmProvider]
+) -> tuple[bool, list[LlmError]]:
+    """Build the members not in `members` yet (added to it): whether any was added, and the build errors."""
+    errors: list[LlmError] = []
+    changed = False
+    for name in names:
+        if name in members:
+            continue
+        try:
+            members[name] = resolve(name)
+        except LlmError as exc:
+            if not exc.provider:
+                exc.provider = name
+            errors.append(exc)
+            continue
+        except Exception as exc:  # a custom resolver; the registry already wraps its errors
+            errors.append(unexpected(exc, name, ConfigError, "could not build the member:"))
+            continue
+        changed = True
+    return changed, errors
+
+
+def member_status(
+    breakers: dict[str, CircuitBreaker], stats: dict[str, tuple[float | None, float, int]], built: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """`status()`: per member its breaker snapshot, EMA latency (ms) and success, attempts, built."""
+    report: dict[str, dict[str, Any]] = {}
+    made = set(built)
+    for name, breaker in breakers.items():
+        entry = breaker.snapshot()
+        latency, success, attempts = stats[name]
+        entry["ema_latency_ms"] = None if latency is None else round(latency * 1000.0, 3)
+        entry["ema_success"] = round(success, 4)
+        entry["attempts"] = attempts
+        entry["built"] = name in made
+        report[name] = entry
+    return report
+
+
+def unexpected(
+    exc: Exception, provider: str, kind: type[LlmError] = InferenceError, what: str = "unexpected"
+) -> LlmError:
+    """A member (or resolver) that broke the protocol with a non-`LlmError`: typed, the cause kept."""
+    error = kind(f"{what} {type(exc).__name__}: {exc}", provider=provider)
+    error.__cause__ = exc
+    return error
 
 
 def union(capabilities: Iterable[Capabilities]) -> Capabilities:

@@ -41,7 +41,9 @@ Decisions worth knowing:
   `UnsupportedCapabilityError`.
 
 Layout: capabilities, then the request (its pure conversion in `_claude_request`, so this module
-stays one screenful per concern), the stream translator, and the provider with its error mapping.
+stays one screenful per concern), the stream (its event -> chunk translator and the non-streamed
+`message` -> events replay in `_claude_reply`), and the provider with its error mapping and model
+metadata.
 """
 
 from __future__ import annotations
@@ -49,15 +51,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 import httpx2
 
+from zeph_providers.backends._claude_reply import ErrorBody, StreamTranslator, message_events
+from zeph_providers.backends._claude_reply import map_stop_reason as map_stop_reason  # re-exported
 from zeph_providers.backends._claude_request import (
     DEFAULT_MAX_TOKENS,
-    Structured,
     _split_trailing_json,
     _trailing_json,
     build_request,
@@ -66,7 +68,8 @@ from zeph_providers.backends._claude_request import (
     convert_tools,
     structured_tool,
 )
-from zeph_providers.backends._convert import iter_sse, map_finish_reason
+from zeph_providers.backends._convert import get_field as get
+from zeph_providers.backends._convert import iter_sse
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import (
     COUNT_TOKENS_FIELDS,
@@ -75,8 +78,7 @@ from zeph_providers.backends._models import (
     anthropic_token_count,
 )
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
-from zeph_providers.backends._tools import ToolCallAccumulator
-from zeph_providers.backends._wire import count, drain, loads
+from zeph_providers.backends._wire import drain, loads
 from zeph_providers.config import ClaudeConfig
 from zeph_providers.errors import (
     BadResponseError,
@@ -89,17 +91,9 @@ from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.structured import prompted_payload
 from zeph_providers.types import (
     ChatResponse,
-    ContentChunk,
-    EndChunk,
-    FinishReason,
     Message,
-    RedactedThinkingChunk,
     StreamChunk,
-    ThinkingChunk,
     ToolDefinition,
-    ToolUseChunk,
-    Usage,
-    UsageChunk,
 )
 
 __all__ = [
@@ -126,203 +120,7 @@ CLAUDE_CAPABILITIES = Capabilities(
     documents=True,
 )
 
-# ----- request: the conversion lives in `_claude_request` (pure functions, re-exported here) ----
-
-# ----- stream translation ----------------------------------------------------------------------
-
-
-def map_stop_reason(reason: str | None) -> FinishReason:
-    """Anthropic's `stop_reason` -> the neutral finish reason (the shared table)."""
-    return map_finish_reason(reason)
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    """A field of an SDK event model or of a plain dict; `default` when absent or null."""
-    value = obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-    return default if value is None else value
-
-
-@dataclass
-class _Block:
-    kind: str
-    synthetic: bool = False
-    streamed: bool = False
-    """Argument text arrived as `input_json_delta`s (it was already shown as the reply text)."""
-
-
-class _StreamTranslator:
-    """Folds Anthropic's raw stream events into neutral chunks, one event at a time."""
-
-    def __init__(self, *, provider: str, model: str, structured: Structured | None) -> None:
-        self._provider = provider
-        self._model = model
-        self._structured = structured
-        self._blocks: dict[int, _Block] = {}
-        self._calls = ToolCallAccumulator(provider=provider)
-        self._usage: dict[str, int] = {}
-        self._stop_reason: str | None = None
-        self._stop_sequence: str | None = None
-        self._user_tool_calls = 0
-        self._answered = False
-        self.stopped = False
-
-    def feed(self, event: Any) -> list[StreamChunk]:
-        kind = _get(event, "type")
-        if kind == "message_start":
-            message = _get(event, "message", {})
-            self._model = str(_get(message, "model", "") or self._model)
-            self._take_usage(_get(message, "usage"))
-            return []
-        if kind == "content_block_start":
-            return self._block_start(_get(event, "index", 0), _get(event, "content_block", {}))
-        if kind == "content_block_delta":
-            return self._block_delta(_get(event, "index", 0), _get(event, "delta", {}))
-        if kind == "content_block_stop":
-            return self._block_stop(_get(event, "index", 0))
-        if kind == "message_delta":
-            delta = _get(event, "delta", {})
-            reason = _get(delta, "stop_reason")
-            if reason is not None:
-                self._stop_reason = str(reason)
-            sequence = _get(delta, "stop_sequence")
-            if sequence is not None:
-                self._stop_sequence = str(sequence)
-            self._take_usage(_get(event, "usage"))
-            return []
-        if kind == "message_stop":
-            self.stopped = True
-            end = EndChunk(finish_reason=self._finish(), model=self._model, stop_sequence=self._stop_sequence)
-            return [UsageChunk(usage=self._build_usage()), end]
-        # "ping" and event types newer than this code are ignored (the API may add some).
-        return []
-
-    def _take_usage(self, usage: Any) -> None:
-        if usage is None:
-            return
-        for source, target in (
-            ("input_tokens", "input"),
-            ("output_tokens", "output"),
-            ("cache_read_input_tokens", "cache_read"),
-            ("cache_creation_input_tokens", "cache_write"),
-        ):
-            value = _get(usage, source)
-            if value is not None:
-                self._usage[target] = count(value, source, provider=self._provider)
-        creation = _get(usage, "cache_creation")
-        for source, target in (("ephemeral_5m_input_tokens", "write_5m"), ("ephemeral_1h_input_tokens", "write_1h")):
-            value = _get(creation, source) if creation is not None else None
-            if value is not None:
-                self._usage[target] = count(value, source, provider=self._provider)
-
-    def _build_usage(self) -> Usage:
-        u = self._usage
-        return Usage(
-            input_tokens=u.get("input", 0),
-            output_tokens=u.get("output", 0),
-            cache_read_tokens=u.get("cache_read", 0),
-            cache_write_tokens=u.get("cache_write", 0),
-            cache_write_5m_tokens=u.get("write_5m", 0),
-            cache_write_1h_tokens=u.get("write_1h", 0),
-        )
-
-    def _finish(self) -> FinishReason:
-        finish = map_stop_reason(self._stop_reason)
-        if finish == "tool_use" and self._user_tool_calls == 0 and self._answered:
-            return "stop"  # only the synthetic structured-output tool was called
-        return finish
-
-    def _block_start(self, index: int, block: Any) -> list[StreamChunk]:
-        kind = str(_get(block, "type", ""))
-        if kind == "text":
-            self._blocks[index] = _Block("text")
-            text = str(_get(block, "text", ""))
-            return [ContentChunk(text=text)] if text else []
-        if kind == "thinking":
-            self._blocks[index] = _Block("thinking")
-            text = str(_get(block, "thinking", ""))
-            signature = _get(block, "signature") or None
-            return [ThinkingChunk(text=text, signature=signature, block=index)] if text or signature else []
-        if kind == "redacted_thinking":
-            self._blocks[index] = _Block("redacted_thinking")
-            return [RedactedThinkingChunk(data=str(_get(block, "data", "")), block=index)]
-        if kind == "tool_use":
-            name = str(_get(block, "name", ""))
-            initial = _get(block, "input", {})
-            if not isinstance(initial, dict):
-                raise BadResponseError(f"tool_use {name!r} input is not a JSON object", provider=self._provider)
-            synthetic = self._structured is not None and name == self._structured.name
-            self._blocks[index] = _Block("tool_use", synthetic=synthetic)
-            # A synthetic (structured-output) call is the reply's text: no tool deltas for it.
-            return list(self._calls.add(index, _get(block, "id") or None, name, initial, silent=synthetic))
-        # server tool blocks, ...: nothing neutral to say about them.
-        self._blocks[index] = _Block(kind or "unknown")
-        return []
-
-    def _block_delta(self, index: int, delta: Any) -> list[StreamChunk]:
-        block = self._blocks.get(index)
-        if block is None:
-            raise BadResponseError(f"content_block_delta for unknown block {index}", provider=self._provider)
-        kind = _get(delta, "type")
-        if kind == "text_delta":
-            text = str(_get(delta, "text", ""))
-            return [ContentChunk(text=text)] if text else []
-        if kind == "thinking_delta":
-            text = str(_get(delta, "thinking", ""))
-            return [ThinkingChunk(text=text, block=index)] if text else []
-        if kind == "signature_delta":
-            return [ThinkingChunk(text="", signature=str(_get(delta, "signature", "")), block=index)]
-        if kind == "input_json_delta":
-            fragment = str(_get(delta, "partial_json", ""))
-            deltas = self._calls.add(index, None, None, fragment)
-            block.streamed = block.streamed or bool(fragment.strip())
-            if block.synthetic and self._structured is not None and not self._structured.wrapped and fragment:
-                return [ContentChunk(text=fragment)]  # structured output streams as the reply text
-            return list(deltas)
-        return []  # citations_delta and future delta types
-
-    def _block_stop(self, index: int) -> list[StreamChunk]:
-        block = self._blocks.pop(index, None)
-        if block is None or block.kind != "tool_use":
-            return []
-        if not block.synthetic:
-            chunks: list[StreamChunk] = list(self._calls.finish(index))  # closing delta (when due) + the call
-            self._user_tool_calls += sum(isinstance(chunk, ToolUseChunk) for chunk in chunks)
-            return chunks
-        calls = self._calls.complete(index)
-        if not calls or self._structured is None:
-            return []
-        call = calls[0]
-        self._answered = True
-        if self._structured.wrapped:
-            return [ContentChunk(text=json.dumps(call.arguments.get("value")))]
-        if not block.streamed:
-            return [ContentChunk(text=json.dumps(call.arguments))]
-        return []
-
-
-def message_events(message: Any) -> list[dict[str, Any]]:
-    """A non-streamed `message` object -> the stream events that would have carried it.
-
-    Text and thinking blocks arrive whole in `content_block_start`; a tool_use block carries its
-    complete `input` there (no `input_json_delta`), which the translator takes as the arguments.
-    """
-    if not isinstance(message, dict):
-        raise TypeError("the response body is not a JSON object")
-    if message.get("type") == "error":
-        raise _ErrorBody(message)
-    content = message.get("content")
-    if message.get("type") != "message" or not isinstance(content, list):
-        raise TypeError("the response is not a `message` object with a `content` list")
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": {"model": message.get("model"), "usage": message.get("usage")}}
-    ]
-    for index, block in enumerate(content):
-        events.append({"type": "content_block_start", "index": index, "content_block": block})
-        events.append({"type": "content_block_stop", "index": index})
-    delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
-    events.append({"type": "message_delta", "delta": delta})
-    events.append({"type": "message_stop"})
-    return events
+# ----- the stream: its translator lives in `_claude_reply` (re-exported here) ------------------
 
 
 def _stream_error(data: str, response: httpx2.Response) -> anthropic.APIStatusError:
@@ -334,14 +132,6 @@ def _stream_error(data: str, response: httpx2.Response) -> anthropic.APIStatusEr
     except (ValueError, RecursionError):
         message = data or f"Error code: {response.status_code}"
     return anthropic.APIStatusError(message, response=response, body=body)
-
-
-class _ErrorBody(Exception):
-    """A 200 response whose body is an `{"type": "error", ...}` object."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-        super().__init__(str(body))
 
 
 # ----- the provider ---------------------------------------------------------------------------
@@ -390,7 +180,7 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
             structured = None if self.claude_config.structured_output == "prompted" else structured_tool(options)
         except (TypeError, ValueError) as exc:  # our conversion, not the server: never retried
             raise InvalidRequestError(f"cannot build the request: {exc}", provider=self.name) from exc
-        translator = _StreamTranslator(
+        translator = StreamTranslator(
             provider=self.name,
             model=self.model,
             structured=structured[0] if structured is not None else None,
@@ -431,14 +221,14 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
             raise BadResponseError("the stream ended before message_stop (truncated reply)", provider=self.name)
 
     async def _complete(
-        self, params: dict[str, Any], translator: _StreamTranslator, deadline: float
+        self, params: dict[str, Any], translator: StreamTranslator, deadline: float
     ) -> list[StreamChunk]:
         create: Any = self._client.messages.with_raw_response.create
         raw = await create(**params, timeout=self.remaining(deadline))
         body = loads(raw.http_response.content, provider=self.name)
         try:
             events = message_events(body)
-        except _ErrorBody as exc:
+        except ErrorBody as exc:
             raise error_event(exc.body, provider=self.name, where="in the response body") from exc
         except TypeError as exc:
             raise BadResponseError(f"malformed response ({exc})", provider=self.name) from exc
@@ -457,9 +247,9 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
     def _status_error(self, exc: anthropic.APIStatusError) -> LlmError:
         if exc.status_code < 400:  # an `event: error` inside a 200 stream: its type says what happened
             return error_event(exc.body if isinstance(exc.body, dict) else exc.message, provider=self.name)
-        error = _get(exc.body, "error", {}) if isinstance(exc.body, dict) else {}
-        error_type = str(getattr(exc, "type", None) or _get(error, "type", "") or "")
-        message = str(getattr(exc, "api_message", None) or _get(error, "message", "") or exc.message)
+        error = get(exc.body, "error", {}) if isinstance(exc.body, dict) else {}
+        error_type = str(getattr(exc, "type", None) or get(error, "type", "") or "")
+        message = str(getattr(exc, "api_message", None) or get(error, "message", "") or exc.message)
         text = f"{error_type}: {message}" if error_type else message
         return status_error(exc.status_code, text, provider=self.name, headers=exc.response.headers)
 

@@ -26,7 +26,8 @@
 
 Layout: capabilities (`/api/show`), then the request (its body built in `_ollama_request`; every
 non-streamed call goes through one `_post()`, which records headers and types the SDK's errors),
-the NDJSON translator, embeddings, and errors.
+the stream (the message-object -> chunk translator lives in `_ollama_reply`), embeddings, and
+errors (what a forced tool needs and excludes is `_ollama_request.check_forced`).
 """
 
 from __future__ import annotations
@@ -44,12 +45,11 @@ import httpx
 import ollama
 from pydantic import ValidationError
 
-from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import ollama_context_length, ollama_models
-from zeph_providers.backends._ollama_request import chat_payload, forced_tools, parse_forced_call
+from zeph_providers.backends._ollama_reply import chat_chunks
+from zeph_providers.backends._ollama_request import chat_payload, check_forced, forced_tools
 from zeph_providers.backends._remote import RemoteProvider, httpx_client_kwargs
-from zeph_providers.backends._tools import ToolCallAccumulator
 from zeph_providers.backends._wire import drain, iter_lines, loads
 from zeph_providers.config import OllamaConfig
 from zeph_providers.errors import (
@@ -64,15 +64,9 @@ from zeph_providers.errors import (
 from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
-    ContentChunk,
-    EndChunk,
-    FinishReason,
     Message,
     StreamChunk,
-    ThinkingChunk,
     ToolDefinition,
-    Usage,
-    UsageChunk,
 )
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "OllamaProvider", "build"]
@@ -237,35 +231,12 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
     def _check_request(self, messages: list[Message], options: ChatOptions) -> None:
         choice = options.tool_choice
         if choice not in (None, "auto", "none"):
-            self._check_forced(choice, options)
+            check_forced(choice, options, structured_output=self._capabilities.structured_output, provider=self.name)
             # Emulated with `format`: the model's own tool support is not needed, structured output is.
             options = dataclasses.replace(options, tools=())
         if choice == "none":
             options = dataclasses.replace(options, tools=())
         super()._check_request(messages, options)
-
-    def _check_forced(self, choice: str, options: ChatOptions) -> None:
-        """A forced tool (emulated with `format`, see `_ollama_request`): what it needs and excludes."""
-        if not options.tools:
-            raise InvalidRequestError(f"tool_choice {choice!r} needs tools", provider=self.name)
-        if choice not in ("required", "any") and choice not in {tool.name for tool in options.tools}:
-            raise InvalidRequestError(
-                f"tool_choice {choice!r} is neither auto/none/required nor the name of a given tool",
-                provider=self.name,
-            )
-        if options.response_format is not None:
-            raise UnsupportedCapabilityError(
-                "tool_choice with response_format",
-                provider=self.name,
-                detail=f"Ollama forces a tool (tool_choice={choice!r}) through its schema-constrained `format`, "
-                "which response_format needs too; ask for one of them",
-            )
-        if not self._capabilities.structured_output:
-            raise UnsupportedCapabilityError(
-                "tool_choice",
-                provider=self.name,
-                detail=f"a forced tool (tool_choice={choice!r}) needs the model's schema-constrained `format`",
-            )
 
     # ----- chat (the request body: `_ollama_request.chat_payload`) ------------------------
 
@@ -288,7 +259,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
         try:
             parts = self._stream_parts(payload, meta, deadline)
             try:
-                async for chunk in self._chunks(parts, forced):
+                async for chunk in chat_chunks(parts, forced, self.name):
                     yield chunk
             finally:
                 await _aclose(parts)
@@ -321,7 +292,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             for part in parts:
                 yield part
 
-        return [chunk async for chunk in self._chunks(replay(), forced)]
+        return [chunk async for chunk in chat_chunks(replay(), forced, self.name)]
 
     async def _stream_parts(
         self, payload: dict[str, Any], meta: _ResponseMeta, deadline: float
@@ -348,82 +319,6 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
                     # line), so the connection returns to the pool.
                     await drain(body)
                 yield part
-
-    def _shape_error(self, what: str) -> BadResponseError:
-        return BadResponseError(f"the server sent a message of an unexpected shape ({what})", provider=self.name)
-
-    async def _chunks(
-        self, parts: AsyncIterator[dict[str, Any]], forced: list[ToolDefinition] | None = None
-    ) -> AsyncIterator[StreamChunk]:
-        """`/api/chat` message objects (plain dicts, checked as the SDK's model would) -> chunks.
-
-        Each complete call Ollama sends becomes one `ToolCallDeltaChunk` (its whole arguments as
-        JSON text) and its `ToolUseChunk`. With a `forced` tool the text is the call's JSON object
-        (constrained by `format`): held, not streamed as text, and parsed into the call at the end.
-        """
-        calls_seen = ToolCallAccumulator(provider=self.name)
-        index = 0
-        forced_text: list[str] = []
-        async for part in parts:
-            message = part.get("message")
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise self._shape_error("`message` is not a message object with a `role`")
-            thinking = message.get("thinking")
-            content = message.get("content")
-            if not isinstance(thinking, str | None) or not isinstance(content, str | None):
-                raise self._shape_error("`message.content` / `message.thinking` is not text")
-            if thinking:
-                yield ThinkingChunk(text=thinking)
-            if content and forced is not None:
-                forced_text.append(content)
-            elif content:
-                yield ContentChunk(text=content)
-            calls = message.get("tool_calls")
-            if not isinstance(calls, list | None):
-                raise self._shape_error("`message.tool_calls` is not a list")
-            for call in calls or ():
-                function = call.get("function") if isinstance(call, dict) else None
-                name = function.get("name") if isinstance(function, dict) else None
-                raw_arguments = function.get("arguments") if isinstance(function, dict) else None
-                if not isinstance(name, str) or not isinstance(raw_arguments, dict):
-                    raise self._shape_error("a tool call without a function name and an arguments object")
-                for chunk in [*calls_seen.add(index, None, name, raw_arguments), *calls_seen.finish(index)]:
-                    yield chunk
-                index += 1
-            done = part.get("done")
-            if not isinstance(done, bool | None):
-                raise self._shape_error("`done` is not a boolean")
-            if done:
-                prompt_tokens = part.get("prompt_eval_count")
-                output_tokens = part.get("eval_count")
-                reason = part.get("done_reason")
-                model = part.get("model")
-                if not all(
-                    isinstance(v, int | None) and not isinstance(v, bool) and (v or 0) >= 0
-                    for v in (prompt_tokens, output_tokens)
-                ):
-                    raise self._shape_error("a token count is not a non-negative integer")
-                if not isinstance(reason, str | None) or not isinstance(model, str | None):
-                    raise self._shape_error("`done_reason` / `model` is not text")
-                # No billing cache: `prompt_eval_count` is all input (`Usage`: uncached input).
-                if forced is not None and index == 0:
-                    name, arguments = parse_forced_call("".join(forced_text), forced, reason, provider=self.name)
-                    for chunk in [*calls_seen.add(index, None, name, arguments), *calls_seen.finish(index)]:
-                        yield chunk
-                    index += 1
-                elif forced_text:  # the server sent its own tool calls after all: the text is just text
-                    yield ContentChunk(text="".join(forced_text))
-                yield UsageChunk(usage=Usage(input_tokens=prompt_tokens or 0, output_tokens=output_tokens or 0))
-                yield EndChunk(finish_reason=self._finish_reason(reason, index > 0), model=model or "")
-                return
-        raise BadResponseError("the stream ended before Ollama sent its final (done) message", provider=self.name)
-
-    @staticmethod
-    def _finish_reason(reason: str | None, has_tool_calls: bool) -> FinishReason:
-        finish = map_finish_reason(reason or "stop")
-        if has_tool_calls and finish == "stop":
-            return "tool_use"
-        return finish
 
     # ----- embeddings ---------------------------------------------------------------------
 

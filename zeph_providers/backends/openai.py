@@ -39,31 +39,31 @@ refused (one reply per call; make concurrent calls). See `_openai_request` for t
 
 Layout: model families and capabilities, then the request (its pure conversion in
 `_openai_request`; the provider adds the checks that need its config), the stream and the chunk
-translator, embeddings, and errors.
+translator, embeddings, model metadata, and errors. The reply's plain-JSON pieces (usage,
+logprobs, a `chat.completion` body -> one chunk, embedding vectors) live in `_openai_reply`; the
+stream's state and its SSE body -> parsed `data:` payloads in `_openai_stream`.
 """
 
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from zeph_providers.backends._convert import iter_sse, map_finish_reason
+from zeph_providers.backends._convert import map_finish_reason
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import llamacpp_count, openai_models
-from zeph_providers.backends._openai_reply import extra_text, logprobs, usage
+from zeph_providers.backends._openai_reply import completion_chunk, embedding_vectors, extra_text, logprobs, usage
 from zeph_providers.backends._openai_request import TOOL_CHOICES, build_request, check_options
 from zeph_providers.backends._openai_request import convert_messages as convert_messages  # re-exported
 from zeph_providers.backends._openai_request import convert_response_format as convert_response_format
+from zeph_providers.backends._openai_stream import StreamState, sse_payloads
 from zeph_providers.backends._remote import RemoteProvider, httpx2_client
-from zeph_providers.backends._tools import ToolCallAccumulator
-from zeph_providers.backends._wire import drain, loads
+from zeph_providers.backends._wire import loads
 from zeph_providers.config import CompatibleConfig, OpenAIConfig
 from zeph_providers.errors import (
     BadResponseError,
@@ -147,31 +147,7 @@ def openai_capabilities(config: OpenAIConfig) -> Capabilities:
     )
 
 
-# ----- request: the conversion lives in `_openai_request` (pure functions, re-exported here) ----
-
-
-# ----- stream assembly --------------------------------------------------------------------
-
-
-@dataclass
-class _StreamState:
-    provider: str
-    model: str = ""
-    finish: str | None = None
-    usage: Usage | None = None
-    calls: ToolCallAccumulator = field(init=False)
-    events: int = 0
-    refused: bool = False
-    """A `refusal` arrived: the reply finishes with "refusal"."""
-    done: bool = False
-    """`data: [DONE]` arrived: the stream is complete even without a finish_reason."""
-
-    def __post_init__(self) -> None:
-        self.calls = ToolCallAccumulator(provider=self.provider, id_seed=("",))
-
-    @property
-    def response_id(self) -> str:
-        return str(self.calls.id_seed[0])
+# ----- errors: the body's code (the request's conversion lives in `_openai_request`) ------
 
 
 def _error_code(exc: openai.APIError) -> str:
@@ -278,12 +254,12 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             for item in await self._complete(params, deadline):
                 yield item
             return
-        state = _StreamState(self.name, model=self.model)
+        state = StreamState(self.name, model=self.model)
         request = self._client.chat.completions.with_streaming_response.create(
             **params, stream=True, timeout=self._timeout(deadline)
         )
         async with request as raw:  # HTTP error statuses raise APIStatusError here, as before
-            async for data in self._events(raw.http_response, state):
+            async for data in sse_payloads(raw.http_response, state, self.name):
                 try:
                     out = self._on_chunk(data, state)
                 except LlmError:
@@ -308,42 +284,10 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         for item in self._end(state):
             yield item
 
-    def _end(self, state: _StreamState) -> list[StreamChunk]:
+    def _end(self, state: StreamState) -> list[StreamChunk]:
         out = self._complete_calls(state)  # calls a server finished without emitting at the finish chunk
         finish: FinishReason = "refusal" if state.refused else map_finish_reason(state.finish)
         return [*out, UsageChunk(usage=state.usage or Usage()), EndChunk(finish_reason=finish, model=state.model)]
-
-    async def _events(self, response: httpx2.Response, state: _StreamState) -> AsyncIterator[Any]:
-        """The raw SSE body -> each `data:` payload parsed with `json` (no SDK model per chunk).
-
-        Mirrors the SDK's stream: `[DONE]` ends it (the rest is drained, bounded, so the connection
-        can be reused), an `error` object in the data (or an `event: error`) is typed by its
-        status / type, transport timeouts / failures raise `APITimeoutError` / `APIConnectionError`.
-        """
-        body = response.aiter_bytes()
-        events = iter_sse(body)
-        try:
-            async for event, data in events:
-                if data.startswith("[DONE]"):
-                    state.done = True
-                    break
-                if not data and event is None:
-                    continue  # an empty event (a lone `id:` / `retry:`): nothing to parse
-                value = loads(data, provider=self.name, what="stream chunk")
-                if isinstance(value, dict) and value.get("error"):
-                    raise openai.APIError("error in the stream", request=response.request, body=value["error"])
-                if event == "error":
-                    raise openai.APIError("error in the stream", request=response.request, body=value)
-                yield value
-            else:
-                return
-        except httpx2.TimeoutException as exc:
-            raise openai.APITimeoutError(request=response.request) from exc
-        except (httpx2.RequestError, ssl.SSLError) as exc:
-            raise openai.APIConnectionError(request=response.request) from exc
-        finally:
-            await events.aclose()
-        await drain(body)
 
     # ----- one non-streamed request: replayed as one chunk ------------------------------
 
@@ -351,46 +295,8 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         """`chat()`'s request: one `chat.completion` body, replayed through the chunk translator."""
         params = {key: value for key, value in params.items() if key != "stream_options"}  # stream-only
         raw = await self._client.chat.completions.with_raw_response.create(**params, timeout=self._timeout(deadline))
-        body = loads(raw.http_response.content, provider=self.name)
-        if not isinstance(body, dict):
-            raise BadResponseError("malformed response (the body is not a JSON object)", provider=self.name)
-        if body.get("error") and not body.get("choices"):  # an error object in a 200 body
-            raise error_event(body["error"], provider=self.name, where="in the response body")
-        choices = body.get("choices")
-        if not isinstance(choices, list):
-            raise BadResponseError(
-                "the response has no `choices` (is this an OpenAI-compatible chat endpoint?)", provider=self.name
-            )
-        choice = next((c for c in choices if isinstance(c, dict) and (c.get("index") or 0) == 0), None)
-        if choice is None:
-            raise BadResponseError("the response has no choice", provider=self.name)
-        message = choice.get("message") or {}
-        if not isinstance(message, dict):
-            raise BadResponseError("malformed response (`message` is not an object)", provider=self.name)
-        delta = dict(message)
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):  # a whole body: a call's position is its index
-            delta["tool_calls"] = [
-                {**call, "index": call.get("index") if isinstance(call.get("index"), int) else position}
-                if isinstance(call, dict)
-                else call
-                for position, call in enumerate(calls)
-            ]
-        chunk = {
-            "id": body.get("id"),
-            "model": body.get("model"),
-            "usage": body.get("usage"),
-            # A complete body without a finish reason is taken as "stop": it is whole by definition.
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": choice.get("logprobs"),
-                    "finish_reason": choice.get("finish_reason") or "stop",
-                }
-            ],
-        }
-        state = _StreamState(self.name, model=self.model)
+        chunk = completion_chunk(loads(raw.http_response.content, provider=self.name), self.name)
+        state = StreamState(self.name, model=self.model)
         try:
             out = self._on_chunk(chunk, state)
         except LlmError:
@@ -401,7 +307,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
 
     # ----- the chunk translator ---------------------------------------------------------
 
-    def _on_chunk(self, chunk: Any, state: _StreamState) -> list[StreamChunk]:
+    def _on_chunk(self, chunk: Any, state: StreamState) -> list[StreamChunk]:
         """One parsed `chat.completion.chunk` (a plain dict) -> our chunks."""
         if not isinstance(chunk, dict):
             raise BadResponseError("malformed stream chunk (not a JSON object)", provider=self.name)
@@ -448,7 +354,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
         return out
 
     @staticmethod
-    def _complete_calls(state: _StreamState) -> list[StreamChunk]:
+    def _complete_calls(state: StreamState) -> list[StreamChunk]:
         return list(state.calls.finish())  # each call's closing delta (when due) and its ToolUseChunk
 
     # ----- structured output ------------------------------------------------------------
@@ -477,25 +383,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             )
         except ValueError as exc:  # the SDK's own post-parsing ("No embedding data received")
             raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
-        if not isinstance(response.data, list):
-            # Checked first: sorting a hostile string `data` would build a list of every character.
-            raise BadResponseError("malformed embeddings response (`data` is not a list)", provider=self.name)
-        try:
-            items = sorted(response.data, key=lambda item: int(item.index))
-            vectors = [[float(v) for v in item.embedding] for item in items]
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
-        if len(vectors) != len(texts):
-            raise BadResponseError(
-                f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
-            )
-        if dimensions is not None and any(len(vector) != dimensions for vector in vectors):
-            raise BadResponseError(
-                f"asked for {dimensions}-dimension embeddings, the server returned "
-                f"{len(next(v for v in vectors if len(v) != dimensions))} (does the model take `dimensions`?)",
-                provider=self.name,
-            )
-        return vectors
+        return embedding_vectors(response.data, len(texts), dimensions, self.name)
 
     # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
 

@@ -34,9 +34,9 @@ strategy = "fallback"                      # fallback | round_robin | latency
 - `resp.provider` (and `stream.response.provider`) names the member that answered.
 - The registry owns the members: `aclose()` on the router closes nothing but itself.
 
-Layout: this module is the router class (members, order, breakers, the chat and embedding
-loops); what needs no router instance (member statistics, error verdicts, the relay of a
-member's chunks, the final error, the cycle guard) is in `_routing`.
+Layout: this module is the router class (members, breakers, the chat and embedding loops);
+what needs no router instance (member statistics, building, ordering and status, error
+verdicts, the relay of a member's chunks, the final error, the cycle guard) is in `_routing`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.backends._routing import Answer as _Answer
 from zeph_providers.backends._routing import MemberStats as _MemberStats
-from zeph_providers.backends._routing import Verdict, check_cycles, exhausted, relay, scores, verdict_for
+from zeph_providers.backends._routing import (
+    Verdict,
+    build_members,
+    check_cycles,
+    exhausted,
+    member_status,
+    order,
+    relay,
+    unexpected,
+    verdict_for,
+)
 from zeph_providers.backends._routing import close_quietly as _close
 from zeph_providers.backends._routing import log_attempts as _log_attempts
 from zeph_providers.backends._routing import needs as _needs
@@ -64,7 +74,6 @@ from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
     ConfigError,
-    InferenceError,
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -168,18 +177,9 @@ class RouterProvider(BaseProvider):
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per member: breaker state, failure streak, totals, EMA latency and success (JSON-ready)."""
-        report: dict[str, dict[str, Any]] = {}
         with self._lock:
             stats = {name: (s.ema_latency, s.ema_success, s.attempts) for name, s in self._stats.items()}
-        for name in self._member_names:
-            entry = self._breakers[name].snapshot()
-            latency, success, attempts = stats[name]
-            entry["ema_latency_ms"] = None if latency is None else round(latency * 1000.0, 3)
-            entry["ema_success"] = round(success, 4)
-            entry["attempts"] = attempts
-            entry["built"] = name in self._members
-            report[name] = entry
-        return report
+        return member_status(self._breakers, stats, self._members)
 
     def reset(self) -> None:
         """Close every breaker and forget the learned latencies."""
@@ -219,25 +219,7 @@ class RouterProvider(BaseProvider):
 
     def _resolve_members(self) -> list[LlmError]:
         """Build the members not built yet (through the registry); returns the build errors."""
-        errors: list[LlmError] = []
-        changed = False
-        for name in self._member_names:
-            if name in self._members:
-                continue
-            try:
-                member = self._resolve(name)
-            except LlmError as exc:
-                if not exc.provider:
-                    exc.provider = name
-                errors.append(exc)
-                continue
-            except Exception as exc:  # a custom resolver; the registry already wraps its errors
-                error = ConfigError(f"could not build the member: {type(exc).__name__}: {exc}", provider=name)
-                error.__cause__ = exc
-                errors.append(error)
-                continue
-            self._members[name] = member
-            changed = True
+        changed, errors = build_members(self._member_names, self._members, self._resolve)
         if changed:
             union = _union(member.capabilities for member in self._members.values())
             with self._lock:
@@ -245,26 +227,10 @@ class RouterProvider(BaseProvider):
         return errors
 
     def _order(self) -> list[str]:
-        """The members in the order this request tries them, per the strategy."""
+        """The members in the order this request tries them, per the strategy (`_routing.order`)."""
         with self._lock:
             self._sequence += 1
-            sequence = self._sequence
-            names = list(self._member_names)
-            if self.strategy == "round_robin":
-                start = (sequence - 1) % len(names)
-                names = names[start:] + names[:start]
-            elif self.strategy == "latency":
-                scores = self._scores()
-                names.sort(key=lambda n: scores[n])  # stable: ties keep the configured order
-                if self.explore_every and len(names) > 1 and sequence % self.explore_every == 0:
-                    stalest = min(names[1:], key=lambda n: self._stats[n].last_used)
-                    names.remove(stalest)
-                    names.insert(0, stalest)
-            return names
-
-    def _scores(self) -> dict[str, float]:
-        """Expected cost per member (lock held); see `_routing.scores`."""
-        return scores(self._stats)
+            return order(self._member_names, self.strategy, self._sequence, self._stats, self.explore_every)
 
     def _note(self, name: str, *, ok: bool | None, latency: float | None = None) -> None:
         """Fold one attempt into the member's EMAs (ok=None: no verdict on its health)."""
@@ -358,8 +324,7 @@ class RouterProvider(BaseProvider):
                     raise
                 continue
             except Exception as exc:  # a plugin member that breaks the protocol
-                error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
-                error.__cause__ = exc
+                error = unexpected(exc, name)
                 _log_attempts(log_, None, clock, error)
                 errors.append(error)
                 self._settle(name, admission, error)
@@ -417,22 +382,17 @@ class RouterProvider(BaseProvider):
             member = self._members.get(name)
             if member is None or not accept(name, member):
                 continue  # a member that failed to build already has its error in `errors`
-            admission = self._admit(name, errors)
-            if admission is None:
+            admission = self._breakers[name].acquire()
+            if admission is None:  # circuit open: its error says when the next probe is due
+                retry_in = self._breakers[name].retry_in()
+                errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
+                log.debug("router %r: skipping %r (circuit open)", self.name, name)
                 continue
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
                 self._breakers[name].release(admission)
                 return
             yield name, member, admission, remaining
-
-    def _admit(self, name: str, errors: list[LlmError]) -> Admission | None:
-        admission = self._breakers[name].acquire()
-        if admission is None:
-            retry_in = self._breakers[name].retry_in()
-            errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
-            log.debug("router %r: skipping %r (circuit open)", self.name, name)
-        return admission
 
     # ----- embeddings ---------------------------------------------------------------
 
@@ -485,9 +445,9 @@ class RouterProvider(BaseProvider):
                 if isinstance(exc, TimeoutError):
                     where = "the router's deadline" if limit is remaining else f"the member's {own:g}s timeout"
                     error = ProviderTimeoutError(f"no embedding within {where}", provider=name)
+                    error.__cause__ = exc
                 else:
-                    error = InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=name)
-                error.__cause__ = exc
+                    error = unexpected(exc, name)
                 errors.append(error)
                 self._settle(name, admission, error)
                 continue

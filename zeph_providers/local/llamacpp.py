@@ -25,6 +25,10 @@ Requests with a `response_format` schema or tools are rendered by `tooling.prepa
 GGUF's own Jinja template, read at load, or the explicit one) and decoded under llama.cpp's
 grammar on the completion endpoint: see `llamacpp_constrained` for those decisions.
 
+Layout: the engine class (load, requests, batching, errors, lifetime) is here; the per-request
+chunk callback (`Stream`: text, steps, triggers, cancellation) and what one batch shares with its
+helper threads (`Rows`) are in `_llamacpp_stream`.
+
 `xllamacpp` is imported only when a model loads; `import zeph_providers` never imports it.
 """
 
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.errors import ConfigError, ContextLengthError, InferenceError, InvalidRequestError, LlmError
+from zeph_providers.local._llamacpp_stream import Rows, Stream
 from zeph_providers.local.engine import _INSTALL_HINT, GenerationResult, run_one_by_one
 from zeph_providers.local.llamacpp_constrained import (
     Phase,
@@ -104,111 +109,6 @@ class LoadedGguf:
     n_ctx: int = DEFAULT_N_CTX
 
 
-class _Rows:
-    """What one `run_batch` shares with its helper threads: the abort flag and the rows now generating."""
-
-    def __init__(self, engine: LlamaCppEngine, on_step: Callable[[int], None] | None) -> None:
-        self.engine = engine
-        self.on_step = on_step
-        self.abort = threading.Event()
-        """Set when the batch dies: every row stops within one token."""
-        self._lock = threading.Lock()
-        self._generating: dict[_Stream, None] = {}
-        """Rows that produced a token and have not returned yet, in the order they started."""
-
-    def token(self, row: _Stream) -> None:
-        """A row produced a token (called on its helper thread, before its sink's `on_step`)."""
-        with self._lock:
-            if row not in self._generating:
-                self._generating[row] = None
-                self.engine.peak_rows = max(self.engine.peak_rows, len(self._generating))
-            # llama.cpp decodes every generating slot once per step: the oldest row's tokens count the steps.
-            if self.on_step is not None and next(iter(self._generating)) is row:
-                self.on_step(len(self._generating))
-
-    def leave(self, row: _Stream) -> None:
-        with self._lock:
-            self._generating.pop(row, None)
-
-
-class _Stream:
-    """Receives llama.cpp's streamed chunks on the calling thread; its return value aborts the request."""
-
-    def __init__(self, sink: TokenSink, chat: bool, rows: _Rows | None = None, watch: str | None = None) -> None:
-        self.sink = sink
-        self.chat = chat
-        self.rows = rows
-        self.watch = watch
-        """A trigger: the request stops as soon as the streamed text contains it (text past it is cut)."""
-        self.triggered = False
-        self.text = ""
-        self.steps = 0
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.timings: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
-        self.raised: BaseException | None = None
-        self.cancelled = False
-
-    def __call__(self, data: Any) -> bool:
-        # xllamacpp swallows exceptions raised here (and a BaseException would be lost): keep it
-        # and stop the request; `run` re-raises it on the worker thread.
-        try:
-            return self._handle(data)
-        except BaseException as exc:
-            self.raised = exc
-            return True
-
-    def _handle(self, data: Any) -> bool:
-        if not isinstance(data, dict):
-            self.error = {"message": f"unexpected reply from llama.cpp: {data!r:.200}"}
-            return True
-        if "error" in data or ("code" in data and "message" in data and "choices" not in data):
-            error = data.get("error", data)
-            self.error = error if isinstance(error, dict) else {"message": str(error)}
-            return True
-        for choice in data.get("choices") or ():
-            if self.chat:
-                delta = choice.get("delta") or {}
-                text = (delta.get("reasoning_content") or "") + (delta.get("content") or "")
-            else:
-                text = choice.get("text") or ""
-            if text and self.watch is not None and not self.triggered:
-                text = self._until_trigger(text, self.watch)
-            elif self.triggered:
-                text = ""
-            if text and not self.cancelled:
-                self.text += text
-                self.sink.on_text(text)
-            if choice.get("finish_reason"):
-                self.finish = str(choice["finish_reason"])
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            self.usage = usage
-        timings = data.get("timings")
-        if isinstance(timings, dict):  # sent with every chunk (timings_per_token)
-            self.timings = timings
-            predicted = int(timings.get("predicted_n") or 0)
-            while self.steps < predicted:  # one step per generated token, even if its text is held back
-                self.steps += 1
-                if self.rows is not None:
-                    self.rows.token(self)
-                self.sink.on_step()
-        if self.sink.is_cancelled() or (self.rows is not None and self.rows.abort.is_set()):
-            self.cancelled = True
-            return True
-        return self.triggered
-
-    def _until_trigger(self, text: str, trigger: str) -> str:
-        """`text`, cut right after `trigger` if the streamed text now contains it (then stop)."""
-        start = max(0, len(self.text) - len(trigger) + 1)
-        found = (self.text + text).find(trigger, start)
-        if found < 0:
-            return text
-        self.triggered = True
-        return text[: found + len(trigger) - len(self.text)]
-
-
 class LlamaCppEngine:
     """A GGUF model inside llama.cpp's server core: `run` serves one request, `run_batch` several at once."""
 
@@ -242,7 +142,7 @@ class LlamaCppEngine:
         self._pool: futures.ThreadPoolExecutor | None = None
         if self.max_batch_size > 1:  # one helper thread per slot, each blocked in one request
             self._pool = futures.ThreadPoolExecutor(self.max_batch_size, thread_name_prefix="zeph-llamacpp-row")
-        self._batches: set[_Rows] = set()
+        self._batches: set[Rows] = set()
         self._batches_lock = threading.Lock()
         self.http_key: str | None = None
         """The key guarding the server's private Unix socket (`count_tokens` talks to it)."""
@@ -381,7 +281,7 @@ class LlamaCppEngine:
         if pool is None or self.max_batch_size <= 1:  # one slot: one job after another
             run_one_by_one(self, jobs, finish)
             return
-        rows = _Rows(self, on_step)
+        rows = Rows(self, on_step)
         with self._batches_lock:
             self._batches.add(rows)
         running: dict[futures.Future[GenerationResult], Any] = {}
@@ -421,7 +321,7 @@ class LlamaCppEngine:
                 self._batches.discard(rows)
 
     def _generate(
-        self, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
+        self, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: Rows | None
     ) -> GenerationResult:
         """One request through llama.cpp (blocking), on the worker thread or a `run_batch` helper."""
         server = self.server
@@ -444,7 +344,7 @@ class LlamaCppEngine:
         return self.own_template
 
     def _generate_prepared(
-        self, server: Any, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: _Rows | None
+        self, server: Any, messages: list[Message], params: GenerationParams, sink: TokenSink, rows: Rows | None
     ) -> GenerationResult:
         """A request rendered by `tooling.prepare()`, through the completion endpoint under llama.cpp's grammar."""
         template = self.rendering_template()
@@ -460,10 +360,10 @@ class LlamaCppEngine:
         return run_phases(prepared, params, base, call, cancelled=cancelled, provider=self.provider)
 
     def _call(
-        self, server: Any, chat: bool, body: dict[str, Any], sink: TokenSink, rows: _Rows | None, watch: str | None
+        self, server: Any, chat: bool, body: dict[str, Any], sink: TokenSink, rows: Rows | None, watch: str | None
     ) -> Phase:
         """One blocking llama.cpp request; errors raised typed."""
-        stream = _Stream(sink, chat, rows, watch)
+        stream = Stream(sink, chat, rows, watch)
         try:
             if chat:
                 server.handle_chat_completions(body, stream)
