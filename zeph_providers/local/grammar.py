@@ -61,8 +61,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zeph_providers.errors import InferenceError, InvalidRequestError
-from zeph_providers.local.engine import Constraint
-from zeph_providers.local.tooling import JSON_LAYOUT, closed_objects
+from zeph_providers.local.engine import JSON_LAYOUT, Constraint, closed_objects
 
 __all__ = ["GrammarCompiler", "Guide", "RowMatcher", "strict_schema"]
 

@@ -49,7 +49,14 @@ from zeph_providers.backends._convert import stable_tool_call_id
 from zeph_providers.backends._tools import parse_arguments
 from zeph_providers.backends._wire import loads
 from zeph_providers.errors import BadResponseError, InvalidRequestError, UnsupportedCapabilityError
-from zeph_providers.local.engine import Constraint, GenerationParams, Prepared
+from zeph_providers.local.engine import (
+    JSON_LAYOUT,
+    Constraint,
+    GenerationParams,
+    Prepared,
+    closed_objects,
+    decoding_schema,
+)
 from zeph_providers.local.toolsyntax import ToolSyntax
 from zeph_providers.types import ContentChunk, StreamChunk, ToolCall, ToolCallDeltaChunk, ToolDefinition, ToolUseChunk
 
@@ -100,56 +107,6 @@ def check_request(params: GenerationParams, *, provider: str | None = None, temp
             provider=provider,
             detail='the "raw" chat template has no roles to put tool calls and results in; use the model\'s own',
         )
-
-
-_OPEN_KEYS = ("additionalProperties", "unevaluatedProperties", "patternProperties")
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
-
-
-def closed_objects(schema: Any) -> Any:
-    """`schema` with every object that lists `properties` and says nothing about extra keys closed
-    (`additionalProperties: false`), for decoding only.
-
-    Why: JSON Schema (and a pydantic model without `extra="forbid"`) leaves such objects open, and a
-    grammar for an open object lets a small model keep inventing keys until `max_tokens` (seen on
-    SmolLM2: 1 seed in 10 never finished). Every reply a closed grammar allows is still valid
-    against the caller's own schema, which is what the reply is validated against. Objects that
-    choose (`additionalProperties` / `patternProperties` given) or list no properties are kept.
-    """
-    if isinstance(schema, list):
-        return [closed_objects(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
-        elif key in _SUBSCHEMA_LISTS or key in ("items", "not", "if", "then", "else") or key in _OPEN_KEYS:
-            out[key] = closed_objects(value)
-        else:
-            out[key] = value
-    if isinstance(schema.get("properties"), dict) and not any(key in schema for key in _OPEN_KEYS):
-        out["additionalProperties"] = False
-    return out
-
-
-JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-"""llguidance's JSON layout options for constrained values: compact, no free whitespace (a model
-cannot pad a value with endless whitespace, and fewer tokens are spent)."""
-
-
-def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema a constraint decodes under: objects closed (`closed_objects`) and one fixed JSON
-    layout (`x-guidance`, read by llguidance, the grammar engine of both local engines).
-
-    Why the layout: with free whitespace a model may spend tokens on spaces and newlines, and tiny
-    differences in logits (a cached prompt against a fresh one) flip between equivalent layouts. A
-    schema that sets its own `x-guidance` keeps it."""
-    closed: dict[str, Any] = closed_objects(schema)
-    if "x-guidance" not in closed:
-        closed = {"x-guidance": dict(JSON_LAYOUT), **closed}
-    return closed
 
 
 def prepare(template: ChatTemplate, messages: Sequence[Message], params: GenerationParams) -> Prepared:
