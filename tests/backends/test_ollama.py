@@ -744,3 +744,16 @@ async def test_server_shapes_parse_with_the_official_sdk(server: OllamaServer) -
         assert streamed.headers["content-type"] == "application/x-ndjson"
         assert streamed.headers["transfer-encoding"] == "chunked"
     await client._client.aclose()
+
+
+async def test_embedding_usage_is_reported_for_pricing(server: OllamaServer) -> None:
+    from zeph_providers.pricing import CostTracker
+
+    p = make(server.url, embedding_model="nomic-embed-text")
+    tracker = CostTracker()
+    p.hooks.add(tracker)
+    await p.embed_batch(["alpha beta", "gamma"])
+    await p.aclose()
+    totals = tracker.totals()[p.name]
+    assert totals.input_tokens == 3  # the server's prompt_eval_count
+    assert totals.cost_usd == 0.0 and totals.unpriced_calls == 1  # Ollama: no price without `pricing`

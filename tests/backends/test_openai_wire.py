@@ -802,3 +802,16 @@ def test_import_zeph_providers_does_not_import_openai() -> None:
     code = "import sys, zeph_providers; print('openai' in sys.modules, 'httpx2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "False"
+
+
+async def test_embedding_usage_is_reported_and_priced() -> None:
+    from zeph_providers.pricing import CostTracker
+
+    requests: list[dict[str, Any]] = []
+    async with make_provider(embedding_server(requests), embedding_model="text-embedding-3-small") as provider:
+        tracker = CostTracker()
+        provider.hooks.add(tracker)
+        await provider.embed_batch(["a", "bb", "ccc"])
+    totals = tracker.totals()[provider.name]
+    assert totals.input_tokens == 3  # the reply's usage.prompt_tokens
+    assert totals.cost_usd == pytest.approx(3 * 0.02 / 1e6)  # genai-prices: text-embedding-3-small

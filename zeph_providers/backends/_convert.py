@@ -18,10 +18,12 @@ from zeph_providers.types import (
     ImagePart,
     ToolDefinition,
     ToolResultPart,
+    Usage,
 )
 
 __all__ = [
     "function_tools",
+    "report_embedding_usage",
     "get_field",
     "iter_sse",
     "image_data_url",
@@ -233,3 +235,13 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncGenerator[tuple[str | N
                 has_retry = value.isdigit()
     if pending:
         b"".join(pending).decode("utf-8")  # a final unterminated line is decoded (and dropped)
+
+
+def report_embedding_usage(prompt_tokens: Any, *, provider: str) -> None:
+    """An embeddings reply's input token count, for the call's cost (`hooks.report_usage`); a server
+    that sends none (or garbage) is simply not priced."""
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 0:
+        return
+    from zeph_providers.hooks import report_usage
+
+    report_usage(Usage(input_tokens=prompt_tokens))

@@ -45,6 +45,7 @@ import httpx
 import ollama
 from pydantic import ValidationError
 
+from zeph_providers.backends._convert import report_embedding_usage
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import ollama_context_length, ollama_models
 from zeph_providers.backends._ollama_reply import chat_chunks
@@ -332,6 +333,7 @@ class OllamaProvider(RemoteProvider[OllamaConfig]):
             raise BadResponseError(
                 f"asked for {len(texts)} embeddings, the server returned {len(vectors)}", provider=self.name
             )
+        report_embedding_usage(getattr(result, "prompt_eval_count", None), provider=self.name)
         return vectors
 
     # ----- errors -------------------------------------------------------------------------

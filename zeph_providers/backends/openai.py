@@ -54,7 +54,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from zeph_providers.backends._convert import map_finish_reason
+from zeph_providers.backends._convert import map_finish_reason, report_embedding_usage
 from zeph_providers.backends._errors import error_event, status_error
 from zeph_providers.backends._models import llamacpp_count, openai_models
 from zeph_providers.backends._openai_reply import completion_chunk, embedding_vectors, extra_text, logprobs, usage
@@ -383,7 +383,10 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             )
         except ValueError as exc:  # the SDK's own post-parsing ("No embedding data received")
             raise BadResponseError(f"malformed embeddings response ({exc})", provider=self.name) from exc
-        return embedding_vectors(response.data, len(texts), dimensions, self.name)
+        vectors = embedding_vectors(response.data, len(texts), dimensions, self.name)
+        usage = getattr(response, "usage", None)
+        report_embedding_usage(getattr(usage, "prompt_tokens", None), provider=self.name)
+        return vectors
 
     # ----- model metadata (wire shapes in `_models`; see `zeph_providers.models_info`) ----
 
