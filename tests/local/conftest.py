@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from zeph_providers import Registry
 from zeph_providers.config import CandleConfig
+from zeph_providers.local.loader import load_causal_lm
 from zeph_providers.local.provider import LocalProvider
 
 CHATML_TEMPLATE = (
@@ -127,3 +129,23 @@ async def tiny(make_provider: ProviderFactory) -> LocalProvider:
 def _quiet_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Path]:
+    """A per-session ZEPH_PROVIDERS_CACHE, filled by converting the GGUF once (~20-30 s)."""
+    root = tmp_path_factory.mktemp("zeph-cache")
+    previous = os.environ.get("ZEPH_PROVIDERS_CACHE")
+    os.environ["ZEPH_PROVIDERS_CACHE"] = str(root)
+    try:
+        registry = Registry.from_default()
+        config = registry.config.provider("local")
+        loaded = load_causal_lm(config)  # type: ignore[arg-type]
+        assert loaded.converted and not loaded.from_cache
+        del loaded
+        yield root
+    finally:
+        if previous is None:
+            os.environ.pop("ZEPH_PROVIDERS_CACHE", None)
+        else:
+            os.environ["ZEPH_PROVIDERS_CACHE"] = previous

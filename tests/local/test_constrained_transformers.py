@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from tests.local.conftest import ProviderFactory, tiny_config
 from tests.local.test_batching import _together
-from tests.local.test_smollm2 import smollm2_cache  # noqa: F401 - the converted-GGUF fixture (slow tier)
 from zeph_providers.errors import BadResponseError, InvalidRequestError
 from zeph_providers.local.engine import Constraint, GenerationParams, GenerationResult, Prepared
 from zeph_providers.local.provider import LocalProvider

@@ -11,8 +11,7 @@ deltas, stream/chat parity), never on wording.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tests.conformance.scenarios import check_tool_deltas
 from tests.local.test_llamacpp_engine import gguf_config
-from zeph_providers import Message, ToolDefinition
+from zeph_providers import Message, Registry, ToolDefinition
 from zeph_providers.local.provider import LocalProvider
 from zeph_providers.types import StreamChunk
 
@@ -51,16 +50,18 @@ ARGS = {"get_weather": WeatherArgs, "get_time": TimeArgs}
 ASK = [Message.user("What will the weather be in Paris for the next three days?")]
 
 
-@pytest.fixture(scope="module")
-def engines(smollm2_gguf: Path) -> Iterator[dict[str, Any]]:
-    """One provider per engine for the module (llama.cpp loads in about a second)."""
-    built: dict[str, Any] = {"llama.cpp": lambda: LocalProvider(gguf_config(smollm2_gguf, name="tools-llama"))}
-    yield built
+def _provider(engine: str, request: pytest.FixtureRequest) -> LocalProvider:
+    if engine == "llama.cpp":
+        return LocalProvider(gguf_config(request.getfixturevalue("smollm2_gguf"), name="tools-llama"))
+    request.getfixturevalue("smollm2_cache")  # the GGUF converted once per session for transformers
+    config = Registry.from_default().config.provider("local")
+    return LocalProvider(config.model_copy(update={"engine": "transformers", "name": "tools-transformers"}))  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["llama.cpp"])
-async def local(request: pytest.FixtureRequest, engines: dict[str, Any]) -> AsyncIterator[LocalProvider]:
-    provider: LocalProvider = engines[request.param]()
+@pytest.fixture(params=["llama.cpp", "transformers"])
+async def local(request: pytest.FixtureRequest) -> AsyncIterator[LocalProvider]:
+    provider = _provider(request.param, request)
+    assert provider.engine_name == request.param
     assert provider.capabilities.tools and provider.capabilities.structured_output
     yield provider
     await provider.aclose()

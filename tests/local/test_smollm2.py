@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,26 +15,6 @@ from zeph_providers.local.provider import LocalProvider
 from zeph_providers.types import ContentChunk, EndChunk, Message, UsageChunk
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Path]:
-    """A per-session ZEPH_PROVIDERS_CACHE, filled by converting the GGUF once (~20-30 s)."""
-    root = tmp_path_factory.mktemp("zeph-cache")
-    previous = os.environ.get("ZEPH_PROVIDERS_CACHE")
-    os.environ["ZEPH_PROVIDERS_CACHE"] = str(root)
-    try:
-        registry = Registry.from_default()
-        config = registry.config.provider("local")
-        loaded = load_causal_lm(config)  # type: ignore[arg-type]
-        assert loaded.converted and not loaded.from_cache
-        del loaded
-        yield root
-    finally:
-        if previous is None:
-            os.environ.pop("ZEPH_PROVIDERS_CACHE", None)
-        else:
-            os.environ["ZEPH_PROVIDERS_CACHE"] = previous
 
 
 @pytest.fixture
