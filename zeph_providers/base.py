@@ -413,7 +413,8 @@ class BaseProvider:
         if options.tools and response.tool_calls and not response.text.strip():
             return response  # the model called one of the caller's tools instead of answering
         raw = self.structured_payload(response, options)
-        response.parsed = parse_structured(raw, options, provider=self._name)
+        cut = response.finish_reason == "length"
+        response.parsed = parse_structured(raw, options, provider=self._name, cut=cut)
         return response
 
     # ----- shared machinery -----------------------------------------------------------

@@ -139,10 +139,11 @@ def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_structured(payload: Any, options: ChatOptions, *, provider: str) -> Any:
+def parse_structured(payload: Any, options: ChatOptions, *, provider: str, cut: bool = False) -> Any:
     """The structured value of a reply's payload (text is JSON-decoded), validated by a pydantic class.
 
-    Raises `StructuredOutputError` with the decoder's or validator's message.
+    Raises `StructuredOutputError` with the decoder's or validator's message; `cut` (the reply ended
+    at `max_tokens`) says so, since then the fix is a larger limit, not a better prompt.
     """
     fmt = options.response_format
     raw = payload if isinstance(payload, str) else _dumps(payload)
@@ -151,8 +152,10 @@ def parse_structured(payload: Any, options: ChatOptions, *, provider: str) -> An
         parsed = fmt.model_validate(data) if isinstance(fmt, type) else data
     except Exception as exc:
         detail = _clip(f"{type(exc).__name__}: {exc}")
+        why = "the reply was cut at max_tokens before it matched" if cut else "the reply does not match"
+        hint = " (raise max_tokens)" if cut else ""
         error = StructuredOutputError(
-            f"the reply does not match the requested response_format: {detail}",
+            f"{why} the requested response_format{hint}: {detail}",
             provider=provider,
             validation_error=detail,
             raw=_clip(raw, 10_000),

@@ -351,3 +351,17 @@ def test_prompted_messages_extend_the_system_prompt_or_add_one() -> None:
     assert extended[1:] == HELLO[1:]
     added = prompted_messages([Message.user("hi")], schema)
     assert added[0].role == Role.SYSTEM and len(added) == 2
+
+
+async def test_a_reply_cut_at_max_tokens_says_so() -> None:
+    from zeph_providers.backends.mock import MockProvider, MockReply
+    from zeph_providers.errors import StructuredOutputError
+    from zeph_providers.options import Capabilities
+
+    mock = MockProvider(
+        replies=[MockReply(text='{"a": "unfinish', finish_reason="length")],
+        capabilities=Capabilities(structured_output=True),
+    )
+    with pytest.raises(StructuredOutputError, match=r"cut at max_tokens .*\(raise max_tokens\)") as info:
+        await mock.chat([Message.user("q")], response_format={"type": "object"}, structured_retries=0)
+    assert info.value.raw == '{"a": "unfinish'
