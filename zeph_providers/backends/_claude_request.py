@@ -38,7 +38,7 @@ from typing import Any
 from zeph_providers.backends._convert import put_extra_body
 from zeph_providers.config import ClaudeConfig
 from zeph_providers.options import ChatOptions
-from zeph_providers.structured import prompted_messages
+from zeph_providers.structured import answer_tool, prompted_messages
 from zeph_providers.types import (
     CachePointPart,
     CacheSettings,
@@ -224,21 +224,12 @@ class Structured:
 
 
 def structured_tool(options: ChatOptions) -> tuple[Structured, dict[str, Any]] | None:
-    schema = options.json_schema()
-    if schema is None:
+    """Claude's answer tool for `response_format` (the shared `structured.answer_tool`, in its shape)."""
+    answer = answer_tool(options)
+    if answer is None:
         return None
-    name = _TOOL_NAME_BAD.sub("_", options.schema_name())[:64] or "response"
-    taken = {t.name for t in options.tools}
-    while name in taken:
-        name = (name + "_answer")[-64:]
-    kind = schema.get("type", "object" if "properties" in schema else None)
-    wrapped = kind != "object"
-    input_schema = (
-        {"type": "object", "properties": {"value": schema}, "required": ["value"]} if wrapped else dict(schema)
-    )
-    description = str(schema.get("description") or "Give the final answer in exactly this structure.")
-    tool = {"name": name, "description": description, "input_schema": input_schema}
-    return Structured(name=name, wrapped=wrapped), tool
+    tool = {"name": answer.name, "description": answer.description, "input_schema": answer.parameters}
+    return Structured(name=answer.name, wrapped=answer.wrapped), tool
 
 
 def build_request(
