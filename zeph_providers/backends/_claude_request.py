@@ -30,7 +30,6 @@ Issue 12 decisions:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +68,6 @@ DEFAULT_MAX_TOKENS = 4096
 MAX_CACHE_BREAKPOINTS = 4
 """The Messages API's limit on `cache_control` breakpoints in one request."""
 INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
-
-_TOOL_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _part_block(part: Any, role: str) -> dict[str, Any] | None:
