@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import statistics
@@ -190,8 +189,8 @@ async def main() -> None:
     base = registry.config.provider("local")
     config = base.model_copy(update={"engine": args.engine, "max_batch_size": 8, "queue_capacity": 64})
     provider = LocalProvider(config)  # type: ignore[arg-type]
-    if not provider.capabilities.structured_output:  # until the provider reports it itself
-        provider._capabilities = dataclasses.replace(provider.capabilities, structured_output=True)
+    if not provider.capabilities.structured_output:
+        raise SystemExit(f"the {provider.engine_name} engine has no grammar here (is llguidance installed?)")
     rows: list[tuple[str, str]] = []
     print(f"SmolLM2-135M-Instruct, engine {args.engine}, {args.tokens} max tokens, {args.prompts} prompts", flush=True)
     try:

@@ -89,8 +89,8 @@ async def main(runs: int) -> None:
         {"name": "bench", "type": "candle", "model_path": GGUF, "engine": "llama.cpp", "inference_timeout_secs": 300}
     )
     provider = LocalProvider(config)
-    if not provider.capabilities.structured_output:  # until the provider reports it
-        provider._capabilities = dataclasses.replace(provider.capabilities, structured_output=True)
+    if not provider.capabilities.structured_output:
+        raise SystemExit(f"the {provider.engine_name} engine has no grammar here (is llguidance installed?)")
     try:
         await provider.chat(PROMPT, max_tokens=8)  # load
         await provider.chat(PROMPT, response_format=Person, max_tokens=200, temperature=0.8, seed=0)  # warm

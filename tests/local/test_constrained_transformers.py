@@ -57,9 +57,8 @@ TAG_SCHEMA: dict[str, Any] = {"type": "array", "items": {"enum": ["a", "b", "c"]
 
 
 def _structured(provider: LocalProvider) -> LocalProvider:
-    """Let the base class pass response_format through (the provider's capability flags are another task's)."""
-    if not provider.capabilities.structured_output:
-        provider._capabilities = dataclasses.replace(provider.capabilities, structured_output=True)
+    """The provider, which must report structured output (its engine decodes under a grammar)."""
+    assert provider.capabilities.structured_output and provider.capabilities.tools
     return provider
 
 

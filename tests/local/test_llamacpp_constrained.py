@@ -61,9 +61,8 @@ SEEDS = range(10)
 
 
 def _structured(provider: LocalProvider) -> LocalProvider:
-    """The provider with structured output on (the capability flag is the lead's, in provider.py)."""
-    if not provider.capabilities.structured_output:
-        provider._capabilities = dataclasses.replace(provider.capabilities, structured_output=True)
+    """The provider, which must report structured output (its engine decodes under a grammar)."""
+    assert provider.capabilities.structured_output and provider.capabilities.tools
     return provider
 
 
