@@ -33,13 +33,14 @@ WEATHER = ToolDefinition(
 
 
 def _make(kind: str, llamacpp_server: str, monkeypatch: pytest.MonkeyPatch) -> OpenAIProvider:
+    # timeout_secs is a "never hangs" bound: a few tokens took over 60 s on this shared machine under load.
     base_url = f"{llamacpp_server}/v1"
     config: OpenAIConfig
     if kind == "compatible":
-        config = CompatibleConfig(name="llamacpp-compat", model="smollm2", base_url=base_url, timeout_secs=60)
+        config = CompatibleConfig(name="llamacpp-compat", model="smollm2", base_url=base_url, timeout_secs=300)
     else:
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
-        config = OpenAIConfig(name="llamacpp-openai", model="smollm2", base_url=base_url, timeout_secs=60)
+        config = OpenAIConfig(name="llamacpp-openai", model="smollm2", base_url=base_url, timeout_secs=300)
     return OpenAIProvider(config)
 
 
