@@ -60,6 +60,8 @@ PROVIDER_NAMES = {
 _IN_PROCESS = frozenset({"local", "candle", "mock"})
 _SPAN = "zeph_providers.telemetry.span"
 _TRIES = "zeph_providers.telemetry.tries"
+_STARTED_KEYS = "zeph_providers.telemetry.started_keys"
+"""`call.attributes` already on the span from its start (only later ones are added at the end)."""
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 
@@ -181,6 +183,7 @@ class Telemetry(Hook):
         )
         if span.is_recording():
             span.set_attributes(self._request_attributes(call))
+            call.data[_STARTED_KEYS] = frozenset(call.attributes)
         return span
 
     def _request_attributes(self, call: Call) -> dict[str, Any]:
@@ -215,8 +218,9 @@ class Telemetry(Hook):
     def _finish(self, otel: _Instruments, call: Call, span: Any, error_type: str | None, end_ns: int) -> None:
         response = call.response
         attrs: dict[str, Any] = {"zeph.attempts": len(call.attempts)}
+        started: frozenset[str] = call.data.get(_STARTED_KEYS, frozenset())
         for key, value in call.attributes.items():  # facts a backend added during the call (local timings)
-            if isinstance(value, str | int | float | bool):
+            if key not in started and isinstance(value, str | int | float | bool):
                 attrs[key] = value
         if response is not None:
             attrs["gen_ai.response.model"] = response.model or call.model

@@ -34,7 +34,6 @@ from zeph_providers.local.tooling import ReplyParser, check_request
 from zeph_providers.local.worker import Done, Failed, InferenceWorker, Job, PreparedEvent, Text
 from zeph_providers.options import Capabilities, ChatOptions
 from zeph_providers.types import (
-    ChatResponse,
     ContentChunk,
     EndChunk,
     Message,
@@ -133,11 +132,6 @@ class LocalProvider(BaseProvider):
                     raise event.error
         finally:
             job.cancel.set()  # closed, abandoned or cancelled: stop generating within one token
-
-    def _finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
-        if options.response_format is not None and response.tool_calls and not response.text:
-            return response  # a forced call answered: the schema is for the answer after the tool results
-        return super()._finalize(response, options)
 
     # ----- model metadata (see zeph_providers.models_info) ---------------------------------
 
