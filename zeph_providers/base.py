@@ -55,6 +55,8 @@ from zeph_providers.structured import Finalize, Repair, parse_structured
 from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk, ToolDefinition
 
 if TYPE_CHECKING:
+    from zeph_providers.cache import ResponseCache
+    from zeph_providers.limits import RateLimiter
     from zeph_providers.models_info import ModelInfo
 
 __all__ = ["BaseProvider", "check_dimensions"]
@@ -75,6 +77,10 @@ class BaseProvider:
     `_check_request` refuses the others when a call sets them."""
     embedding_dimensions: ClassVar[bool] = False
     """Whether `embed_batch(..., dimensions=N)` is honoured (`embed_texts_dimensions`)."""
+    rate_limiter: RateLimiter | None = None
+    """Client-side rpm/tpm limits (`zeph_providers.limits`), set by the registry from the config."""
+    response_cache: ResponseCache | None = None
+    """The exact/semantic response cache (`zeph_providers.cache`), set by the registry from the config."""
 
     def __init__(
         self,
