@@ -63,6 +63,8 @@ _TRIES = "zeph_providers.telemetry.tries"
 _STARTED_KEYS = "zeph_providers.telemetry.started_keys"
 """`call.attributes` already on the span from its start (only later ones are added at the end)."""
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+_CACHE_LIMIT = 1024
+"""Most cached attribute sets kept (distinct provider/model/error combinations in one process)."""
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 
 
@@ -132,6 +134,11 @@ class Telemetry(Hook):
         self._meter_provider = meter_provider
         self._instruments: _Instruments | None = None
         self._missing = False
+        self._static: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self._metric_sets: dict[
+            tuple[str, str, str, str | None, str | None],
+            tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]],
+        ] = {}
 
     def _ready(self) -> _Instruments | None:
         if self._instruments is None and not self._missing:
@@ -175,24 +182,37 @@ class Telemetry(Hook):
         parent = call.parent
         if parent is not None and _SPAN in parent.data:
             context = otel.trace.set_span_in_context(parent.data[_SPAN])
+        # All request attributes go in at creation, in one batch: samplers see them, and the SDK
+        # cleans them once instead of once more in a separate set_attributes() (measured: the
+        # span's creation is most of a call's tracing cost, see bench/bench_telemetry.py).
         span = otel.tracer.start_span(
             f"{call.operation} {call.model}",
             context=context,
             kind=otel.internal if call.backend in _IN_PROCESS else otel.client,
+            attributes=self._request_attributes(call),
             start_time=call.start_time_ns,
         )
-        if span.is_recording():
-            span.set_attributes(self._request_attributes(call))
+        if call.attributes:
             call.data[_STARTED_KEYS] = frozenset(call.attributes)
         return span
 
+    def _static_attributes(self, call: Call) -> dict[str, Any]:
+        """The attributes every call of one provider, operation and model shares (cached)."""
+        key = (call.provider, call.operation, call.backend, call.model)
+        cached = self._static.get(key)
+        if cached is None:
+            cached = {
+                "gen_ai.operation.name": call.operation,
+                "gen_ai.provider.name": PROVIDER_NAMES.get(call.backend, call.backend),
+                "gen_ai.request.model": call.model,
+                "zeph.provider": call.provider,
+            }
+            if len(self._static) < _CACHE_LIMIT:
+                self._static[key] = cached
+        return cached
+
     def _request_attributes(self, call: Call) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": call.operation,
-            "gen_ai.provider.name": PROVIDER_NAMES.get(call.backend, call.backend),
-            "gen_ai.request.model": call.model,
-            "zeph.provider": call.provider,
-        }
+        attrs = dict(self._static_attributes(call))
         for key, value in call.attributes.items():
             if isinstance(value, str | int | float | bool):
                 attrs[key] = value
@@ -286,23 +306,43 @@ class Telemetry(Hook):
     # ----- metrics ------------------------------------------------------------------
 
     def _measure(self, otel: _Instruments, call: Call, error_type: str | None) -> None:
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": call.operation,
-            "gen_ai.provider.name": PROVIDER_NAMES.get(call.backend, call.backend),
-            "gen_ai.request.model": call.model,
-        }
         response = call.response
-        if response is not None and response.model:
-            attrs["gen_ai.response.model"] = response.model
+        response_model = response.model if response is not None else None
+        sets = self._metric_attributes(call, response_model, error_type)
         if call.duration is not None:
-            timed = dict(attrs, **{"error.type": error_type}) if error_type else attrs
-            otel.duration.record(call.duration, timed)
+            otel.duration.record(call.duration, sets[0])
         if call.streaming and call.time_to_first_chunk is not None and error_type is None:
-            otel.first_chunk.record(call.time_to_first_chunk, attrs)
+            otel.first_chunk.record(call.time_to_first_chunk, sets[1])
         if response is not None:
             usage = response.usage
-            otel.tokens.record(usage.prompt_tokens, dict(attrs, **{"gen_ai.token.type": "input"}))
-            otel.tokens.record(usage.output_tokens, dict(attrs, **{"gen_ai.token.type": "output"}))
+            otel.tokens.record(usage.prompt_tokens, sets[2])
+            otel.tokens.record(usage.output_tokens, sets[3])
+
+    def _metric_attributes(
+        self, call: Call, response_model: str | None, error_type: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The attribute sets of one call's histogram points: duration, first chunk, input and output
+        tokens. Cached: a process sees few distinct combinations, and building them per call showed."""
+        key = (call.operation, call.backend, call.model, response_model, error_type)
+        cached = self._metric_sets.get(key)
+        if cached is None:
+            base: dict[str, Any] = {
+                "gen_ai.operation.name": call.operation,
+                "gen_ai.provider.name": PROVIDER_NAMES.get(call.backend, call.backend),
+                "gen_ai.request.model": call.model,
+            }
+            if response_model:
+                base["gen_ai.response.model"] = response_model
+            timed = dict(base, **{"error.type": error_type}) if error_type else base
+            cached = (
+                timed,
+                base,
+                dict(base, **{"gen_ai.token.type": "input"}),
+                dict(base, **{"gen_ai.token.type": "output"}),
+            )
+            if len(self._metric_sets) < _CACHE_LIMIT:
+                self._metric_sets[key] = cached
+        return cached
 
 
 def _error_type(error: BaseException | None) -> str | None:
