@@ -63,7 +63,9 @@ def running_gateway(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="gateway")
     thread.start()
-    gateway = Gateway(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", registry, app.state.gateway, server, thread)
+    gateway = Gateway(
+        f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", registry, app.state.gateway, server, thread
+    )
     try:
         for _ in range(int(HANG_GUARD * 20)):
             if server.started or not thread.is_alive():

@@ -3,6 +3,7 @@ and max_tokens limits, the loopback-only default, and no key in any log line."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -123,9 +124,9 @@ def test_key_budget_is_spent_from_the_reply_cost(keyed: Gateway) -> None:
 
 
 def test_key_rate_limit_is_429_with_retry_after(keyed: Gateway) -> None:
-    from zeph_providers.limits import RateLimiter
-
     import asyncio
+
+    from zeph_providers.limits import RateLimiter
 
     try:
         asyncio.run(RateLimiter("probe", rpm=1, wait=False).acquire(0))
@@ -198,3 +199,13 @@ def test_gateway_config_is_validated() -> None:
         Registry.from_toml_string(base + '[[llm.gateway.keys]]\nname = "k"\nkey_env = "X"\nproviders = ["nope"]\n')
     with pytest.raises(ConfigError, match="unknown key"):
         Registry.from_toml_string(base + "[llm.gateway]\nmax_body = 1\n")
+
+
+def test_status_command_with_a_key(keyed: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    from zeph_providers.cli import main
+
+    assert main(["status", "--url", keyed.url, "--key-env", "ZEPH_TEST_GATEWAY_KEY", "--json"]) == 0
+    assert "providers" in json.loads(capsys.readouterr().out)
+    assert main(["status", "--url", keyed.url]) == 1  # no key: the gateway's 401, as one error line
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and ENV_KEY not in err

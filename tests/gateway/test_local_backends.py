@@ -69,7 +69,9 @@ def test_local_embeddings(client: openai.OpenAI) -> None:
 
 def test_llamacpp_context_overflow_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="llamacpp", messages=[{"role": "user", "content": "word " * 6000}], max_tokens=4)
+        client.chat.completions.create(
+            model="llamacpp", messages=[{"role": "user", "content": "word " * 6000}], max_tokens=4
+        )
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "context_length_exceeded"
 
 
@@ -88,7 +90,12 @@ def test_client_disconnect_stops_local_generation(gateway: Gateway) -> None:
             # hold the model here until the gateway cancels the job (the client leaves first)
             seen_cancel.append(job.cancel.wait(HANG_GUARD))
 
-    body: dict[str, Any] = {"model": "local", "messages": [{"role": "user", "content": "Tell me a very long story."}], "max_tokens": 400, "stream": True}
+    body: dict[str, Any] = {
+        "model": "local",
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
     provider.worker.step_hook = hook
     try:
         with httpx.stream("POST", gateway.v1 + "/chat/completions", json=body, timeout=HANG_GUARD) as response:

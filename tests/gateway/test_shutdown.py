@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+
 from tests.gateway.conftest import HANG_GUARD, running_gateway
 from zeph_providers import Registry
 from zeph_providers.backends.mock import MockProvider
@@ -70,9 +71,7 @@ def test_an_in_flight_stream_finishes_before_the_registry_closes() -> None:
             gate.set()
             rest = [line for line in lines if line.startswith("data: ")]
         assert rest[-1] == "data: [DONE]"
-        text = "one " + "".join(
-            json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in rest[:-1]
-        )
+        text = "one " + "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in rest[:-1])
         assert text == "one two three four five six"
         gateway.thread.join(HANG_GUARD)
         assert not gateway.thread.is_alive()
@@ -104,7 +103,9 @@ def test_serve_answers_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
                 break
         assert url is not None and url.startswith("http://127.0.0.1:")
         reply = httpx.post(
-            url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=HANG_GUARD
+            url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=HANG_GUARD,
         )
         assert reply.json()["choices"][0]["message"]["content"] == "Hello from the mock provider."
         process.send_signal(signal.SIGTERM)
