@@ -209,3 +209,23 @@ def test_status_command_with_a_key(keyed: Gateway, capsys: pytest.CaptureFixture
     assert main(["status", "--url", keyed.url]) == 1  # no key: the gateway's 401, as one error line
     err = capsys.readouterr().err
     assert "HTTP 401" in err and ENV_KEY not in err
+
+
+def test_an_unknown_client_is_refused_before_its_body_is_read(keyed: Gateway) -> None:
+    # a body far over the limit, without a key: 401 (not 413): nothing was read
+    response = httpx.post(
+        keyed.v1 + "/chat/completions", content=b"x" * 20_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 401
+
+
+def test_cors_is_off_by_default_and_on_for_listed_origins() -> None:
+    preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
+    registry = Registry.from_toml_string('[[llm.providers]]\nname = "m"\ntype = "mock"\n')
+    with running_gateway(registry) as gateway:
+        response = httpx.options(gateway.v1 + "/chat/completions", headers=preflight, timeout=HANG_GUARD)
+        assert "access-control-allow-origin" not in response.headers
+    registry = Registry.from_toml_string('[[llm.providers]]\nname = "m"\ntype = "mock"\n')
+    with running_gateway(registry, GatewaySettings(cors_origins=("https://app.example",))) as gateway:
+        response = httpx.options(gateway.v1 + "/chat/completions", headers=preflight, timeout=HANG_GUARD)
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
