@@ -64,7 +64,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zeph_providers._secrets import redact
@@ -92,7 +92,7 @@ CACHEABLE_FINISH_REASONS = frozenset({"stop", "tool_use"})
 
 _SECRET_NAME = re.compile(r"(?i)api[_-]?key|secret|passw(or)?d|passwd|authori[sz]ation|credential|bearer|cookie")
 
-Embed = Callable[[str], Awaitable[list[float]]]
+Embed = Callable[[str], Coroutine[Any, Any, list[float]]]
 Finalize = Callable[[ChatResponse], ChatResponse]
 Source = Callable[[], AsyncIterator[StreamChunk]]
 
@@ -142,10 +142,11 @@ def _digest(document: dict[str, Any]) -> str:
 
 def encode_chunks(chunks: Sequence[StreamChunk]) -> bytes:
     """The stored value: the chunks as compact JSON."""
-    payload = {"v": 1, "chunks": [chunk.model_dump(mode="json", exclude_defaults=True) for chunk in chunks]}
-    # exclude_defaults drops each chunk's `type` literal too: put it back (it is the discriminator).
-    for dumped, chunk in zip(payload["chunks"], chunks, strict=True):
-        dumped["type"] = chunk.type
+    dumped: list[dict[str, Any]] = []
+    for chunk in chunks:
+        # exclude_defaults drops the chunk's `type` literal too: put it back (it is the discriminator).
+        dumped.append({**chunk.model_dump(mode="json", exclude_defaults=True), "type": chunk.type})
+    payload = {"v": 1, "chunks": dumped}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -240,7 +241,9 @@ class ResponseCache:
         assert self._embed is not None
         embed = self._embed
         try:
-            task = asyncio.get_running_loop().create_task(embed(text), context=contextvars.Context())
+            task: asyncio.Task[list[float]] = asyncio.get_running_loop().create_task(
+                embed(text), context=contextvars.Context()
+            )
             return await task
         except ConfigError:
             raise
@@ -367,15 +370,17 @@ def build_response_cache(config: ProviderConfigBase, registry: Any) -> ResponseC
     if settings is None or not settings.enabled:
         return None
     shared = getattr(registry, "state", None)
-    store: StateStore = (
-        shared if shared is not None and not isinstance(shared, MemoryStore) else MemoryStore(max_entries=settings.max_entries)
-    )
+    store: StateStore
+    if shared is not None and not isinstance(shared, MemoryStore):
+        store = shared
+    else:
+        store = MemoryStore(max_entries=settings.max_entries)
     embed: Embed | None = None
     if settings.semantic_threshold is not None:
         embedder_name = getattr(getattr(registry, "config", None), "embedding", None)
         if not embedder_name:
             raise ConfigError(
-                "response_cache.semantic_threshold needs an embedder: set `embedding = \"<provider name>\"` "
+                'response_cache.semantic_threshold needs an embedder: set `embedding = "<provider name>"` '
                 "in [llm] (a provider with embeddings), or remove semantic_threshold",
                 provider=config.name,
             )

@@ -134,7 +134,7 @@ class Registry:
                 "remove the response_cache table",
                 provider=config.name,
             )
-        provider.response_cache = cache  # type: ignore[attr-defined]
+        provider.response_cache = cache
 
     def default(self) -> LlmProvider:
         """The provider named by `[llm].default` (or the only/first provider)."""
