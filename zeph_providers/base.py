@@ -246,11 +246,9 @@ class BaseProvider:
         *,
         validate: Finalize | None = None,
     ) -> tuple[AsyncIterator[StreamChunk], Finalize]:
-        """A call's chunk source and finalize, through `response_cache` when the provider has one and
-        the call does not bypass it (`response_cache=False` / `cache=False`): a hit replays the
-        stored chunks (`source` is never started) and is finalized by `replay_finalize`; a miss runs
-        `source()` and stores a complete reply (`validate`: the structured output must parse).
-        See `zeph_providers.cache`."""
+        """`source()` and `finalize` behind `response_cache` unless the call bypasses it: a hit replays
+        the stored chunks (`source` never starts; `replay_finalize` parses), a miss stores a complete
+        reply (that `validate` accepts). See `zeph_providers.cache`."""
         cache = self.response_cache
         if cache is None:
             if options.response_cache:
