@@ -24,7 +24,9 @@ Decisions:
   vocabulary of `zeph_providers.types`). A hit replays them: `chat_stream()` yields the same chunks
   and `chat()` assembles them with the same `ResponseAssembler`, then the provider's finalize runs
   again (structured output parsed into `resp.parsed`), so `chat() == stream.response` holds for
-  replayed replies, and a replayed reply equals the one stored.
+  replayed replies, and a replayed reply equals the one stored. `chat()` and `chat_stream()` share
+  entries: a stream that replays a reply stored by `chat()` yields that reply's chunks, which a
+  backend that fetched it unstreamed sent in fewer, larger pieces (the assembled reply is the same).
 - Stored only: a complete reply (the source ended normally, with its `EndChunk`) whose finish
   reason is "stop" or "tool_use" and, with `response_format`, whose output validates. Never: a
   cancelled or closed-early stream, one cut by an error, a structured reply that does not validate,
