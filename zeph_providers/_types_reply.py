@@ -98,6 +98,8 @@ class Attempt(Frozen):
 
     `outcome` is "ok", or the name of the typed error the try ended with (`ProviderTimeoutError`,
     `RateLimitError`, ...), or "cancelled" when the caller stopped it. Times are seconds.
+    `cached` marks a try answered from the response cache (`zeph_providers.cache`): its outcome is
+    "ok", `provider` is the provider whose cache answered, and nothing was sent to a server.
     """
 
     provider: str
@@ -108,6 +110,8 @@ class Attempt(Frozen):
     """Seconds waited before this try (retry backoff; 0 for the first)."""
     time_to_first_chunk: float | None = None
     duration: float = 0.0
+    cached: bool = False
+    """True when the response cache answered this try (a replayed reply; nothing was sent)."""
 
     @property
     def ok(self) -> bool:

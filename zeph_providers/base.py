@@ -23,6 +23,8 @@ Extension points for backend (and plugin) authors, each with a working default:
 - `start_try(messages, options)`: one try of a `chat()` call that the structured-output repair loop
   may repeat (a router routes each try once; the default is one `stream_chunks()` run).
 - `call_attributes()`: facts about this provider for hook subscribers (e.g. `server.address`).
+- `replay_finalize(response, options)`: how a reply replayed from the response cache is made final
+  (`finalize` by default; `cached_source` puts the cache in front of a call's chunk source).
 - Model metadata (`zeph_providers.models_info`): `list_models()` and `count_tokens()` raise
   `UnsupportedCapabilityError` by default, `context_window` is None (unknown) and
   `fetch_context_window()` returns it; a backend overrides what its API can answer.
@@ -187,12 +189,13 @@ class BaseProvider:
             retries=retries,
             start=lambda try_messages: self.start_try(try_messages, options),
         )
+        source, finalize = self.cached_source(message_list, options, repair.chunks, repair.finalize)
         return ChatStream(
-            repair.chunks(),
+            source,
             provider=self._name,
             model=self._model,
             options=options,
-            finalize=repair.finalize,
+            finalize=finalize,
             timed=self.timed_stream,
             call=self.new_call("chat", options=options, messages=message_list),
         )
@@ -214,14 +217,57 @@ class BaseProvider:
         options = options.started(self._default_timeout)
         message_list = list(messages)
         self.check_request(message_list, options)
+
+        def own_finalize(response: ChatResponse) -> ChatResponse:
+            return self.finalize(response, options)
+
+        source, finalize = self.cached_source(
+            message_list,
+            options,
+            lambda: self._guarded_stream(message_list, options),
+            own_finalize,
+            validate=own_finalize,
+        )
         return ChatStream(
-            self._guarded_stream(message_list, options),
+            source,
             provider=self._name,
             model=self._model,
             options=options,
-            finalize=lambda response: self.finalize(response, options),
+            finalize=finalize,
             call=self.new_call("chat", options=options, messages=message_list),
         )
+
+    def cached_source(
+        self,
+        messages: list[Message],
+        options: ChatOptions,
+        source: Callable[[], AsyncIterator[StreamChunk]],
+        finalize: Finalize,
+        *,
+        validate: Finalize | None = None,
+    ) -> tuple[AsyncIterator[StreamChunk], Finalize]:
+        """`source()` and `finalize` behind `response_cache` unless the call bypasses it: a hit replays
+        the stored chunks (`source` never starts; `replay_finalize` parses), a miss stores a complete
+        reply (that `validate` accepts). See `zeph_providers.cache`."""
+        cache = self.response_cache
+        if cache is None:
+            if options.response_cache:
+                raise UnsupportedCapabilityError(
+                    "response_cache",
+                    provider=self._name,
+                    detail="this provider has no [llm.providers.response_cache] table",
+                )
+            return source(), finalize
+        if options.bypasses_response_cache:
+            return source(), finalize
+        lookup = cache.begin(self._name, self._model, messages, options)
+        return lookup.chunks(source, validate), lookup.finalize(
+            finalize, lambda response: self.replay_finalize(response, options)
+        )
+
+    def replay_finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        """A reply replayed from the response cache made final: `finalize` (parsed again)."""
+        return self.finalize(response, options)
 
     async def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
         vectors = await self.embed_batch([text], dimensions=dimensions)

@@ -69,7 +69,13 @@ class ChatKwargs(TypedDict, total=False):
     top_logprobs: int | None
     """With `logprobs`, also this many most likely alternatives per token (0-20)."""
     cache: CacheSettings | bool | None
-    """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config."""
+    """Prompt caching for this call (Claude; see `CacheSettings`); None: the provider's config.
+    `cache=False` means "no caching" everywhere: it also bypasses the response cache (on every
+    backend, which take it without complaint)."""
+    response_cache: bool | None
+    """The response cache for this call (`zeph_providers.cache`): False bypasses it (no lookup, no
+    store); None or True use the provider's `[llm.providers.response_cache]` (True on a provider
+    without one is refused)."""
     structured_retries: int | None
     """`chat()` only: re-asks after a reply that does not match `response_format` (None: the
     provider's `structured_retries`, default 1; 0: none). See `zeph_providers.structured`."""
@@ -101,7 +107,10 @@ class ChatOptions:
     logprobs: bool | None = None
     top_logprobs: int | None = None
     cache: CacheSettings | bool | None = None
-    """Prompt caching for this call (Claude); None: the provider's configured default."""
+    """Prompt caching for this call (Claude); None: the provider's configured default. False also
+    bypasses the response cache."""
+    response_cache: bool | None = None
+    """False bypasses the response cache for this call; None/True use it where configured."""
     structured_retries: int | None = None
     """Re-asks after a reply that does not match `response_format` (None: the provider's default)."""
     stream: bool = True
@@ -136,6 +145,7 @@ class ChatOptions:
             logprobs=kwargs.get("logprobs"),
             top_logprobs=kwargs.get("top_logprobs"),
             cache=kwargs.get("cache"),
+            response_cache=kwargs.get("response_cache"),
             structured_retries=kwargs.get("structured_retries"),
             stream=stream,
         )
@@ -159,6 +169,7 @@ class ChatOptions:
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
             cache=self.cache,
+            response_cache=self.response_cache,
             structured_retries=self.structured_retries,
         )
 
@@ -210,6 +221,11 @@ class ChatOptions:
     def provider_options(self) -> list[str]:
         """The names of the `PROVIDER_OPTIONS` these options set (what a backend must honour or refuse)."""
         return [name for name in PROVIDER_OPTIONS if getattr(self, name) is not None]
+
+    @property
+    def bypasses_response_cache(self) -> bool:
+        """Whether this call skips the response cache: `response_cache=False` or `cache=False`."""
+        return self.response_cache is False or self.cache is False
 
     def with_changes(self, **changes: Any) -> ChatOptions:
         return replace(self, **changes)

@@ -12,6 +12,10 @@ at its own rate with no per-backend correction. (Before, OpenAI's `input_tokens`
 cached tokens and `price()` subtracted them: the price of a given API reply is unchanged.)
 genai-prices counts cache tokens inside its `input_tokens`: it is given `usage.prompt_tokens`.
 
+A reply replayed from the response cache (`zeph_providers.cache`; the call's attribute
+`zeph.cache.hit`) costs 0.0 and adds no tokens to the totals (`ProviderTotals.cache_hits` counts
+it): the reply it replays was charged when it was made.
+
 Budgets: `budget_usd` on a provider (or on `[llm]` for the registry's total) refuses a call with
 `BudgetExceededError` before it is sent once the spend so far has reached it. Calls already in
 flight when the budget is reached still finish (and are counted).
@@ -102,6 +106,8 @@ class ProviderTotals:
     """The sum of the known prices."""
     unpriced_calls: int = 0
     """Calls with usage but no known price (their cost is not in `cost_usd`)."""
+    cache_hits: int = 0
+    """Calls answered by the response cache: counted in `calls`, their tokens and cost (0.0) not."""
     routed: bool = False
     """A router: its calls' usage and cost are its members' too (left out of the registry total)."""
 
@@ -181,7 +187,8 @@ class CostTracker(Hook):
     def after_call(self, call: Call) -> None:
         if isinstance(call.error, BudgetExceededError) and not call.attempts:
             return  # refused here: nothing was sent
-        cost = self._cost(call)
+        hit = call.attributes.get("zeph.cache.hit") is True
+        cost = 0.0 if hit else self._cost(call)  # a reply replayed from the response cache cost nothing
         call.cost = cost
         if call.response is not None:
             call.response.cost = cost
@@ -196,7 +203,9 @@ class CostTracker(Hook):
             totals.routed = totals.routed or call.children > 0
             if call.error is not None:
                 totals.failed += 1
-            if usage is not None:
+            if hit:
+                totals.cache_hits += 1
+            elif usage is not None:
                 totals.input_tokens += usage.input_tokens
                 totals.output_tokens += usage.output_tokens
                 totals.cache_read_tokens += usage.cache_read_tokens

@@ -11,7 +11,8 @@ from typing import Any
 
 from zeph_providers import factory
 from zeph_providers.config import LlmConfig, load_config, loads_config, parse_config
-from zeph_providers.errors import ProviderClosedError, ProviderNotFoundError
+from zeph_providers.config.models import ProviderConfigBase
+from zeph_providers.errors import ConfigError, ProviderClosedError, ProviderNotFoundError
 from zeph_providers.hooks import Hooks, global_hooks
 from zeph_providers.pricing import CostTracker, ProviderTotals
 from zeph_providers.protocol import LlmProvider
@@ -28,6 +29,9 @@ class Registry:
     `hooks` are subscribed to every call of the providers built here (`zeph_providers.hooks`);
     they start with the cost tracker (`costs`: `resp.cost`, `usage()`, budgets) and, unless
     `[llm] telemetry = false`, OpenTelemetry spans and metrics (`zeph_providers.telemetry`).
+
+    A provider whose config has a `[llm.providers.response_cache]` table gets its `response_cache`
+    once built (`zeph_providers.cache`).
     """
 
     def __init__(self, config: LlmConfig) -> None:
@@ -107,11 +111,30 @@ class Registry:
             built = self._providers.get(name)
             if built is None:
                 built = factory.build_provider(provider_config, self)
+                self._attach_response_cache(built, provider_config)
                 hooks = getattr(built, "hooks", None)
                 if isinstance(hooks, Hooks):
                     hooks.parent = self.hooks
                 self._providers[name] = built
         return built
+
+    def _attach_response_cache(self, provider: LlmProvider, config: ProviderConfigBase) -> None:
+        """`[llm.providers.response_cache]`: give the built provider its cache (`zeph_providers.cache`;
+        the store is `self.state` when the registry has a shared one)."""
+        if getattr(config, "response_cache", None) is None:
+            return
+        from zeph_providers.cache import build_response_cache
+
+        cache = build_response_cache(config, self)
+        if cache is None:
+            return
+        if not hasattr(provider, "response_cache"):
+            raise ConfigError(
+                f"type {config.type!r} cannot use a response cache (it does not build on BaseProvider); "
+                "remove the response_cache table",
+                provider=config.name,
+            )
+        provider.response_cache = cache
 
     def default(self) -> LlmProvider:
         """The provider named by `[llm].default` (or the only/first provider)."""

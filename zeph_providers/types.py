@@ -280,7 +280,7 @@ class ToolDefinition(_Frozen):
     cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
 
 
-_NOT_COMPARED = frozenset({"attempts", "cost"})
+_NOT_COMPARED = frozenset({"attempts", "cost", "cached"})
 
 
 class ChatResponse(BaseModel):
@@ -314,6 +314,10 @@ class ChatResponse(BaseModel):
     cost: float | None = None
     """What the call cost in USD, when its price is known (`zeph_providers.pricing`); None when
     unknown, never a guessed zero. Not part of equality."""
+    cached: bool = False
+    """True when the reply was replayed from the response cache (`zeph_providers.cache`): the same
+    chunks as the reply that was stored, so the same text, tool calls and usage; its `cost` is 0.0
+    (nothing was paid for it). Not part of equality: a replayed reply equals the one it replays."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChatResponse):

@@ -186,6 +186,7 @@ class Answer:
         """The member already parsed its structured output (its own way: Claude's differs); adopt it."""
         if self.stream is not None and self.stream.done:
             response.parsed = self.stream.response.parsed
+            response.cached = self.stream.response.cached  # the member's response cache answered
         return response
 
 

@@ -33,6 +33,8 @@ strategy = "fallback"                      # fallback | round_robin | latency
   (the union of the members') or `embed` builds them through the registry.
 - `resp.provider` (and `stream.response.provider`) names the member that answered.
 - The registry owns the members: `aclose()` on the router closes nothing but itself.
+- A router's own response cache (`[llm.providers.response_cache]` on the router) stores the routed
+  answer; members keep their own caches (`zeph_providers.cache`, "router").
 
 Layout: this module is the router class (members, breakers, the chat and embedding loops);
 what needs no router instance (member statistics, building, ordering and status, error
@@ -84,7 +86,7 @@ from zeph_providers.options import PROVIDER_OPTIONS, Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.stream import AttemptClock, ChatStream, attempt_log
 from zeph_providers.structured import Finalize
-from zeph_providers.types import Message, StreamChunk, ToolDefinition
+from zeph_providers.types import ChatResponse, Message, StreamChunk, ToolDefinition
 
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
@@ -276,13 +278,19 @@ class RouterProvider(BaseProvider):
         message_list = list(messages)
         self.check_request(message_list, options)
         answer = _Answer()
-        source = self._guarded_stream(message_list, options, self._route(message_list, options, answer))
+        routed = _for_members(options)
+        source, finalize = self.cached_source(
+            message_list,
+            options,
+            lambda: self._guarded_stream(message_list, routed, self._route(message_list, routed, answer)),
+            answer.finalize,
+        )
         return ChatStream(
             source,
             provider=self.name,
             model=self.model,
             options=options,
-            finalize=answer.finalize,
+            finalize=finalize,
             timed=False,
             call=self.new_call("chat", options=options, messages=message_list),
         )
@@ -296,7 +304,24 @@ class RouterProvider(BaseProvider):
         """One routed try of a repairing `chat()`: the structured-output repair wraps the whole
         routed call (each re-ask is routed afresh), never a member's."""
         answer = _Answer()
-        return self._guarded_stream(messages, options, self._route(messages, options, answer)), answer.finalize
+        routed = _for_members(options)
+        return self._guarded_stream(messages, routed, self._route(messages, routed, answer)), answer.finalize
+
+    def replay_finalize(self, response: ChatResponse, options: ChatOptions) -> ChatResponse:
+        """A reply replayed from the router's cache: parsed the way the member that answered parses
+        (`resp.provider`), adopted as a live routed reply adopts it (`_routing.Answer`)."""
+        if options.response_format is None:
+            return response
+        member: Any = None
+        try:
+            member = self._members.get(response.provider) or self._resolve(response.provider)
+        except LlmError:
+            member = None
+        parse = getattr(member, "finalize", None)
+        if parse is None:
+            return self.finalize(response, options)
+        response.parsed = parse(response.model_copy(deep=True), options).parsed
+        return response
 
     async def _route(
         self, messages: list[Message], options: ChatOptions, answer: _Answer
@@ -458,6 +483,12 @@ class RouterProvider(BaseProvider):
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
         raise exhausted(self.name, errors, deadline, self._default_timeout)
+
+
+def _for_members(options: ChatOptions) -> ChatOptions:
+    """The options a routed call passes to its members: `response_cache=True` is the router's own
+    (members without a cache would refuse it); False (bypass) reaches them too."""
+    return options.with_changes(response_cache=None) if options.response_cache else options
 
 
 def build(config: RouterConfig, registry: Registry) -> RouterProvider:

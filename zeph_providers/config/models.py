@@ -41,6 +41,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderConfigBase",
     "RemoteConfig",
+    "ResponseCacheConfig",
     "RouterConfig",
 ]
 
@@ -87,6 +88,23 @@ class PricingConfig(_Strict):
     """Per million input tokens written to the cache (default: the input price)."""
 
 
+class ResponseCacheConfig(_Strict):
+    """`[llm.providers.response_cache]`: replay this provider's complete replies to repeated requests
+    (`zeph_providers.cache`; docs/scaling.md, "Response cache"). Named `response_cache`, not `cache`:
+    Claude's `cache` is its prompt caching."""
+
+    enabled: bool = True
+    """False keeps the table but turns the cache off."""
+    ttl_secs: Annotated[float, Field(gt=0)] = 3600.0
+    """How long a stored reply is replayed (seconds)."""
+    max_entries: Annotated[int, Field(ge=1)] = 10_000
+    """Most replies kept in the in-process store (the oldest go first); a shared `[llm.state]`
+    store (Redis) bounds its entries by their TTL instead."""
+    semantic_threshold: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Also answer a request whose last user message is this similar (cosine of the embeddings of
+    `[llm] embedding`, which must be set) to a stored one with the same context and options."""
+
+
 StructuredMode = Literal["native", "tool", "prompted"]
 
 
@@ -110,6 +128,8 @@ class ProviderConfigBase(_Strict):
     """How `response_format` is asked for: native (the API's JSON schema), tool (a forced tool
     whose arguments are the answer) or prompted (the schema in the system prompt, the JSON taken
     from the reply text). None: the backend's own way. Each type accepts only the modes it can do."""
+    response_cache: ResponseCacheConfig | None = None
+    """Replay complete replies to repeated requests (`[llm.providers.response_cache]`); off without it."""
 
     structured_modes: ClassVar[tuple[str, ...]] = ("native",)
     """The `structured_output` values this type accepts."""
