@@ -9,8 +9,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Cli
 
+from tests.cli.conftest import Cli
 from zeph_providers._cli_store import Store
 from zeph_providers.types import DocumentPart
 
@@ -216,4 +216,4 @@ def test_connection_errors_name_the_url(cli: Cli, tmp_path: Path) -> None:
     assert line.endswith(f"(tried http://127.0.0.1:{port}/v1)")
     probe = cli("--config", str(path), "status", "--probe", "--probe-timeout", "30")
     assert probe.returncode == 0, probe.stderr
-    assert f"probe: error: provider 'down': " in probe.stdout and f"(tried http://127.0.0.1:{port}/v1)" in probe.stdout
+    assert "probe: error: provider 'down': " in probe.stdout and f"(tried http://127.0.0.1:{port}/v1)" in probe.stdout

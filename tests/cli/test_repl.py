@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tests.cli.conftest import Cli
-
 from zeph_providers._cli_store import Store
 
 LONG = "This reply is long and slow on purpose, so that it can be interrupted half way through. " * 3
@@ -108,7 +106,8 @@ def test_system_and_clear(cli: Cli, terminal: Any) -> None:
     conversations = store.conversations()
     assert len(conversations) == 2  # /clear started a new one
     first = store.history(conversations[1].id)
-    assert [(m.role, m.text) for m in first] == [("system", "Be terse."), ("user", "one"), ("assistant", "First reply.")]
+    expected = [("system", "Be terse."), ("user", "one"), ("assistant", "First reply.")]
+    assert [(m.role, m.text) for m in first] == expected
     second = store.exchanges(conversation_id=conversations[0].id)
     # the system message stays after /clear; only the history went: Be terse. + two
     assert second[0].input_tokens == 3
