@@ -273,7 +273,7 @@ def loading_label(registry: Registry, name: str) -> str | None:
     """What the spinner says before a provider's first reply: local models load on first use."""
     config = registry.config.provider(name)
     if config is not None and config.type == "local":
-        return f"loading {config.model_name or name}"
+        return f"{name}: loading the model and starting the reply"
     return None
 
 

@@ -201,16 +201,26 @@ class _Spinner:
 
     It runs in its own thread (a local model loads in a worker thread, a remote call on the event
     loop: neither may block it). `stop()` waits for the thread, so the caller's next output never
-    races its erasing of the line. Nothing shows for what finishes within 0.3 s.
+    races its erasing of the line. Nothing shows for what finishes within 0.3 s. While it runs,
+    `sys.stderr` is a thin wrapper that erases the spinner's line before anything else is written
+    (the local worker prints its own "loading ..." / "ready in ..." notes on a terminal), so the
+    lines never run together.
     """
 
     def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self.label = label
         self._stream = stream or sys.stderr
         self._done = threading.Event()
+        self._lock = threading.RLock()
+        self._shown = False
+        self._line_open = False  # someone else's line is unfinished: do not draw over it
         self._thread: threading.Thread | None = None
+        self._replaced: TextIO | None = None
         isatty = getattr(self._stream, "isatty", None)
-        if callable(isatty) and isatty():
+        if label and callable(isatty) and isatty():
+            if stream is None:
+                self._replaced = sys.stderr
+                sys.stderr = _AroundSpinner(self, self._stream)
             self._thread = threading.Thread(target=self._spin, name="zeph-cli-progress", daemon=True)
             self._thread.start()
 
@@ -220,18 +230,49 @@ class _Spinner:
         start = time.monotonic()
         while not self._done.wait(0.1 if tick else 0.3):
             elapsed = time.monotonic() - start
-            self._stream.write(f"\r{frames[tick % len(frames)]} {self.label} ({elapsed:.0f} s)\x1b[K")
-            self._stream.flush()
+            with self._lock:
+                if self._line_open:
+                    continue
+                self._stream.write(f"\r{frames[tick % len(frames)]} {self.label} ({elapsed:.0f} s)\x1b[K")
+                self._stream.flush()
+                self._shown = True
             tick += 1
-        if tick:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
+        self.erase()
+
+    def erase(self) -> None:
+        with self._lock:
+            if self._shown:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
+                self._shown = False
 
     def stop(self) -> None:
         self._done.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._replaced is not None:
+            sys.stderr = self._replaced
+            self._replaced = None
+
+
+class _AroundSpinner:
+    """`sys.stderr` while a spinner runs: erases the spinner's line, then writes."""
+
+    def __init__(self, spinner: _Spinner, stream: TextIO) -> None:
+        self._spinner = spinner
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        spinner = self._spinner
+        with spinner._lock:
+            spinner.erase()
+            if text:
+                spinner._line_open = not text.endswith("\n")
+            return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from zeph_providers._cli_common import (
     _explain,
     _open_registry,
     _out,
+    _progress,
     _register_known_secrets,
     _setup_logging,
     _UsageError,
@@ -334,11 +335,21 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 async def _embed(args: argparse.Namespace) -> int:
+    from zeph_providers.errors import LlmError
+
     texts = [_read_stdin_if_dash(text) for text in args.texts]
     registry = _open_registry(args)
     try:
         provider = registry.get(args.name)
-        vectors = await provider.embed_batch(texts)
+        config = registry.config.provider(args.name)
+        label = f"loading the encoder of {args.name!r}" if config is not None and config.type == "local" else None
+        with _progress(label or "") as spinner:
+            if label is None:
+                spinner.stop()
+            vectors = await provider.embed_batch(texts)
+    except LlmError as exc:
+        exc.cli_message = _explain(exc, registry)  # type: ignore[attr-defined]
+        raise
     finally:
         await _close(registry)
     if args.dims:
