@@ -222,11 +222,13 @@ async def stream_reply(
     *,
     quiet: bool = False,
     label: str | None = None,
+    shown: list[bool] | None = None,
 ) -> ChatResponse:
     """Stream one reply to stdout (thinking and tool calls to stderr); `quiet` prints nothing.
 
     A spinner (`label`, terminals only) runs until the first chunk arrives. Cancelling (Ctrl-C)
-    leaves the `async with`, which closes the stream, so a local model stops generating.
+    leaves the `async with`, which closes the stream, so a local model stops generating; the
+    partial line still gets its newline. `shown` (when given) gets True once text was printed.
     """
     from zeph_providers.types import ContentChunk, ThinkingChunk, ToolUseChunk
 
@@ -250,6 +252,8 @@ async def stream_reply(
                         sys.stdout.write(chunk.text)
                         sys.stdout.flush()
                         wrote_text = wrote_text or bool(chunk.text)
+                        if shown is not None and wrote_text:
+                            shown[:] = [True]
                     elif isinstance(chunk, ThinkingChunk):
                         sys.stderr.write(_dim(chunk.text, sys.stderr))
                         sys.stderr.flush()

@@ -92,11 +92,13 @@ class Repl:
                 if self._command(text):
                     break
                 continue
+            shown: list[bool] = []
             try:
-                runner.run(self._turn(line))
+                runner.run(self._turn(line, shown))
             except KeyboardInterrupt:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+                if not shown:  # a partial reply got its newline already
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
                 self._say("[reply cancelled]")
             except Exception as exc:
                 from zeph_providers.errors import LlmError, redact
@@ -128,7 +130,7 @@ class Repl:
             self._say(f"unknown command {command}; {HELP}")
         return False
 
-    async def _turn(self, prompt: str) -> None:
+    async def _turn(self, prompt: str, shown: list[bool]) -> None:
         from zeph_providers.types import Message
 
         provider = self.registry.get(self.name)
@@ -138,7 +140,8 @@ class Repl:
             self.history = [m for m in self.history if m.role != "system"]
             self._system_sent = None
         label = None if self._loaded else loading_label(self.registry, self.name)
-        response = await stream_reply(provider, conversation_messages(self.history, added), self.options, label=label)
+        messages = conversation_messages(self.history, added)
+        response = await stream_reply(provider, messages, self.options, label=label, shown=shown)
         self._loaded = True
         self.parts = []
         assistant = Message.assistant(response.text)
