@@ -233,7 +233,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 async def _models(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from zeph_providers.errors import redact
+    from zeph_providers._cli_common import _explain
+    from zeph_providers.errors import LlmError, redact
 
     registry = _open_registry(args)
     try:
@@ -241,6 +242,9 @@ async def _models(args: argparse.Namespace) -> int:
         models = await provider.list_models(refresh=args.refresh)
         fetch = getattr(provider, "fetch_context_window", None)
         window = await fetch() if fetch is not None else None
+    except LlmError as exc:
+        exc.cli_message = _explain(exc, registry)  # type: ignore[attr-defined]
+        raise
     finally:
         await _close(registry)
     if args.json:

@@ -214,6 +214,8 @@ def test_connection_errors_name_the_url(cli: Cli, tmp_path: Path) -> None:
     line = result.stderr.strip()
     assert line.startswith("error: provider 'down':") and "connect" in line
     assert line.endswith(f"(tried http://127.0.0.1:{port}/v1)")
+    models = cli("--config", str(path), "models", "down")
+    assert models.returncode == 1 and models.stderr.strip().endswith(f"(tried http://127.0.0.1:{port}/v1)")
     probe = cli("--config", str(path), "status", "--probe", "--probe-timeout", "30")
     assert probe.returncode == 0, probe.stderr
     assert "probe: error: provider 'down': " in probe.stdout and f"(tried http://127.0.0.1:{port}/v1)" in probe.stdout
