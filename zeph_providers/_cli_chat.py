@@ -370,16 +370,22 @@ def _chat(args: argparse.Namespace, registry: Registry, runner: asyncio.Runner) 
 
         return Repl(args, registry, name, options, store, conversation, history, parts).run(runner)
 
+    shown: list[bool] = []
+
     async def once() -> ChatResponse:
         provider = registry.get(name)
         added = first_messages(args.system, history, prompt, parts)
         messages = conversation_messages(history, added)
         label = loading_label(registry, name)
-        response = await stream_reply(provider, messages, options, quiet=args.json, label=label)
+        response = await stream_reply(provider, messages, options, quiet=args.json, label=label, shown=shown)
         record(store, conversation, provider, [*added, Message.assistant(response.text)], prompt, response)
         return response
 
-    response = runner.run(once())
+    try:
+        response = runner.run(once())
+    except KeyboardInterrupt as exc:
+        exc.line_ended = bool(shown)  # type: ignore[attr-defined]  # the partial reply got its newline
+        raise
     if args.json:
         _out(response.model_dump_json(indent=2))
     return EXIT_OK

@@ -388,9 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _flush_quietly()
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not getattr(exc, "line_ended", False):
             sys.stderr.write("\n")  # the shell prompt must not land after the "^C"
         return EXIT_INTERRUPTED
     except _UsageError as exc:

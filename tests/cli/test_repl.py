@@ -126,3 +126,15 @@ def test_continue_in_the_repl(cli: Cli, terminal: Any) -> None:
     exchanges = Store(cli.data_dir / "logs.db").exchanges()
     assert len(exchanges) == 2 and exchanges[0].conversation_id == exchanges[1].conversation_id
     assert exchanges[1].input_tokens == 2 + 2 + 1
+
+
+def test_ctrl_c_in_a_one_shot_reply_exits_130_with_one_newline(cli: Cli, terminal: Any) -> None:
+    _config(cli)
+    term = terminal("chat", "slow", "tell me something long")
+    term.expect("is long")
+    term.send("\x03")
+    assert term.wait() == 130
+    tail = term.output[term.output.index("is long") :]
+    assert tail.endswith("\r\n") and not tail.endswith("\r\n\r\n"), repr(tail)
+    assert "Done." not in term.output
+    assert Store(cli.data_dir / "logs.db").exchanges() == []  # nothing recorded for a cancelled reply
