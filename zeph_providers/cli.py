@@ -1,19 +1,28 @@
-"""The `zeph-providers` command: list, check, chat, embed, config init/show, status.
+"""The `zeph-providers` command: list, check, chat, logs, embed, models, status, config init/show/schema/path.
 
 ```
-zeph-providers list [--json]            providers: name, type, model, capabilities (no secrets)
+zeph-providers list [--json] [--capabilities]   providers from the config alone (builds nothing, no SDK)
 zeph-providers check                    validate the config offline; exit 1 with every problem
-zeph-providers chat NAME PROMPT         stream a reply (PROMPT "-" reads stdin); --schema for JSON
-                                        output, --tool (repeatable) and --tool-choice for tool calls
+zeph-providers chat [NAME] [PROMPT]     stream a reply (default provider without NAME; piped stdin is
+                                        appended; no prompt on a terminal: the REPL, `_cli_repl`);
+                                        -c/--continue, -a FILE, --schema, --tool, --seed, --top-p, --stop
+zeph-providers logs [-n N]              the conversation log (`_cli_store`, SQLite in the user data dir)
 zeph-providers embed NAME TEXT...       print the vector(s) as JSON, or --dims for a summary
-zeph-providers config init [PATH]       write a commented starter config (default ./zeph.toml)
+zeph-providers models NAME              the models a provider's server offers
+zeph-providers status [--probe]         each provider's state in THIS process; --probe: a cheap request each
+zeph-providers config init [PATH|--user]   write a commented starter config (default ./zeph.toml)
 zeph-providers config show              the loaded config as TOML (inline keys never written)
-zeph-providers status [--json]          each provider's state (and router health, when it has one)
+zeph-providers config schema            the config's JSON Schema (`_cli_schema`; docs/zeph.schema.json)
+zeph-providers config path              which config file the commands use
 ```
 
 The config comes from `--config PATH`, else `$ZEPH_PROVIDERS_CONFIG`, else `./zeph.toml`, else the
-built-in offline default. Exit codes: 0 ok, 1 a library error (one `error: ...` line on stderr),
-2 a usage error, 130 interrupted. Only the standard library is imported here at module level.
+per-user file (`zeph_providers._paths.user_config_file`), else the built-in offline default
+(`Registry.discover`). Exit codes: 0 ok, 1 a library error (one `error: ...` line on stderr, with
+"did you mean" for an unknown provider and the URL tried for a connection failure), 2 a usage
+error, 130 interrupted (a newline after the ^C). Only the standard library is imported here at
+module level; each command imports what it needs when it runs. The CLI turns off Hugging Face
+and transformers progress bars (environment defaults set before they import).
 """
 
 from __future__ import annotations
