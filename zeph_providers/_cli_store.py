@@ -177,19 +177,24 @@ class Store:
         return found[0] if found else None
 
     def conversation(self, conversation_id: str) -> Conversation | None:
-        return next((c for c in self.conversations(limit=None) if c.id == conversation_id), None)
+        found = self._conversations("WHERE c.id = ?", [conversation_id], 1)
+        return found[0] if found else None
 
     def conversations(self, limit: int | None = 20) -> list[Conversation]:
+        """Conversations with at least one exchange, the most recently used first."""
+        return self._conversations("", [], limit)
+
+    def _conversations(self, where: str, params: list[Any], limit: int | None) -> list[Conversation]:
         if not self.path.is_file():
             return []
         query = (
             "SELECT c.id, c.provider, c.model, c.created, c.updated, COUNT(e.id) FROM conversations c"
-            " JOIN exchanges e ON e.conversation_id = c.id GROUP BY c.id ORDER BY MAX(e.id) DESC"
+            f" JOIN exchanges e ON e.conversation_id = c.id {where} GROUP BY c.id ORDER BY MAX(e.id) DESC"
         )
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         with self._connect() as db:
-            rows = db.execute(query).fetchall()
+            rows = db.execute(query, params).fetchall()
         return [Conversation(*row) for row in rows]
 
     def exchanges(self, *, limit: int = 10, conversation_id: str | None = None) -> list[Exchange]:

@@ -221,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--probe", action="store_true", help="send each provider a cheap request (its model list, else a 1-token chat)"
     )
     p_status.add_argument(
-        "--probe-timeout", type=_seconds, default=10.0, metavar="SECS", help="bound per provider (default 10)"
+        "--probe-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECS",
+        help="bound per provider, a local model's first load included (default 30)",
     )
     p_status.set_defaults(handler=_cmd_status)
 
