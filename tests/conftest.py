@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI's per-user config file and conversation log: never the real home folder's during tests.
+os.environ.setdefault("ZEPH_PROVIDERS_CONFIG_HOME", tempfile.mkdtemp(prefix="zeph-test-user-config-"))
+os.environ.setdefault("ZEPH_PROVIDERS_DATA_DIR", tempfile.mkdtemp(prefix="zeph-test-user-data-"))
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -1,7 +1,17 @@
 """`zeph-providers list`, `status` and `models`: what is configured, each provider's state, the models it serves.
 
-`models NAME` prints `await provider.list_models()` (a router: the union of its members' lists)
-and the configured model's context window (`fetch_context_window()`; Ollama asks `/api/show`).
+- `list` reads the config only: it builds no provider, so it imports no SDK and no torch and
+  answers at once (a test proves it through `sys.modules`). Its notes are what the config alone
+  tells (an API key variable that is not set). `list --capabilities` builds each provider (cheap
+  for local ones: their models load on first use, not when built) to show what it can do.
+- `status` builds every provider and shows its state (router breakers, limits) as THIS process
+  sees it: breakers and counters live in the process (or in Redis with `[llm.state]`), so a fresh
+  CLI process starts with every breaker closed; the output says so. `status --probe` sends each
+  provider one cheap request (its model list where the backend has one, else a 1-token chat),
+  bounded by `--probe-timeout` per provider, and reports ok / the error.
+- `models NAME` prints `await provider.list_models()` (a router: the union of its members'
+  lists) and the configured model's context window (`fetch_context_window()`; Ollama asks
+  `/api/show`).
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +41,8 @@ if TYPE_CHECKING:
     from zeph_providers.registry import Registry
 
 
-def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
-    """Build one provider (cheap: remote clients are lazy and local models load on first use)."""
-    from zeph_providers.errors import LlmError, redact
-
+def _config_row(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
+    """What the config alone says about one provider (nothing built, nothing imported)."""
     row: dict[str, Any] = {
         "name": config.name,
         "type": config.type,
@@ -43,6 +52,21 @@ def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
         "embedding": registry.config.embedding == config.name,
         "note": None,
     }
+    env = getattr(config, "key_env", None)
+    needs_key = getattr(config, "key_required", False) and getattr(config, "api_key", None) is None
+    if needs_key and env and not os.environ.get(env):
+        row["note"] = f"needs an API key: ${env} is not set"
+    elif needs_key and not env:
+        row["note"] = "needs an API key: set `api_key_env` or `api_key`"
+    return row
+
+
+def _describe(registry: Registry, config: ProviderConfigBase) -> dict[str, Any]:
+    """Build one provider (cheap: remote clients are lazy and local models load on first use)."""
+    from zeph_providers.errors import LlmError, redact
+
+    row = _config_row(registry, config)
+    row["note"] = None
     try:
         provider = registry.get(config.name)
     except LlmError as exc:
@@ -65,7 +89,8 @@ def _name_label(row: dict[str, Any]) -> str:
 async def _list(args: argparse.Namespace) -> int:
     registry = _open_registry(args)
     try:
-        rows = [_describe(registry, config) for config in registry.config.providers]
+        describe = _describe if args.capabilities else _config_row
+        rows = [describe(registry, config) for config in registry.config.providers]
     finally:
         await _close(registry)
     if args.json:
@@ -80,17 +105,22 @@ async def _list(args: argparse.Namespace) -> int:
     table_rows = []
     notes = []
     for row in rows:
-        caps = ", ".join(row["capabilities"]) if row["capabilities"] is not None else "?"
-        table_rows.append([_name_label(row), row["type"], row["model"] or "-", caps or "-"])
+        cells = [_name_label(row), row["type"], row["model"] or "-"]
+        if args.capabilities:
+            caps = ", ".join(row["capabilities"]) if row["capabilities"] is not None else "?"
+            cells.append(caps or "-")
+        table_rows.append(cells)
         if row["note"]:
             notes.append(f"  {row['name']}: {row['note']}")
     from zeph_providers.errors import redact
 
-    _out(redact(_table(["name", "type", "model", "capabilities"], table_rows)))
+    headers = ["name", "type", "model", *(["capabilities"] if args.capabilities else [])]
+    _out(redact(_table(headers, table_rows)))
     if notes:
         _out()
         _out(redact("notes:\n" + "\n".join(notes)))
-    _out(f"\n{len(rows)} provider{'s' if len(rows) != 1 else ''} from {registry.config.source}")
+    hint = "" if args.capabilities else " (capabilities: list --capabilities)"
+    _out(f"\n{len(rows)} provider{'s' if len(rows) != 1 else ''} from {registry.config.source}{hint}")
     return EXIT_OK
 
 
@@ -137,11 +167,13 @@ async def _status(args: argparse.Namespace) -> int:
                     detail = {"error": _short(redact(f"{type(exc).__name__}: {exc}"))}
                 if detail is not None:
                     entry["status"] = detail
+                if args.probe:
+                    entry["probe"] = await _probe(registry, config, provider, args.probe_timeout)
             entries.append(entry)
     finally:
         await _close(registry)
     if args.json:
-        _out(_dumps({"source": registry.config.source, "providers": entries}))
+        _out(_dumps({"source": registry.config.source, "state_scope": "process", "providers": entries}))
         return EXIT_OK
     lines = []
     for entry in entries:
@@ -149,8 +181,49 @@ async def _status(args: argparse.Namespace) -> int:
         for key, value in (entry.get("status") or {}).items():
             rendered = value if isinstance(value, str) else json.dumps(value, default=_json_default)
             lines.append(f"    {key}: {rendered}")
+        probe = entry.get("probe")
+        if probe is not None:
+            lines.append(f"    probe: {'ok' if probe['ok'] else 'error'}: {probe['detail']}")
     _out(redact("\n".join(lines)))
+    _out(
+        "\nnote: breaker, limit and cache state is per process (or shared through [llm.state] in Redis): "
+        "this command is a new process, so it shows fresh state, not that of a running app."
+        + ("" if args.probe else " `status --probe` sends each provider a cheap request.")
+    )
     return EXIT_OK
+
+
+async def _probe(
+    registry: Registry, config: ProviderConfigBase, provider: LlmProvider, timeout: float
+) -> dict[str, Any]:
+    """One cheap request: the model list (remote servers), else a 1-token chat; ok or the error, bounded."""
+    import time
+
+    from zeph_providers._cli_common import _explain
+    from zeph_providers.errors import LlmError, UnsupportedCapabilityError, redact
+    from zeph_providers.types import Message
+
+    async def ask() -> str:
+        if config.type not in ("local", "router"):
+            try:
+                lister: Any = provider
+                models = await lister.list_models(refresh=True)
+                return f"lists {len(models)} model{'s' if len(models) != 1 else ''}"
+            except UnsupportedCapabilityError:
+                pass
+        reply = await provider.chat([Message.user("ping")], max_tokens=1, timeout=timeout)
+        return f"answered a 1-token chat ({reply.finish_reason})"
+
+    start = time.monotonic()
+    try:
+        detail = await asyncio.wait_for(ask(), timeout)
+    except TimeoutError:
+        return {"ok": False, "detail": f"no answer within {timeout:g} s"}
+    except LlmError as exc:
+        return {"ok": False, "detail": _short(_explain(exc, registry), 300)}
+    except Exception as exc:
+        return {"ok": False, "detail": _short(redact(f"{type(exc).__name__}: {exc}"), 300)}
+    return {"ok": True, "detail": f"{detail} in {time.monotonic() - start:.2f} s"}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -164,7 +237,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 async def _models(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from zeph_providers.errors import redact
+    from zeph_providers._cli_common import _explain
+    from zeph_providers.errors import LlmError, redact
 
     registry = _open_registry(args)
     try:
@@ -172,6 +246,9 @@ async def _models(args: argparse.Namespace) -> int:
         models = await provider.list_models(refresh=args.refresh)
         fetch = getattr(provider, "fetch_context_window", None)
         window = await fetch() if fetch is not None else None
+    except LlmError as exc:
+        exc.cli_message = _explain(exc, registry)  # type: ignore[attr-defined]
+        raise
     finally:
         await _close(registry)
     if args.json:

@@ -72,16 +72,27 @@ class Registry:
 
     @classmethod
     def discover(cls, path: str | os.PathLike[str] | None = None) -> Registry:
-        """`path`, else `$ZEPH_PROVIDERS_CONFIG`, else `./zeph.toml`, else the built-in default."""
+        """`path`, else `$ZEPH_PROVIDERS_CONFIG`, else `./zeph.toml`, else the per-user file
+        (`~/.config/zeph-providers/zeph.toml` on Linux: `zeph_providers._paths.user_config_file`),
+        else the built-in default."""
+        found = cls.discover_path(path)
+        return cls.from_toml(found) if found is not None else cls.from_default()
+
+    @staticmethod
+    def discover_path(path: str | os.PathLike[str] | None = None) -> Path | None:
+        """The file `discover` would load, or None for the built-in default."""
         if path is not None:
-            return cls.from_toml(path)
+            return Path(path)
         env = os.environ.get("ZEPH_PROVIDERS_CONFIG")
         if env:
-            return cls.from_toml(env)
+            return Path(env)
         local = Path("zeph.toml")
         if local.is_file():
-            return cls.from_toml(local)
-        return cls.from_default()
+            return local
+        from zeph_providers._paths import user_config_file
+
+        user = user_config_file()
+        return user if user.is_file() else None
 
     # ----- lookup -------------------------------------------------------------------
 

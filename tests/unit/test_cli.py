@@ -26,12 +26,16 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "ZEPH_PROVIDERS_CONFIG"}
     environ["PYTHONPATH"] = str(REPO) + os.pathsep + environ.get("PYTHONPATH", "")
+    # the per-user config and the conversation log: never the real home folder's
+    environ["ZEPH_PROVIDERS_CONFIG_HOME"] = str(cwd / ".user-config")
+    environ["ZEPH_PROVIDERS_DATA_DIR"] = str(cwd / ".user-data")
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "zeph_providers", *args],
         cwd=cwd,
         env=environ,
         input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -44,13 +48,20 @@ def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout, result.stdout
 
 
+@pytest.fixture(autouse=True)
+def _private_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process `main()` calls log conversations and read the per-user config: keep both in tmp."""
+    monkeypatch.setenv("ZEPH_PROVIDERS_CONFIG_HOME", str(tmp_path / ".user-config"))
+    monkeypatch.setenv("ZEPH_PROVIDERS_DATA_DIR", str(tmp_path / ".user-data"))
+
+
 @pytest.fixture
 def cfg(mock_config_path: Path) -> str:
     return str(mock_config_path)
 
 
 def test_list_table(cfg: str, tmp_path: Path) -> None:
-    result = run_cli("--config", cfg, "list", cwd=tmp_path)
+    result = run_cli("--config", cfg, "list", "--capabilities", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "MODEL", "CAPABILITIES"]
@@ -61,7 +72,7 @@ def test_list_table(cfg: str, tmp_path: Path) -> None:
 
 
 def test_list_json(cfg: str, tmp_path: Path) -> None:
-    result = run_cli("list", "--json", "--config", cfg, cwd=tmp_path)
+    result = run_cli("list", "--json", "--capabilities", "--config", cfg, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["source"] == cfg
@@ -84,13 +95,16 @@ def test_list_shows_unbuildable_providers_with_a_note(
         '[llm]\n[[llm.providers]]\nname = "claude"\ntype = "claude"\napi_key_env = "ZEPH_TEST_NO_SUCH_KEY"\n'
         '[[llm.providers]]\nname = "mock"\ntype = "mock"\n'
     )
-    assert main(["--config", str(path), "list"]) == 0
+    assert main(["--config", str(path), "list"]) == 0  # the config alone: the key variable is unset
+    plain = capsys.readouterr().out
+    assert "claude: needs an API key: $ZEPH_TEST_NO_SUCH_KEY is not set" in plain
+    assert main(["--config", str(path), "list", "--capabilities"]) == 0
     out = capsys.readouterr().out
     claude_line = next(line for line in out.splitlines() if line.startswith("claude"))
     assert "claude-" in claude_line and claude_line.rstrip().endswith("?")
     assert "claude: not built:" in out
     assert "ZEPH_TEST_NO_SUCH_KEY" in out
-    assert main(["--config", str(path), "list", "--json"]) == 0
+    assert main(["--config", str(path), "list", "--json", "--capabilities"]) == 0
     payload = json.loads(capsys.readouterr().out)
     claude = next(row for row in payload["providers"] if row["name"] == "claude")
     assert claude["capabilities"] is None and claude["note"].startswith("not built:")
@@ -174,9 +188,9 @@ def test_chat_unknown_provider(cfg: str, tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2(cfg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_cli("--config", cfg, "chat", "mock", cwd=tmp_path)
+    result = run_cli("--config", cfg, "chat", "mock", cwd=tmp_path)  # no prompt, stdin not a terminal
     assert result.returncode == 2, result.stderr
-    assert "usage:" in result.stderr
+    assert "no prompt: give one, pipe it on stdin, or run on a terminal for the REPL" in result.stderr
     assert_no_traceback(result)
     for args in (["bogus"], ["chat", "mock", "x", "--max-tokens", "0"], [], ["config"], ["chat", "mock", "-"]):
         assert main(["--config", cfg, *args]) == 2, args

@@ -483,7 +483,9 @@ class LlmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     default: str | None = None
+    """The provider `registry.default()` returns, and `zeph-providers chat` uses without a NAME."""
     embedding: str | None = None
+    """The provider `registry.embedder()` returns."""
     providers: list[ProviderConfigBase] = Field(default_factory=list)
     telemetry: bool = True
     """OpenTelemetry spans and metrics (when `opentelemetry-api` is installed); false turns them off."""
