@@ -47,7 +47,7 @@ from typing import Any
 from zeph_providers.errors import RateLimitError
 from zeph_providers.state import Bucket, MemoryStore, StateStore
 
-__all__ = ["RateLimiter", "Reservation", "estimate_tokens", "parse_reset"]
+__all__ = ["RateLimiter", "Reservation", "chat_estimate", "estimate_tokens", "parse_reset"]
 
 log = logging.getLogger("zeph_providers.limits")
 
@@ -63,6 +63,15 @@ def estimate_tokens(texts: Sequence[str], max_tokens: int | None) -> int:
     up, plus the reply budget (`max_tokens`, when set)."""
     chars = sum(len(text) for text in texts)
     return math.ceil(chars / CHARS_PER_TOKEN) + max(0, max_tokens or 0)
+
+
+def chat_estimate(messages: Sequence[Any], max_tokens: int | None, config: object = None) -> int:
+    """`estimate_tokens` for a chat call: the messages' text, and the call's `max_tokens` (else the
+    provider config's, when it has one)."""
+    if max_tokens is None:
+        configured = getattr(config, "max_tokens", None)
+        max_tokens = configured if isinstance(configured, int) and not isinstance(configured, bool) else None
+    return estimate_tokens([str(getattr(message, "text", "")) for message in messages], max_tokens)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
