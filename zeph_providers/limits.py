@@ -238,7 +238,7 @@ class RateLimiter:
         limits = ", ".join(f"{label}={value}" for label, value in (("rpm", self.rpm), ("tpm", self.tpm)) if value)
         return RateLimitError(
             f"client-side rate limit reached ({limits or 'server-imposed'}): capacity again in {wait:.2f}s{why}; "
-            "raise rpm/tpm, spread the calls, or set rate_limit = \"wait\" with a longer timeout",
+            'raise rpm/tpm, spread the calls, or set rate_limit = "wait" with a longer timeout',
             provider=self.name,
             retry_after=round(wait, 3),
         )
@@ -249,9 +249,7 @@ class RateLimiter:
         """Lower the buckets to what the server says is left; block until its reset when nothing is."""
         lowered = {str(k).lower(): str(v) for k, v in headers.items()}
         for kind, bucket in (("requests", self.rpm_bucket), ("tokens", self.tpm_bucket)):
-            remaining = _number(
-                lowered, f"x-ratelimit-remaining-{kind}", f"anthropic-ratelimit-{kind}-remaining"
-            )
+            remaining = _number(lowered, f"x-ratelimit-remaining-{kind}", f"anthropic-ratelimit-{kind}-remaining")
             if remaining is None:
                 continue
             if bucket is not None:

@@ -450,10 +450,7 @@ class StateConfig(_Strict):
             parts = urlsplit(url)
             if parts.scheme not in ("redis", "rediss", "unix"):
                 raise ValueError("url must be a redis://, rediss:// or unix:// URL")
-            try:
-                register_secret(parts.password)
-            except ValueError:  # pragma: no cover - urlsplit reads a password lazily
-                pass
+            register_secret(parts.password)
         if self.backend == "redis" and self.url is None:
             raise ValueError('backend = "redis" needs a url (e.g. url = "${REDIS_URL}")')
         return self

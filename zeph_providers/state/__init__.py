@@ -124,4 +124,3 @@ def build_store(config: object) -> StateStore:
 
         return RedisStore.from_config(config)
     return MemoryStore()
-

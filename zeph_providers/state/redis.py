@@ -25,6 +25,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -298,10 +299,8 @@ class RedisStore:
 
     @staticmethod
     async def _close_client(client: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a broken connection may fail to close
             await client.aclose(close_connection_pool=True)
-        except Exception:  # pragma: no cover - a broken connection may fail to close
-            pass
 
     # ----- response cache ----------------------------------------------------------------
 
@@ -348,7 +347,9 @@ class RedisStore:
 
         return await self._run(shared, lambda local: local.bucket_take(takes, block_key=block_key))
 
-    async def _adjust(self, bucket: Bucket, mode: str, value: float, local: Callable[[MemoryStore], Awaitable[None]]) -> None:
+    async def _adjust(
+        self, bucket: Bucket, mode: str, value: float, local: Callable[[MemoryStore], Awaitable[None]]
+    ) -> None:
         async def shared(_: Any, scripts: dict[str, Any]) -> None:
             await scripts["adjust"](keys=[self._k(bucket.key)], args=[bucket.capacity, bucket.per_second, mode, value])
 
