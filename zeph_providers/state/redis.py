@@ -44,9 +44,9 @@ log = logging.getLogger("zeph_providers.state")
 
 T = TypeVar("T")
 
-MAX_CONNECTIONS = 32
-"""Connections per event loop: callers beyond it queue for one (within the timeout) instead of
-opening hundreds of sockets at once."""
+MAX_CONNECTIONS = 1024
+"""Connections per event loop at most (one per operation in flight; Redis' default limit is 10 000).
+Beyond it an operation uses local state, like any other Redis failure."""
 
 _TAKE = """
 local t = redis.call('TIME')
@@ -239,10 +239,9 @@ class RedisStore:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            pool = aioredis.BlockingConnectionPool.from_url(
+            pool = aioredis.ConnectionPool.from_url(
                 self._url,
                 max_connections=MAX_CONNECTIONS,
-                timeout=self.timeout_secs,
                 socket_timeout=self.timeout_secs,
                 socket_connect_timeout=self.timeout_secs,
                 retry=Retry(NoBackoff(), 0),
