@@ -4,9 +4,11 @@ What one call through a provider with `rpm`/`tpm`, a router breaker and a respon
 `limiter.acquire()` + `reservation.settle()` + `breaker.admit()` + `breaker.report()` +
 `store.cache_get()`, timed per call with `concurrency` callers in flight at once (each call waits
 `--upstream-ms` for its "model" between the checks before and the bookkeeping after; that wait is
-not counted), on the in-process store and on a real Redis (a `redis-server` this script starts on a free loopback port, nothing on disk).
-The limits are set high enough never to make a caller wait: this measures the bookkeeping, not
-the limiting. Goal (issue 14): Redis p50 added latency <= 1 ms on loopback.
+not counted), on the in-process store and on a real Redis (a `redis-server` this script starts
+on a free loopback port, nothing on disk). The limits are set high enough never to make a caller
+wait: this measures the bookkeeping, not the limiting. The Redis figure is four round trips
+(bucket take, breaker admit, cache GET, bucket settle; a success writes nothing to the breaker)
+plus the client's CPU: on a busy machine, 64 callers queue for the one event loop. Goal (issue 14): Redis p50 added latency <= 1 ms on loopback.
 
     python bench/bench_scaling.py            # 6 400 calls per store, concurrency 64, 100 ms upstream
     python bench/bench_scaling.py --quick    # a smoke run (numbers mean nothing)
