@@ -8,7 +8,8 @@ not counted), on the in-process store and on a real Redis (a `redis-server` this
 on a free loopback port, nothing on disk). The limits are set high enough never to make a caller
 wait: this measures the bookkeeping, not the limiting. The Redis figure is four round trips
 (bucket take, breaker admit, cache GET, bucket settle; a success writes nothing to the breaker)
-plus the client's CPU: on a busy machine, 64 callers queue for the one event loop. Goal (issue 14): Redis p50 added latency <= 1 ms on loopback.
+plus the client's CPU: on a busy machine, 64 callers queue for the one event loop.
+Goal (issue 14): Redis p50 added latency <= 1 ms on loopback.
 
     python bench/bench_scaling.py            # 6 400 calls per store, concurrency 64, 100 ms upstream
     python bench/bench_scaling.py --quick    # a smoke run (numbers mean nothing)
