@@ -201,8 +201,6 @@ class RateLimiter:
         blocked = self._blocked_until - self._clock()
         if blocked > 0:
             return blocked
-        if not takes:
-            return await self.store.bucket_take([], block_key=self.block_key)
         return await self.store.bucket_take(takes, block_key=self.block_key)
 
     async def acquire(self, estimated_tokens: int = 0, *, deadline: float | None = None) -> Reservation:

@@ -276,3 +276,14 @@ async def test_a_success_anywhere_restarts_the_shared_streak() -> None:
     await b.report(await b.admit() or Admission.NORMAL, True)
     await a.report(await a.admit() or Admission.NORMAL, False)
     assert await b.admit() is Admission.NORMAL  # 1 failure since the success: still closed
+
+
+async def test_embeddings_take_from_the_same_limit() -> None:
+    text = '[[llm.providers]]\nname = "m"\ntype = "mock"\nrpm = 2\nrate_limit = "fail"\n'
+    async with Registry.from_toml_string(text) as registry:
+        provider = registry.get("m")
+        assert len(await provider.embed("one")) == 8
+        await provider.chat([Message.user("hi")])
+        with pytest.raises(RateLimitError) as caught:
+            await provider.embed("two")
+        assert caught.value.provider == "m"

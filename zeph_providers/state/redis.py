@@ -207,6 +207,7 @@ class RedisStore:
         self.fallbacks = 0
         """Operations answered by the local fallback so far (for tests and status pages)."""
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, config: Any) -> RedisStore:
@@ -294,7 +295,8 @@ class RedisStore:
             if loop is asyncio.get_running_loop():
                 del self._clients[loop]
                 task = loop.create_task(self._close_client(client))
-                task.add_done_callback(lambda _t: None)
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     @staticmethod
     async def _close_client(client: Any) -> None:
