@@ -287,3 +287,29 @@ async def test_embeddings_take_from_the_same_limit() -> None:
         with pytest.raises(RateLimitError) as caught:
             await provider.embed("two")
         assert caught.value.provider == "m"
+
+
+async def test_a_router_tries_a_member_at_its_limit_last() -> None:
+    text = """
+[[llm.providers]]
+name = "first"
+type = "mock"
+responses = ["from first"]
+rpm = 1
+rate_limit = "fail"
+
+[[llm.providers]]
+name = "second"
+type = "mock"
+responses = ["from second"]
+
+[[llm.providers]]
+name = "r"
+type = "router"
+providers = ["first", "second"]
+"""
+    async with Registry.from_toml_string(text) as registry:
+        router = registry.get("r")
+        texts = [(await router.chat([Message.user("hi")])).text for _ in range(3)]
+        assert texts == ["from first", "from second", "from second"]
+        assert router.status()["first"]["failures"] == 0  # type: ignore[attr-defined]  # skipped, not failed
