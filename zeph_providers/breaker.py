@@ -20,6 +20,7 @@ and the totals in `snapshot()`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import threading
 import time
@@ -252,6 +253,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self.key = key
         self.probe_ttl_secs = max(probe_ttl_secs, 0.001)
         self._shared_failures = 0
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def admit(self) -> Admission | None:
         answer = await self.store.breaker_admit(self.key, self.probe_ttl_secs)
@@ -308,7 +310,19 @@ class SharedCircuitBreaker(CircuitBreaker):
 
     async def areset(self) -> None:
         await self.store.breaker_close(self.key)
-        self.reset()
+        super().reset()
+
+    def reset(self) -> None:
+        """Close this view now and the shared breaker in the background (inside an event loop;
+        outside one, use `areset()`)."""
+        super().reset()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self.store.breaker_close(self.key))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _mirror_open(self, retry_in: float) -> None:
         """Another replica's open breaker, seen here (lock held): open with `retry_in` left."""

@@ -313,3 +313,13 @@ providers = ["first", "second"]
         texts = [(await router.chat([Message.user("hi")])).text for _ in range(3)]
         assert texts == ["from first", "from second", "from second"]
         assert router.status()["first"]["failures"] == 0  # type: ignore[attr-defined]  # skipped, not failed
+
+
+async def test_reset_closes_the_shared_breaker() -> None:
+    store = MemoryStore(shared=True)
+    a = SharedCircuitBreaker(store, "r:m", 1, 600.0)
+    b = SharedCircuitBreaker(store, "r:m", 1, 600.0)
+    await a.report(await a.admit() or Admission.NORMAL, False)
+    assert await b.admit() is None
+    await a.areset()
+    assert await b.admit() is Admission.NORMAL
