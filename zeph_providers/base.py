@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
@@ -51,14 +52,24 @@ from zeph_providers.errors import (
     UnsupportedCapabilityError,
 )
 from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
+from zeph_providers.limits import chat_estimate, estimate_tokens
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
 from zeph_providers.structured import Finalize, Repair, parse_structured
-from zeph_providers.types import ChatResponse, DocumentPart, ImagePart, Message, StreamChunk, ToolDefinition
+from zeph_providers.types import (
+    ChatResponse,
+    DocumentPart,
+    ImagePart,
+    Message,
+    StreamChunk,
+    ToolDefinition,
+    Usage,
+    UsageChunk,
+)
 
 if TYPE_CHECKING:
     from zeph_providers.cache import ResponseCache
-    from zeph_providers.limits import RateLimiter
+    from zeph_providers.limits import RateLimiter, Reservation
     from zeph_providers.models_info import ModelInfo
 
 __all__ = ["BaseProvider", "check_dimensions"]
@@ -294,9 +305,24 @@ class BaseProvider:
 
     async def _embed_in_slot(self, texts: list[str], dimensions: int | None = None) -> list[list[float]]:
         if self._semaphore is None:
-            return await self._embed_sized(texts, dimensions)
+            return await self._embed_limited(texts, dimensions)
         async with self._semaphore:
+            return await self._embed_limited(texts, dimensions)
+
+    async def _embed_limited(self, texts: list[str], dimensions: int | None) -> list[list[float]]:
+        """`_embed_sized` under the rate limiter (the estimate is kept: embeddings report no usage)."""
+        limiter = self.rate_limiter
+        if limiter is None:
             return await self._embed_sized(texts, dimensions)
+        deadline = None if self._default_timeout is None else time.monotonic() + self._default_timeout
+        reservation = await limiter.acquire(estimate_tokens(texts, None), deadline=deadline)
+        try:
+            vectors = await self._embed_sized(texts, dimensions)
+        except BaseException:
+            await reservation.settle(None)
+            raise
+        await reservation.settle(None)
+        return vectors
 
     async def _embed_sized(self, texts: list[str], dimensions: int | None) -> list[list[float]]:
         if dimensions is None:
@@ -492,19 +518,34 @@ class BaseProvider:
         options: ChatOptions,
         source: AsyncIterator[StreamChunk] | None = None,
     ) -> AsyncIterator[StreamChunk]:
-        """`stream_chunks()` (or `source`) inside the concurrency slot, every unexpected error typed."""
+        """`stream_chunks()` (or `source`) inside the concurrency slot and the rate limit, every
+        unexpected error typed. The limiter's reservation is settled with the reply's usage (or
+        kept as estimated when the request failed after being sent) and cancelled when the stream
+        was closed or cancelled before anything arrived."""
         semaphore = self._semaphore
         if semaphore is not None:
             await self._acquire_slot(options)
+        reservation: Reservation | None = None
+        usage: Usage | None = None
+        arrived = False
+        settle = True
         try:
+            limiter = self.rate_limiter
+            if limiter is not None:
+                estimate = chat_estimate(messages, options.max_tokens, getattr(self, "config", None))
+                reservation = await limiter.acquire(estimate, deadline=options.deadline)
             if source is None:
                 source = self.stream_chunks(messages, options)
             try:
                 async for chunk in source:
+                    arrived = True
+                    if isinstance(chunk, UsageChunk):
+                        usage = chunk.usage
                     yield chunk
-            except LlmError:
-                raise
             except (asyncio.CancelledError, GeneratorExit):
+                settle = arrived
+                raise
+            except LlmError:
                 raise
             except Exception as exc:
                 raise InferenceError(f"unexpected {type(exc).__name__}: {exc}", provider=self._name) from exc
@@ -514,5 +555,11 @@ class BaseProvider:
                     with contextlib.suppress(Exception):
                         await aclose()
         finally:
+            if reservation is not None:
+                with contextlib.suppress(Exception):
+                    if settle:
+                        await reservation.settle(usage.total_tokens if usage is not None else None)
+                    else:
+                        await reservation.cancel()
             if semaphore is not None:
                 semaphore.release()

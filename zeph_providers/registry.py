@@ -10,12 +10,14 @@ from types import TracebackType
 from typing import Any
 
 from zeph_providers import factory
-from zeph_providers.config import LlmConfig, load_config, loads_config, parse_config
-from zeph_providers.config.models import ProviderConfigBase
+from zeph_providers.base import BaseProvider
+from zeph_providers.config import LlmConfig, ProviderConfigBase, load_config, loads_config, parse_config
 from zeph_providers.errors import ConfigError, ProviderClosedError, ProviderNotFoundError
 from zeph_providers.hooks import Hooks, global_hooks
+from zeph_providers.limits import RateLimiter
 from zeph_providers.pricing import CostTracker, ProviderTotals
 from zeph_providers.protocol import LlmProvider
+from zeph_providers.state import StateStore, build_store
 
 __all__ = ["Registry"]
 
@@ -32,10 +34,17 @@ class Registry:
 
     A provider whose config has a `[llm.providers.response_cache]` table gets its `response_cache`
     once built (`zeph_providers.cache`).
+    `state` is the `StateStore` built once from `[llm.state]` (in-process by default, Redis when
+    configured): providers with `rpm`/`tpm` get a `RateLimiter` on it, routers keep their breakers
+    there when it is shared, and the response cache stores its entries there. Pass `state=` to
+    share one store between registries (then this registry does not close it).
     """
 
-    def __init__(self, config: LlmConfig) -> None:
+    def __init__(self, config: LlmConfig, *, state: StateStore | None = None) -> None:
         self._config = config
+        self._owns_state = state is None
+        self.state: StateStore = state if state is not None else build_store(config.state)
+        """Where rate limits, shared breakers and the response cache live (`zeph_providers.state`)."""
         self._providers: dict[str, LlmProvider] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -123,6 +132,7 @@ class Registry:
             if built is None:
                 built = factory.build_provider(provider_config, self)
                 self._attach_response_cache(built, provider_config)
+                self._attach_limiter(built, provider_config)
                 hooks = getattr(built, "hooks", None)
                 if isinstance(hooks, Hooks):
                     hooks.parent = self.hooks
@@ -146,6 +156,18 @@ class Registry:
                 provider=config.name,
             )
         provider.response_cache = cache
+    def _attach_limiter(self, provider: LlmProvider, config: ProviderConfigBase) -> None:
+        """`rpm`/`tpm` from the config -> a `RateLimiter` on this registry's store."""
+        if config.rpm is None and config.tpm is None:
+            return
+        if not isinstance(provider, BaseProvider):
+            raise ConfigError(
+                "rpm/tpm need a provider built on BaseProvider (this plugin is not); limit it in the plugin",
+                provider=config.name,
+            )
+        provider.rate_limiter = RateLimiter(
+            config.name, rpm=config.rpm, tpm=config.tpm, store=self.state, wait=config.rate_limit == "wait"
+        )
 
     def default(self) -> LlmProvider:
         """The provider named by `[llm].default` (or the only/first provider)."""
@@ -187,6 +209,11 @@ class Registry:
             try:
                 await provider.aclose()
             except Exception as exc:  # close the rest before reporting
+                errors.append(exc)
+        if self._owns_state:
+            try:
+                await self.state.aclose()
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]

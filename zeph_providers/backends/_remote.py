@@ -31,7 +31,9 @@ from zeph_providers.errors import (
     LlmError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    RateLimitError,
     UnsupportedCapabilityError,
+    parse_retry_after,
     register_secret,
 )
 from zeph_providers.models_info import ModelInfo, ModelsCache, known_context_window
@@ -123,11 +125,18 @@ def _client_kwargs(
     return kwargs
 
 
-def httpx2_client(config: RemoteConfig, *, transport: Any = None, line_limit: int = MAX_STREAM_LINE_BYTES) -> Any:
-    """An `httpx2.AsyncClient` (for the openai and anthropic SDKs) with this provider's limits."""
+def httpx2_client(
+    config: RemoteConfig,
+    *,
+    transport: Any = None,
+    line_limit: int = MAX_STREAM_LINE_BYTES,
+    on_response: Callable[[Any], None] | None = None,
+) -> Any:
+    """An `httpx2.AsyncClient` (for the openai and anthropic SDKs) with this provider's limits;
+    `on_response` sees every response's status and headers first (`RemoteProvider.observe_response`)."""
     import httpx2
 
-    return httpx2.AsyncClient(**_client_kwargs(httpx2, config, transport, line_limit, None))
+    return httpx2.AsyncClient(**_client_kwargs(httpx2, config, transport, line_limit, on_response))
 
 
 def httpx_client_kwargs(
@@ -200,6 +209,20 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
             provider=self.name,
         )
 
+    def observe_response(self, response: Any) -> None:
+        """Every HTTP response's headers feed the rate limiter (`x-ratelimit-*`,
+        `anthropic-ratelimit-*`; a 429's `Retry-After` blocks it until then)."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return
+        try:
+            headers = response.headers
+            limiter.observe_headers(headers)
+            if response.status_code == 429:
+                limiter.observe_retry_after(parse_retry_after(headers))
+        except Exception as exc:  # feedback never fails a response
+            log.debug("provider %r: rate-limit headers not read (%s)", self.name, type(exc).__name__)
+
     async def _mapped(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         try:
             async for item in source:
@@ -207,6 +230,8 @@ class RemoteProvider(BaseProvider, Generic[ConfigT]):
         except LlmError as exc:
             if exc.provider is None:
                 exc.provider = self.name
+            if isinstance(exc, RateLimitError) and self.rate_limiter is not None:
+                self.rate_limiter.observe_retry_after(exc.retry_after)  # also a 429 seen as an error event
             raise
         except Exception as exc:
             raise self._map_error(exc) from exc

@@ -152,7 +152,7 @@ class ClaudeProvider(RemoteProvider[ClaudeConfig]):
             api_key=self.api_key,
             base_url=self.base_url,
             max_retries=0,
-            http_client=httpx2_client(config, transport=transport),
+            http_client=httpx2_client(config, transport=transport, on_response=self.observe_response),
         )
         if self.base_url != DEFAULT_BASE_URL:
             # The SDK adds ANTHROPIC_CUSTOM_HEADERS to every request; only what the config asked

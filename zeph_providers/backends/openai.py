@@ -180,7 +180,7 @@ class OpenAIProvider(RemoteProvider[OpenAIConfig]):
             self._max_completion_tokens = config.use_max_completion_tokens
         else:
             self._max_completion_tokens = not self.compatible and is_reasoning_model(config.model)
-        self._http = httpx2_client(config, transport=transport)
+        self._http = httpx2_client(config, transport=transport, on_response=self.observe_response)
         self._client = AsyncOpenAI(
             api_key=api_key or NO_KEY_PLACEHOLDER,
             organization=config.organization,

@@ -47,7 +47,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.backends._routing import Answer as _Answer
@@ -71,7 +71,7 @@ from zeph_providers.backends._routing import remaining as _remaining
 from zeph_providers.backends._routing import supports as _supports
 from zeph_providers.backends._routing import union as _union
 from zeph_providers.base import BaseProvider
-from zeph_providers.breaker import Admission, CircuitBreaker
+from zeph_providers.breaker import Admission, CircuitBreaker, SharedCircuitBreaker
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -81,6 +81,7 @@ from zeph_providers.errors import (
     ProviderUnavailableError,
     UnsupportedCapabilityError,
 )
+from zeph_providers.limits import chat_estimate, estimate_tokens
 from zeph_providers.models_info import ModelInfo, members_models, smallest_window
 from zeph_providers.options import PROVIDER_OPTIONS, Capabilities, ChatOptions
 from zeph_providers.protocol import LlmProvider
@@ -91,6 +92,7 @@ from zeph_providers.types import ChatResponse, Message, StreamChunk, ToolDefinit
 if TYPE_CHECKING:
     from zeph_providers.config import RouterConfig
     from zeph_providers.registry import Registry
+    from zeph_providers.state import StateStore
 
 __all__ = ["RouterProvider", "Strategy", "build"]
 
@@ -125,6 +127,7 @@ class RouterProvider(BaseProvider):
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         structured_retries: int = 1,
+        state: StateStore | None = None,
     ) -> None:
         names = list(dict.fromkeys(members))
         if not names:
@@ -145,8 +148,21 @@ class RouterProvider(BaseProvider):
         self._member_names = names
         self._resolve = resolve
         self._members: dict[str, LlmProvider] = {}
-        self._breakers = {
-            member: CircuitBreaker(
+        # On a shared store (Redis) the breakers' open/half-open state is shared by every replica.
+        self._breakers: dict[str, CircuitBreaker] = {
+            member: SharedCircuitBreaker(
+                state,
+                f"{name}:{member}",
+                failure_threshold,
+                cooldown_secs,
+                probe_ttl_secs=timeout_secs,
+                window_size=window_size,
+                failure_rate=failure_rate,
+                clock=clock,
+                wall_clock=wall_clock,
+            )
+            if state is not None and state.shared
+            else CircuitBreaker(
                 failure_threshold,
                 cooldown_secs,
                 window_size=window_size,
@@ -239,17 +255,14 @@ class RouterProvider(BaseProvider):
         with self._lock:
             self._stats[name].fold(ok=ok, latency=latency, sequence=self._sequence)
 
-    def _settle(self, name: str, admission: Admission, error: LlmError) -> Verdict:
+    async def _settle(self, name: str, admission: Admission, error: LlmError) -> Verdict:
         """Record a member's failure in its breaker and EMAs; say whether to try the next member."""
         if not error.provider:
             error.provider = name
         verdict = verdict_for(error, fallback_on_client_error=self.fallback_on_client_error)
         breaker = self._breakers[name]
         counts = isinstance(error, AuthenticationError) or verdict is Verdict.FAIL_AND_FALL_BACK
-        if counts:
-            breaker.record_failure(admission)
-        else:
-            breaker.release(admission)
+        await breaker.report(admission, False if counts else None)
         self._note(name, ok=False if counts else None)
         if verdict is not Verdict.RAISE:
             log.info("router %r: member %r failed (%s); trying the next member", self.name, name, type(error).__name__)
@@ -337,7 +350,8 @@ class RouterProvider(BaseProvider):
                 return False
             return True
 
-        for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept):
+        tokens = chat_estimate(messages, options.max_tokens)
+        async for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept, tokens):
             started = time.perf_counter()
             clock = AttemptClock(name)
             try:
@@ -345,14 +359,14 @@ class RouterProvider(BaseProvider):
             except LlmError as exc:
                 _log_attempts(log_, None, clock, exc)
                 errors.append(exc)
-                if self._settle(name, admission, exc) is Verdict.RAISE:
+                if await self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except Exception as exc:  # a plugin member that breaks the protocol
                 error = unexpected(exc, name)
                 _log_attempts(log_, None, clock, error)
                 errors.append(error)
-                self._settle(name, admission, error)
+                await self._settle(name, admission, error)
                 continue
             try:
                 first = await _next_chunk(stream, deadline, name)
@@ -362,13 +376,13 @@ class RouterProvider(BaseProvider):
                 await _close(stream)
                 _log_attempts(log_, stream, clock, exc)
                 errors.append(exc)
-                if self._settle(name, admission, exc) is Verdict.RAISE:
+                if await self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except BaseException as exc:
                 await _close(stream)
                 _log_attempts(log_, stream, clock, exc)
-                self._breakers[name].release(admission)
+                await self._breakers[name].report(admission, None)
                 raise
             # Committed: from here on this member's chunks (and errors) go to the caller.
             latency = time.perf_counter() - started
@@ -380,44 +394,70 @@ class RouterProvider(BaseProvider):
                 outcome = exc
                 if not exc.provider:
                     exc.provider = name
-                self._breakers[name].record_failure(admission)
+                await self._breakers[name].report(admission, False)
                 self._note(name, ok=False, latency=latency)
                 raise
             except BaseException as exc:  # closed early or cancelled: no verdict on the member
                 outcome = exc
-                self._breakers[name].release(admission)
+                await self._breakers[name].report(admission, None)
                 raise
             finally:
                 await _close(stream)
                 _log_attempts(log_, stream, clock, outcome)
             answer.stream = stream
-            self._breakers[name].record_success(admission)
+            await self._breakers[name].report(admission, True)
             self._note(name, ok=True, latency=latency)
             return
         raise exhausted(self.name, errors, deadline, options.timeout)
 
-    def _candidates(
+    async def _candidates(
         self,
         errors: list[LlmError],
         deadline: float | None,
         accept: Callable[[str, LlmProvider], bool],
-    ) -> Iterator[tuple[str, LlmProvider, Admission, float | None]]:
-        """Members to try, in strategy order: built, accepted, let through by their breaker, with time left."""
+        tokens: int = 0,
+    ) -> AsyncIterator[tuple[str, LlmProvider, Admission, float | None]]:
+        """Members to try, in strategy order: built, accepted, let through by their breaker, with
+        time left. A member at its rpm/tpm limit (`rate_limiter.has_capacity`) is tried after the
+        others (then its own limiter waits or refuses)."""
+        at_limit: list[tuple[str, LlmProvider]] = []
         for name in self._order():
             member = self._members.get(name)
             if member is None or not accept(name, member):
                 continue  # a member that failed to build already has its error in `errors`
-            admission = self._breakers[name].acquire()
-            if admission is None:  # circuit open: its error says when the next probe is due
-                retry_in = self._breakers[name].retry_in()
-                errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
-                log.debug("router %r: skipping %r (circuit open)", self.name, name)
+            limiter = getattr(member, "rate_limiter", None)
+            if limiter is not None and not await limiter.has_capacity(tokens):
+                log.debug("router %r: %r is at its rate limit; trying it last", self.name, name)
+                at_limit.append((name, member))
                 continue
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                self._breakers[name].release(admission)
+            admission, remaining, stop = await self._admit(name, errors, deadline)
+            if stop:
                 return
-            yield name, member, admission, remaining
+            if admission is not None:
+                yield name, member, admission, remaining
+        for name, member in at_limit:
+            admission, remaining, stop = await self._admit(name, errors, deadline)
+            if stop:
+                return
+            if admission is not None:
+                yield name, member, admission, remaining
+
+    async def _admit(
+        self, name: str, errors: list[LlmError], deadline: float | None
+    ) -> tuple[Admission | None, float | None, bool]:
+        """The member's breaker admission (None: circuit open), the time left, and whether to stop
+        (no time left)."""
+        admission = await self._breakers[name].admit()
+        if admission is None:  # circuit open: its error says when the next probe is due
+            retry_in = self._breakers[name].retry_in()
+            errors.append(ProviderUnavailableError(f"circuit open; next probe in {retry_in:.1f}s", provider=name))
+            log.debug("router %r: skipping %r (circuit open)", self.name, name)
+            return None, None, False
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            await self._breakers[name].report(admission, None)
+            return None, remaining, True
+        return admission, remaining, False
 
     # ----- embeddings ---------------------------------------------------------------
 
@@ -448,8 +488,9 @@ class RouterProvider(BaseProvider):
         self, texts: list[str], errors: list[LlmError], dimensions: int | None = None
     ) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline
-        embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings)
-        for name, member, admission, remaining in embedders:
+        tokens = estimate_tokens(texts, None)
+        embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings, tokens)
+        async for name, member, admission, remaining in embedders:
             started = time.perf_counter()
             # The member's own timeout caps its embeddings as it caps its chat (`options.within`).
             own = member.default_timeout
@@ -462,7 +503,7 @@ class RouterProvider(BaseProvider):
                         vectors = await member.embed_batch(texts, dimensions=dimensions)
             except LlmError as exc:
                 errors.append(exc)
-                if self._settle(name, admission, exc) is Verdict.RAISE:
+                if await self._settle(name, admission, exc) is Verdict.RAISE:
                     raise
                 continue
             except Exception as exc:
@@ -474,12 +515,12 @@ class RouterProvider(BaseProvider):
                 else:
                     error = unexpected(exc, name)
                 errors.append(error)
-                self._settle(name, admission, error)
+                await self._settle(name, admission, error)
                 continue
             except BaseException:
-                self._breakers[name].release(admission)
+                await self._breakers[name].report(admission, None)
                 raise
-            self._breakers[name].record_success(admission)
+            await self._breakers[name].report(admission, True)
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
         raise exhausted(self.name, errors, deadline, self._default_timeout)
@@ -507,4 +548,5 @@ def build(config: RouterConfig, registry: Registry) -> RouterProvider:
         fallback_on_client_error=config.fallback_on_client_error,
         max_concurrent=config.max_concurrent,
         structured_retries=config.structured_retries,
+        state=getattr(registry, "state", None),
     )

@@ -28,6 +28,7 @@ from zeph_providers.config.models import (
     ProviderConfigBase,
     RemoteConfig,
     RouterConfig,
+    StateConfig,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "ProviderConfigBase",
     "RemoteConfig",
     "RouterConfig",
+    "StateConfig",
     "TYPE_ALIASES",
     "catalog",
     "config_to_dict",

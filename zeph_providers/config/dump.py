@@ -21,6 +21,11 @@ def config_to_dict(config: LlmConfig) -> dict[str, Any]:
     for key, default in (("telemetry", True), ("telemetry_content", False), ("budget_usd", None)):
         if getattr(config, key) != default:
             llm[key] = getattr(config, key)
+    if config.state != type(config.state)():  # the url is a secret: written only as the reference to fill in
+        state = config.state.model_dump(mode="python", exclude_none=True, exclude={"url"})
+        if config.state.url is not None:
+            state["url"] = "${REDIS_URL}"
+        llm["state"] = state
     providers = []
     for provider in config.providers:
         entry = provider.model_dump(mode="python", exclude_none=True, exclude={"api_key"})

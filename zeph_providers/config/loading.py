@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from zeph_providers.config import catalog
-from zeph_providers.config.models import GatewayConfig, LlmConfig, ProviderConfigBase, RouterConfig
+from zeph_providers.config.models import GatewayConfig, LlmConfig, ProviderConfigBase, RouterConfig, StateConfig
 from zeph_providers.errors import ConfigError, ConfigProblem, quote_value
 
 __all__ = ["MAX_DEPTH", "load_config", "loads_config", "parse_config"]
@@ -36,7 +36,7 @@ __all__ = ["MAX_DEPTH", "load_config", "loads_config", "parse_config"]
 MAX_DEPTH = 32
 """Deepest nesting of tables and arrays a config may have (a real one needs 4)."""
 
-_LLM_KEYS = ["default", "embedding", "providers", "telemetry", "telemetry_content", "budget_usd", "gateway"]
+_LLM_KEYS = ["default", "embedding", "providers", "telemetry", "telemetry_content", "budget_usd", "state", "gateway"]
 _LLM_FLAGS = ("telemetry", "telemetry_content")
 _LLM_SETTINGS = (*_LLM_FLAGS, "budget_usd")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}")
@@ -53,6 +53,7 @@ class _Pass:
     raw_providers: list[Any] = field(default_factory=list)
     providers: list[ProviderConfigBase] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # providers[i] came from raw_providers[positions[i]]
+    state_config: StateConfig | None = None
 
     def add(self, message: str, **where: Any) -> None:
         self.problems.append(ConfigProblem(message, **where))
@@ -210,6 +211,8 @@ def _llm_keys(llm: Mapping[str, Any], state: _Pass) -> None:
             state.add(f"unknown key {quote_value(key)} in [llm]" + _hint(str(key), _LLM_KEYS))
         elif key in _LLM_FLAGS and not isinstance(llm[key], bool):
             state.add(f"`{key}` must be true or false", field=key)
+        elif key == "state":
+            _state_table(llm[key], state)
         elif key == "budget_usd":
             value = llm[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -219,6 +222,19 @@ def _llm_keys(llm: Mapping[str, Any], state: _Pass) -> None:
         state.add("`providers` must be an array of tables ([[llm.providers]])", field="providers")
         raw = []
     state.raw_providers = raw
+
+
+def _state_table(raw: Any, state: _Pass) -> None:
+    """`[llm.state]`, validated into `state.state_config` (its problems named `state.<field>`)."""
+    if not isinstance(raw, Mapping):
+        state.add("`state` must be a table ([llm.state])", field="state")
+        return
+    try:
+        state.state_config = StateConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        for problem in _problems_from_validation(exc, StateConfig, index=None, name=None):
+            where = f"state.{problem.field}" if problem.field else "state"
+            state.add(problem.message, field=where)
 
 
 def _one_provider(index: int, raw: Any, state: _Pass) -> ProviderConfigBase | None:
@@ -404,6 +420,8 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
     settings = {key: llm[key] for key in _LLM_SETTINGS if key in llm}
     if gateway is not None:
         settings["gateway"] = gateway
+    if state.state_config is not None:
+        settings["state"] = state.state_config
     return LlmConfig(
         default=llm.get("default"), embedding=llm.get("embedding"), providers=state.providers, source=source, **settings
     )

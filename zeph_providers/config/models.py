@@ -43,6 +43,7 @@ __all__ = [
     "RemoteConfig",
     "ResponseCacheConfig",
     "RouterConfig",
+    "StateConfig",
 ]
 
 
@@ -130,6 +131,16 @@ class ProviderConfigBase(_Strict):
     from the reply text). None: the backend's own way. Each type accepts only the modes it can do."""
     response_cache: ResponseCacheConfig | None = None
     """Replay complete replies to repeated requests (`[llm.providers.response_cache]`); off without it."""
+
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    """Client-side limit: at most this many requests a minute (a token bucket holding `rpm`,
+    refilled continuously; shared by every replica with `[llm.state] backend = "redis"`)."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    """Client-side limit: at most this many tokens a minute, estimated before the call (characters
+    / 4 + max_tokens) and corrected from the reply's usage (docs/scaling.md, "Rate limits")."""
+    rate_limit: Literal["wait", "fail"] = "wait"
+    """At the rpm/tpm limit: wait for capacity within the call's deadline ("wait"), or raise
+    `RateLimitError` with `retry_after` at once ("fail")."""
 
     structured_modes: ClassVar[tuple[str, ...]] = ("native",)
     """The `structured_output` values this type accepts."""
@@ -477,6 +488,35 @@ CandleConfig = LocalConfig
 ProviderConfig = LocalConfig | ClaudeConfig | OpenAIConfig | CompatibleConfig | OllamaConfig | RouterConfig | MockConfig
 
 
+class StateConfig(_Strict):
+    """`[llm.state]`: where rate limits, breaker state and the response cache live (docs/scaling.md)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    """"memory": this process only (the default). "redis": shared by every process using the same
+    Redis (or Valkey) server and `key_prefix`; needs the `redis` extra."""
+    url: SecretStr | None = None
+    """The Redis URL (`redis://[:password@]host:port/db`, `rediss://` for TLS), e.g. "${REDIS_URL}".
+    Its password is a secret: never printed, logged or put in an error."""
+    key_prefix: Annotated[str, Field(max_length=128)] = "zeph:"
+    """Prefix of every key this library writes (separates apps sharing one Redis)."""
+    timeout_secs: Annotated[float, Field(gt=0, le=10)] = 0.25
+    """Longest a Redis operation may take before the call goes on with local state."""
+    retry_secs: Annotated[float, Field(gt=0, le=600)] = 2.0
+    """After a Redis failure, how long operations use local state before trying Redis again."""
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateConfig:
+        if self.url is not None:
+            url = self.url.get_secret_value()
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("url must be a redis://, rediss:// or unix:// URL")
+            register_secret(parts.password)
+        if self.backend == "redis" and self.url is None:
+            raise ValueError('backend = "redis" needs a url (e.g. url = "${REDIS_URL}")')
+        return self
+
+
 class LlmConfig(BaseModel):
     """The whole `[llm]` table, validated."""
 
@@ -495,6 +535,8 @@ class LlmConfig(BaseModel):
     """Refuse calls once all providers together have cost this much."""
     gateway: GatewayConfig | None = None
     """`[llm.gateway]`: keys and limits of `zeph-providers serve` (docs/gateway.md)."""
+    state: StateConfig = Field(default_factory=StateConfig)
+    """`[llm.state]`: in-process state (default) or state shared through Redis."""
     source: str | None = Field(default=None, exclude=True)
 
     def provider(self, name: str) -> ProviderConfigBase | None:
