@@ -27,8 +27,8 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-from zeph_providers._cli_chat import conversation_messages, first_messages, loading_label, record, stream_reply
 from zeph_providers._cli_common import EXIT_OK, _dim, _err, _explain
+from zeph_providers._cli_turns import conversation_messages, first_messages, loading_label, record, stream_reply
 
 if TYPE_CHECKING:
     from zeph_providers._cli_store import Store
