@@ -26,16 +26,20 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from zeph_providers._inputs import messages_from
 from zeph_providers.errors import LlmError
 from zeph_providers.options import Capabilities, ChatKwargs
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
 from zeph_providers.stream import ChatStream
-from zeph_providers.types import ChatResponse, Message, StreamChunk
+from zeph_providers.types import ChatResponse, Message, MessageInput, StreamChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.tools import Tool, ToolRun
 
 __all__ = ["BlockingChatStream", "BlockingProvider", "BlockingRegistry"]
 
@@ -234,13 +238,27 @@ class BlockingProvider:
     def capabilities(self) -> Capabilities:
         return self._provider.capabilities
 
-    def chat(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> ChatResponse:
+    def chat(self, messages: MessageInput, **options: Unpack[ChatKwargs]) -> ChatResponse:
         """One complete reply (the async `chat()`, waited for)."""
-        return self._loop.run(self._provider.chat(messages, **options))
+        return self._loop.run(self._provider.chat(messages_from(messages, provider=self.name), **options))
 
-    def chat_stream(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> BlockingChatStream:
+    def chat_stream(self, messages: MessageInput, **options: Unpack[ChatKwargs]) -> BlockingChatStream:
         """A streamed reply: iterate it (ideally in a `with` block); `.response` once exhausted."""
-        return BlockingChatStream(self._provider, list(messages), options, self._loop)
+        return BlockingChatStream(self._provider, messages_from(messages, provider=self.name), options, self._loop)
+
+    def run_tools(
+        self,
+        messages: MessageInput,
+        *,
+        tools: Sequence[Callable[..., Any] | Tool],
+        max_turns: int = 8,
+        **options: Unpack[ChatKwargs],
+    ) -> ToolRun:
+        """`zeph_providers.tools.run_tools` on this provider, waited for (async tools run on the
+        loop thread, sync ones in worker threads)."""
+        from zeph_providers.tools import run_tools
+
+        return self._loop.run(run_tools(self._provider, messages, tools=tools, max_turns=max_turns, **options))
 
     def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
         if dimensions is None:

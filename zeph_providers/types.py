@@ -14,12 +14,17 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from zeph_providers._types_reply import Attempt, FinishReason, TokenLogprob, TopLogprob, Usage
 from zeph_providers._types_reply import Frozen as _Frozen
+from zeph_providers.errors import InvalidRequestError, clip
+
+if TYPE_CHECKING:
+    from zeph_providers.tools import Tool
 
 __all__ = [
     "Attempt",
@@ -34,6 +39,8 @@ __all__ = [
     "ImagePart",
     "LogprobsChunk",
     "Message",
+    "MessageInput",
+    "MessageLike",
     "Part",
     "RedactedThinkingChunk",
     "RedactedThinkingPart",
@@ -204,6 +211,25 @@ Part = Annotated[
 ]
 
 
+PART_TYPES = (
+    TextPart,
+    ImagePart,
+    ToolUsePart,
+    ToolResultPart,
+    ThinkingPart,
+    RedactedThinkingPart,
+    CachePointPart,
+    DocumentPart,
+)
+"""The classes of `Part`, for run-time checks."""
+
+
+def _need(value: object, kind: type | tuple[type, ...], what: str) -> None:
+    """A builder's argument check: a typed error (also a ValueError) rather than pydantic's."""
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidRequestError(f"{what}; got {type(value).__name__} {clip(repr(value), 80)}")
+
+
 class ToolCall(_Frozen):
     id: str
     name: str
@@ -219,12 +245,16 @@ class Message(_Frozen):
 
     @classmethod
     def system(cls, text: str) -> Message:
+        _need(text, str, "Message.system() takes the prompt as a str")
         return cls(role=Role.SYSTEM, parts=(TextPart(text=text),))
 
     @classmethod
-    def user(cls, text: str = "", *, images: list[ImagePart] | None = None) -> Message:
+    def user(cls, text: str = "", *, images: Sequence[ImagePart] | None = None) -> Message:
+        _need(text, str, "Message.user() takes the text as a str")
         parts: list[Part] = [TextPart(text=text)] if text else []
-        parts.extend(images or ())
+        for image in images or ():
+            _need(image, ImagePart, "Message.user(images=...) takes ImageParts")
+            parts.append(image)
         return cls(role=Role.USER, parts=tuple(parts))
 
     @classmethod
@@ -232,21 +262,36 @@ class Message(_Frozen):
         cls,
         text: str = "",
         *,
-        tool_calls: list[ToolCall] | None = None,
+        tool_calls: Sequence[ToolCall] | None = None,
         thinking: str | None = None,
     ) -> Message:
+        _need(text, str, "Message.assistant() takes the text as a str")
+        if thinking is not None:
+            _need(thinking, str, "Message.assistant(thinking=...) takes a str")
         parts: list[Part] = []
         if thinking:
             parts.append(ThinkingPart(text=thinking))
         if text:
             parts.append(TextPart(text=text))
-        parts.extend(call.to_part() for call in tool_calls or ())
+        for call in tool_calls or ():
+            _need(call, ToolCall, "Message.assistant(tool_calls=...) takes ToolCalls")
+            parts.append(call.to_part())
         return cls(role=Role.ASSISTANT, parts=tuple(parts))
 
     @classmethod
     def tool_result(cls, tool_call_id: str, content: str | Any, *, is_error: bool = False) -> Message:
         """The answer to one tool call; non-string content is sent as JSON."""
-        text = content if isinstance(content, str) else json.dumps(content)
+        _need(tool_call_id, str, "Message.tool_result() takes the call's id as a str")
+        _need(is_error, bool, "Message.tool_result(is_error=...) takes a bool")
+        if isinstance(content, str):
+            text = content
+        else:
+            try:
+                text = json.dumps(content)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"Message.tool_result(): content must be a str or JSON-serialisable ({exc})"
+                ) from None
         return cls(
             role=Role.TOOL,
             parts=(ToolResultPart(tool_call_id=tool_call_id, content=text, is_error=is_error),),
@@ -278,6 +323,23 @@ class ToolDefinition(_Frozen):
     strict: bool | None = None
     """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
     cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        strict: bool | None = None,
+    ) -> Tool:
+        """A tool definition made from a Python function: its name, its docstring's first paragraph
+        (and `Args:` entries as parameter descriptions), a JSON schema from its type hints. The
+        result is a `zeph_providers.tools.Tool`, a `ToolDefinition` that also holds the function
+        (what `run_tools` calls). See `zeph_providers.tools` for the rules."""
+        from zeph_providers.tools import tool_from_function
+
+        return tool_from_function(fn, name=name, description=description, strict=strict)
 
 
 _NOT_COMPARED = frozenset({"attempts", "cost"})
@@ -417,6 +479,14 @@ StreamChunk = Annotated[
     | LogprobsChunk,
     Field(discriminator="type"),
 ]
+
+
+MessageLike: TypeAlias = Message | Mapping[str, Any]
+"""One message: a `Message`, or an OpenAI-style dict (`{"role": "user", "content": "..."}`)."""
+
+MessageInput: TypeAlias = str | MessageLike | Sequence[MessageLike]
+"""What `chat()` / `chat_stream()` take as `messages`: a str (one user message), one message, or a
+list of them (`zeph_providers._inputs` has the rules)."""
 
 
 # ----- names: one vocabulary -------------------------------------------------------------------
