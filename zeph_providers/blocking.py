@@ -121,16 +121,20 @@ class BlockingRegistry:
     # ----- construction -------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> BlockingRegistry:
-        return cls(Registry.from_toml(path))
+    def from_toml(cls, path: str | os.PathLike[str], *, providers: Sequence[LlmProvider] = ()) -> BlockingRegistry:
+        return cls(Registry.from_toml(path, providers=providers))
 
     @classmethod
-    def from_toml_string(cls, text: str, *, source: str | None = None) -> BlockingRegistry:
-        return cls(Registry.from_toml_string(text, source=source))
+    def from_toml_string(
+        cls, text: str, *, source: str | None = None, providers: Sequence[LlmProvider] = ()
+    ) -> BlockingRegistry:
+        return cls(Registry.from_toml_string(text, source=source, providers=providers))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> BlockingRegistry:
-        return cls(Registry.from_dict(data, source=source))
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: str | None = None, providers: Sequence[LlmProvider] = ()
+    ) -> BlockingRegistry:
+        return cls(Registry.from_dict(data, source=source, providers=providers))
 
     @classmethod
     def from_default(cls) -> BlockingRegistry:
@@ -156,6 +160,11 @@ class BlockingRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._registry
+
+    def add(self, provider: LlmProvider, *, close: bool = True) -> BlockingProvider:
+        """`Registry.add`: a provider built in Python joins the registry; returns its blocking twin."""
+        self._registry.add(provider, close=close)
+        return self.get(provider.name)
 
     def get(self, name: str) -> BlockingProvider:
         """The provider called `name`, built on first use (on the registry's loop thread)."""
