@@ -37,9 +37,9 @@ from pydantic import ValidationError
 
 from zeph_providers.errors import InvalidRequestError, clip
 from zeph_providers.types import (
+    PART_TYPES,
     ImagePart,
     Message,
-    PART_TYPES,
     Part,
     Role,
     TextPart,
@@ -54,7 +54,13 @@ ACCEPTED = (
     "or a list of Messages and such dicts"
 )
 
-_ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER, "assistant": Role.ASSISTANT, "tool": Role.TOOL}
+_ROLES = {
+    "system": Role.SYSTEM,
+    "developer": Role.SYSTEM,
+    "user": Role.USER,
+    "assistant": Role.ASSISTANT,
+    "tool": Role.TOOL,
+}
 _KEYS = {"role", "content", "tool_calls", "tool_call_id"}
 
 
@@ -167,7 +173,7 @@ def _part(item: object, index: int) -> Part:
     if isinstance(item, str):
         return TextPart(text=item)
     if isinstance(item, PART_TYPES):
-        return item  # type: ignore[return-value]  # (the union's members, checked at run time)
+        return item
     if not isinstance(item, Mapping):
         raise _Bad(f"{where} must be a content-part dict or a Part; got {_show(item)}")
     kind = item.get("type")

@@ -261,7 +261,7 @@ class BlockingProvider:
         *,
         tools: Sequence[Callable[..., Any] | Tool],
         max_turns: int = 8,
-        **options: Unpack[ChatKwargs],
+        **options: Any,
     ) -> ToolRun:
         """`zeph_providers.tools.run_tools` on this provider, waited for (async tools run on the
         loop thread, sync ones in worker threads)."""

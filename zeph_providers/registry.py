@@ -124,7 +124,8 @@ class Registry:
         name = getattr(provider, "name", None)
         if not isinstance(name, str) or not name or not callable(getattr(provider, "chat", None)):
             raise InvalidRequestError(
-                f"registry.add() takes a provider (with a str `name` and a `chat` method); got {type(provider).__name__}"
+                "registry.add() takes a provider (with a str `name` and a `chat` method); "
+                f"got {type(provider).__name__}"
             )
         if self._closed:
             raise ProviderClosedError("the registry is closed", provider=name)

@@ -111,7 +111,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def tool_from_function(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | Tool,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -275,7 +275,7 @@ async def run_tools(
     *,
     tools: Sequence[Callable[..., Any] | Tool],
     max_turns: int = 8,
-    **chat_kwargs: Unpack[ChatKwargs],
+    **chat_kwargs: Any,
 ) -> ToolRun:
     """Call the model, run the tools it asks for, send the results back, until it answers.
 
@@ -351,7 +351,7 @@ def run_tools_blocking(
     *,
     tools: Sequence[Callable[..., Any] | Tool],
     max_turns: int = 8,
-    **chat_kwargs: Unpack[ChatKwargs],
+    **chat_kwargs: Any,
 ) -> ToolRun:
     """`run_tools` for a `BlockingProvider` (from a `BlockingRegistry`): the loop runs on its event
     loop thread, so async tools run there and sync tools in worker threads, as with `run_tools`."""

@@ -226,7 +226,7 @@ PART_TYPES = (
 
 def _need(value: object, kind: type | tuple[type, ...], what: str) -> None:
     """A builder's argument check: a typed error (also a ValueError) rather than pydantic's."""
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise InvalidRequestError(f"{what}; got {type(value).__name__} {clip(repr(value), 80)}")
 
 

@@ -432,6 +432,9 @@ MockEntry = Annotated[
 """A `responses` entry: a string (a text reply) or a table (`MockResponse`)."""
 
 
+_DEFAULT_MOCK_REPLIES: list[str | MockResponse] = ["Hello from the mock provider."]
+
+
 class MockConfig(ProviderConfigBase):
     """Scripted replies for tests and demos; see `zeph_providers.backends.mock.MockProvider`."""
 
@@ -439,7 +442,7 @@ class MockConfig(ProviderConfigBase):
     type: Literal["mock"] = "mock"
     model: str = "mock-1"
     """Model name reported in responses."""
-    responses: list[MockEntry] = Field(default_factory=lambda: ["Hello from the mock provider."])
+    responses: list[MockEntry] = Field(default_factory=lambda: _DEFAULT_MOCK_REPLIES.copy())
     """Replies in order; the last one repeats. A string is a text reply; a table scripts a reply
     with `text`, `tool_calls` (`[{ name = "...", arguments = { ... } }]`), `thinking`, `finish_reason`."""
     chunk_size: Annotated[int, Field(ge=1)] = 4
