@@ -6,7 +6,8 @@ Everything here is a pydantic model so messages and responses round-trip through
 Layout: roles and message parts, messages and tool definitions, `ChatResponse`, then the stream
 chunks and the "tool call" aliases. The reply's metadata that depends on nothing else here
 (`Usage`, `FinishReason`, `TopLogprob` / `TokenLogprob`, `Attempt`) and the frozen base model
-live in `_types_reply` and are re-exported: import them from here, as before.
+live in `_types_reply`, `ToolDefinition` (and `from_function`) in `_tooldef`; both are
+re-exported: import them from here, as before.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from zeph_providers._tooldef import ToolDefinition
 from zeph_providers._types_reply import Attempt, FinishReason, TokenLogprob, TopLogprob, Usage
 from zeph_providers._types_reply import Frozen as _Frozen
 from zeph_providers.errors import InvalidRequestError, clip
-
-if TYPE_CHECKING:
-    from zeph_providers.tools import Tool
 
 __all__ = [
     "Attempt",
@@ -312,34 +311,6 @@ class Message(_Frozen):
     @property
     def tool_results(self) -> list[ToolResultPart]:
         return [part for part in self.parts if isinstance(part, ToolResultPart)]
-
-
-class ToolDefinition(_Frozen):
-    """A function the model may call; `parameters` is a JSON schema object."""
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool | None = None
-    """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
-    cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
-
-    @classmethod
-    def from_function(
-        cls,
-        fn: Callable[..., Any],
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        strict: bool | None = None,
-    ) -> Tool:
-        """A tool definition made from a Python function: its name, its docstring's first paragraph
-        (and `Args:` entries as parameter descriptions), a JSON schema from its type hints. The
-        result is a `zeph_providers.tools.Tool`, a `ToolDefinition` that also holds the function
-        (what `run_tools` calls). See `zeph_providers.tools` for the rules."""
-        from zeph_providers.tools import tool_from_function
-
-        return tool_from_function(fn, name=name, description=description, strict=strict)
 
 
 _NOT_COMPARED = frozenset({"attempts", "cost"})
