@@ -205,6 +205,7 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     for match in re.finditer(r"^\s*:param\s+(?:[^:]*\s)?(\w+):\s*(.+)$", doc, re.M):  # Sphinx
         params[match.group(1)] = match.group(2).strip()
     section: str | None = None
+    numpy_style = False  # a NumPy section: its header underlined, entries `name : type`
     current: str | None = None
     indent = 0
     for position, line in enumerate(lines):
@@ -212,19 +213,22 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         header = _SECTION.match(stripped)
         underlined = position + 1 < len(lines) and set(lines[position + 1].strip()) == {"-"}
         if header and (stripped.endswith(":") or underlined):
-            section, current = header.group(1), None
+            section, current, numpy_style = header.group(1), None, underlined
             continue
         if section not in ("Args", "Arguments", "Parameters", "Params") or not stripped or set(stripped) == {"-"}:
             continue
         lead = len(line) - len(line.lstrip())
-        google = re.match(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", stripped)
-        numpy = re.match(r"^(\w+)\s*:\s*[^:]*$", stripped) or re.match(r"^(\w+)$", stripped)
         if current is not None and lead > indent:  # a continuation of the current entry
             params[current] = f"{params[current]} {stripped}".strip()
-        elif google and (google.group(2) or not numpy):
-            current, indent = google.group(1).lstrip("*"), lead
+            continue
+        if numpy_style:
+            entry = re.match(r"^(\w+)\s*(?::.*)?$", stripped)
+            if entry:
+                current, indent = entry.group(1), lead
+                params[current] = ""
+            continue
+        google = re.match(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", stripped)
+        if google:
+            current, indent = google.group(1), lead
             params[current] = google.group(2).strip()
-        elif numpy:
-            current, indent = numpy.group(1), lead
-            params[current] = ""
     return " ".join(summary), {k: v for k, v in params.items() if v}
