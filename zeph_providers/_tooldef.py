@@ -15,7 +15,8 @@ function needs nothing of the messages and replies; the tool loop (`run_tools`) 
   for any JSON value); so are `*args` / `**kwargs`. Unknown arguments are refused
   (`additionalProperties: false`). Pydantic's generated titles are left out (noise for a model).
 - `strict`: None by default (the provider's `strict_tools` default), as for a hand-written
-  `ToolDefinition`; True asks for strict schema adherence.
+  `ToolDefinition`; True asks for strict schema adherence, which OpenAI allows only when every
+  property is required: a function with defaults is then refused by the backend (a typed error).
 - `Tool.call(arguments)` validates the arguments against the signature (pydantic, lax: "3" is
   accepted for an int), runs a sync function in a thread (`asyncio.to_thread`) and awaits an
   async one.

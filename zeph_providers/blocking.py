@@ -291,8 +291,9 @@ class BlockingProvider:
     def fetch_context_window(self) -> int | None:
         return self._loop.run(self._metadata("fetch_context_window"))  # type: ignore[no-any-return]
 
-    def count_tokens(self, messages: Sequence[Message], **kwargs: Any) -> int:
-        return self._loop.run(self._metadata("count_tokens", list(messages), **kwargs))  # type: ignore[no-any-return]
+    def count_tokens(self, messages: MessageInput, **kwargs: Any) -> int:
+        listed = messages_from(messages, provider=self.name)
+        return self._loop.run(self._metadata("count_tokens", listed, **kwargs))  # type: ignore[no-any-return]
 
     async def _metadata(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._provider, name, None)
