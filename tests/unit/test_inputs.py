@@ -5,6 +5,7 @@ lists mixing them are accepted everywhere a conversation is; anything else is a 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -316,3 +317,46 @@ async def test_embed_inputs_are_checked() -> None:
         await provider.embed_batch(["a", 2])  # type: ignore[list-item]
     with pytest.raises(InvalidRequestError):
         await provider.embed_batch(None)  # type: ignore[arg-type]
+
+
+# ----- any valid OpenAI history round-trips -----------------------------------------------------
+
+_text = st.text(max_size=12)
+_ids = st.from_regex(r"call_[a-z0-9]{1,8}", fullmatch=True)
+_args = st.dictionaries(st.text(min_size=1, max_size=5), st.integers() | _text | st.booleans(), max_size=3)
+_image = st.binary(min_size=1, max_size=12).map(
+    lambda data: {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}
+)
+_user = st.one_of(
+    _text.map(lambda text: {"role": "user", "content": text}),
+    st.lists(_text.map(lambda text: {"type": "text", "text": text}) | _image, min_size=1, max_size=3)
+    .filter(lambda parts: any(p["type"] == "image_url" for p in parts))
+    .map(lambda parts: {"role": "user", "content": parts}),
+)
+_call = st.builds(
+    lambda call_id, name, args: {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False, separators=(",", ":"))},
+    },
+    _ids,
+    st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+    _args,
+)
+_assistant = st.one_of(
+    _text.map(lambda text: {"role": "assistant", "content": text}),
+    st.builds(
+        lambda text, calls: {"role": "assistant", "content": text or None, "tool_calls": calls},
+        _text,
+        st.lists(_call, min_size=1, max_size=3),
+    ),
+)
+_tool = st.builds(lambda call_id, text: {"role": "tool", "tool_call_id": call_id, "content": text}, _ids, _text)
+_system = _text.map(lambda text: {"role": "system", "content": text})
+_history = st.lists(_system | _user | _assistant | _tool, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_history)
+def test_any_openai_history_round_trips_through_our_messages(history: list[dict[str, Any]]) -> None:
+    assert convert_messages(messages_from(history)) == history
