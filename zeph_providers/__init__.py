@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from zeph_providers._inputs import messages_from
 from zeph_providers.base import BaseProvider
 from zeph_providers.config import load_config
 from zeph_providers.errors import (
@@ -49,6 +50,7 @@ from zeph_providers.types import (
     ImagePart,
     LogprobsChunk,
     Message,
+    MessageInput,
     RedactedThinkingChunk,
     RedactedThinkingPart,
     Role,
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from zeph_providers.backends.mock import MockProvider, MockReply
     from zeph_providers.backends.router import RouterProvider
     from zeph_providers.blocking import BlockingChatStream, BlockingProvider, BlockingRegistry
+    from zeph_providers.tools import Tool, ToolLoopError, ToolRun, run_tools
 
 __version__ = "0.1.0"
 
@@ -111,6 +114,7 @@ __all__ = [
     "LlmProvider",
     "LogprobsChunk",
     "Message",
+    "MessageInput",
     "MockProvider",
     "MockReply",
     "ModelInfo",
@@ -139,8 +143,11 @@ __all__ = [
     "ToolCallChunk",
     "ToolCallDeltaChunk",
     "ToolCallPart",
+    "Tool",
     "ToolDefinition",
+    "ToolLoopError",
     "ToolResultPart",
+    "ToolRun",
     "ToolUseChunk",
     "ToolUsePart",
     "UnsupportedCapabilityError",
@@ -150,7 +157,9 @@ __all__ = [
     "add_hook",
     "install_log_redaction",
     "load_config",
+    "messages_from",
     "remove_hook",
+    "run_tools",
 ]
 
 
@@ -163,6 +172,10 @@ _LAZY = {
     "MockReply": "zeph_providers.backends.mock",
     "ModelInfo": "zeph_providers.models_info",
     "RouterProvider": "zeph_providers.backends.router",
+    "Tool": "zeph_providers.tools",
+    "ToolLoopError": "zeph_providers.tools",
+    "ToolRun": "zeph_providers.tools",
+    "run_tools": "zeph_providers.tools",
 }
 
 

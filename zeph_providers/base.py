@@ -44,6 +44,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
+from zeph_providers._inputs import messages_from, texts_from
 from zeph_providers.errors import (
     InferenceError,
     InvalidRequestError,
@@ -61,6 +62,7 @@ from zeph_providers.types import (
     DocumentPart,
     ImagePart,
     Message,
+    MessageInput,
     StreamChunk,
     ToolDefinition,
     Usage,
@@ -144,13 +146,17 @@ class BaseProvider:
 
     # ----- public API -----------------------------------------------------------------
 
-    def chat_stream(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatStream:
+    def chat_stream(self, messages: MessageInput, **kwargs: Unpack[ChatKwargs]) -> ChatStream:
         """Start a streamed reply. Nothing is sent until the stream is iterated.
+
+        `messages` is a `MessageInput`: a str, a `Message`, an OpenAI-style dict or a list of them
+        (`zeph_providers._inputs`); anything else is an `InvalidRequestError`.
 
         A stream never re-asks (delivered text cannot be taken back): a reply that does not match
         `response_format` raises `StructuredOutputError` at its end, and `structured_retries` > 0
         is refused here. Use `chat()` for the repair loop.
         """
+        message_list = messages_from(messages, provider=self._name)
         options = ChatOptions.from_kwargs(kwargs)
         if options.structured_retries:
             raise InvalidRequestError(
@@ -158,17 +164,18 @@ class BaseProvider:
                 "back); use chat() for structured_retries, or pass structured_retries=0",
                 provider=self._name,
             )
-        return self.open_stream(messages, options)
+        return self.open_stream(message_list, options)
 
-    async def chat(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatResponse:
+    async def chat(self, messages: MessageInput, **kwargs: Unpack[ChatKwargs]) -> ChatResponse:
         """One complete reply: the same chunks as `chat_stream`, assembled.
 
         The options carry `stream=False`, so a remote backend may fetch the reply with one
         non-streamed request; it still yields the same chunk vocabulary, which the same
         `ResponseAssembler` folds, so the result equals `chat_stream(...).response`.
         With `response_format`, a reply that does not match it is re-asked for up to
-        `structured_retries` times (`zeph_providers.structured`).
+        `structured_retries` times (`zeph_providers.structured`). `messages` as for `chat_stream`.
         """
+        messages = messages_from(messages, provider=self._name)
         options = ChatOptions.from_kwargs(kwargs, stream=False)
         retries = self._structured_retries(options)
         if options.response_format is None or not retries:
@@ -281,6 +288,11 @@ class BaseProvider:
         return self.finalize(response, options)
 
     async def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
+        if not isinstance(text, str):
+            hint = " (for several texts, use embed_batch)" if isinstance(text, list | tuple) else ""
+            raise InvalidRequestError(
+                f"embed() takes one str; got {type(text).__name__}{hint}", provider=self._name
+            )
         vectors = await self.embed_batch([text], dimensions=dimensions)
         return vectors[0]
 
@@ -295,7 +307,7 @@ class BaseProvider:
                 raise UnsupportedCapabilityError(
                     "embedding dimensions", provider=self._name, detail=f"{self.backend} backend"
                 )
-        text_list = list(texts)
+        text_list = texts_from(texts, provider=self._name)
         if not text_list:
             return []
         if dimensions is None:

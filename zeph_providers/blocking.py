@@ -26,16 +26,20 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from zeph_providers._inputs import messages_from
 from zeph_providers.errors import LlmError
 from zeph_providers.options import Capabilities, ChatKwargs
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.registry import Registry
 from zeph_providers.stream import ChatStream
-from zeph_providers.types import ChatResponse, Message, StreamChunk
+from zeph_providers.types import ChatResponse, Message, MessageInput, StreamChunk
+
+if TYPE_CHECKING:
+    from zeph_providers.tools import Tool, ToolRun
 
 __all__ = ["BlockingChatStream", "BlockingProvider", "BlockingRegistry"]
 
@@ -117,16 +121,20 @@ class BlockingRegistry:
     # ----- construction -------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> BlockingRegistry:
-        return cls(Registry.from_toml(path))
+    def from_toml(cls, path: str | os.PathLike[str], *, providers: Sequence[LlmProvider] = ()) -> BlockingRegistry:
+        return cls(Registry.from_toml(path, providers=providers))
 
     @classmethod
-    def from_toml_string(cls, text: str, *, source: str | None = None) -> BlockingRegistry:
-        return cls(Registry.from_toml_string(text, source=source))
+    def from_toml_string(
+        cls, text: str, *, source: str | None = None, providers: Sequence[LlmProvider] = ()
+    ) -> BlockingRegistry:
+        return cls(Registry.from_toml_string(text, source=source, providers=providers))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> BlockingRegistry:
-        return cls(Registry.from_dict(data, source=source))
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: str | None = None, providers: Sequence[LlmProvider] = ()
+    ) -> BlockingRegistry:
+        return cls(Registry.from_dict(data, source=source, providers=providers))
 
     @classmethod
     def from_default(cls) -> BlockingRegistry:
@@ -152,6 +160,11 @@ class BlockingRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._registry
+
+    def add(self, provider: LlmProvider, *, close: bool = True) -> BlockingProvider:
+        """`Registry.add`: a provider built in Python joins the registry; returns its blocking twin."""
+        self._registry.add(provider, close=close)
+        return self.get(provider.name)
 
     def get(self, name: str) -> BlockingProvider:
         """The provider called `name`, built on first use (on the registry's loop thread)."""
@@ -234,13 +247,27 @@ class BlockingProvider:
     def capabilities(self) -> Capabilities:
         return self._provider.capabilities
 
-    def chat(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> ChatResponse:
+    def chat(self, messages: MessageInput, **options: Unpack[ChatKwargs]) -> ChatResponse:
         """One complete reply (the async `chat()`, waited for)."""
-        return self._loop.run(self._provider.chat(messages, **options))
+        return self._loop.run(self._provider.chat(messages_from(messages, provider=self.name), **options))
 
-    def chat_stream(self, messages: Sequence[Message], **options: Unpack[ChatKwargs]) -> BlockingChatStream:
+    def chat_stream(self, messages: MessageInput, **options: Unpack[ChatKwargs]) -> BlockingChatStream:
         """A streamed reply: iterate it (ideally in a `with` block); `.response` once exhausted."""
-        return BlockingChatStream(self._provider, list(messages), options, self._loop)
+        return BlockingChatStream(self._provider, messages_from(messages, provider=self.name), options, self._loop)
+
+    def run_tools(
+        self,
+        messages: MessageInput,
+        *,
+        tools: Sequence[Callable[..., Any] | Tool],
+        max_turns: int = 8,
+        **options: Any,
+    ) -> ToolRun:
+        """`zeph_providers.tools.run_tools` on this provider, waited for (async tools run on the
+        loop thread, sync ones in worker threads)."""
+        from zeph_providers.tools import run_tools
+
+        return self._loop.run(run_tools(self._provider, messages, tools=tools, max_turns=max_turns, **options))
 
     def embed(self, text: str, *, dimensions: int | None = None) -> list[float]:
         if dimensions is None:
@@ -264,8 +291,9 @@ class BlockingProvider:
     def fetch_context_window(self) -> int | None:
         return self._loop.run(self._metadata("fetch_context_window"))  # type: ignore[no-any-return]
 
-    def count_tokens(self, messages: Sequence[Message], **kwargs: Any) -> int:
-        return self._loop.run(self._metadata("count_tokens", list(messages), **kwargs))  # type: ignore[no-any-return]
+    def count_tokens(self, messages: MessageInput, **kwargs: Any) -> int:
+        listed = messages_from(messages, provider=self.name)
+        return self._loop.run(self._metadata("count_tokens", listed, **kwargs))  # type: ignore[no-any-return]
 
     async def _metadata(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._provider, name, None)

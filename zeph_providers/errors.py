@@ -188,8 +188,13 @@ class ContextLengthError(LlmError):
     """The prompt plus requested output does not fit the model's context window."""
 
 
-class InvalidRequestError(LlmError):
-    """The server rejected the request itself (HTTP 400/404/422); retrying will not help."""
+class InvalidRequestError(LlmError, ValueError):
+    """The request itself is wrong (the server rejected it: HTTP 400/404/422, or the library refused
+    it before sending: a bad argument, a message it cannot read); retrying will not help.
+
+    Also a `ValueError`, so code that caught the `ValueError` (pydantic's `ValidationError`) that
+    `Message.user(42)` used to raise still catches the typed error it raises now.
+    """
 
 
 class ProviderUnavailableError(LlmError):

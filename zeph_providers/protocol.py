@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, Unpack, runtime_checkable
 
 from zeph_providers._compat import moved_names
 from zeph_providers.options import ChatKwargs
-from zeph_providers.types import ChatResponse, Message
+from zeph_providers.types import ChatResponse, Message, MessageInput
 
 if TYPE_CHECKING:
     from zeph_providers.base import BaseProvider
@@ -40,6 +40,11 @@ class LlmProvider(Protocol):
     `chat_stream()` build `ChatOptions` from their keywords and open a stream; a router opens its
     members' streams with its own options (and its deadline) directly. `default_timeout` is what a
     call without `timeout` gets.
+
+    `chat()` / `chat_stream()` take a `MessageInput` (a str, a `Message`, an OpenAI-style dict, or
+    a list of messages and dicts); an implementation not built on `BaseProvider` turns it into
+    `list[Message]` with `zeph_providers.messages_from(messages, provider=self.name)`, which raises
+    the typed `InvalidRequestError` for anything else. `open_stream` takes messages already made.
     """
 
     @property
@@ -54,9 +59,9 @@ class LlmProvider(Protocol):
     @property
     def default_timeout(self) -> float | None: ...
 
-    async def chat(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatResponse: ...
+    async def chat(self, messages: MessageInput, **kwargs: Unpack[ChatKwargs]) -> ChatResponse: ...
 
-    def chat_stream(self, messages: Sequence[Message], **kwargs: Unpack[ChatKwargs]) -> ChatStream: ...
+    def chat_stream(self, messages: MessageInput, **kwargs: Unpack[ChatKwargs]) -> ChatStream: ...
 
     def open_stream(self, messages: Sequence[Message], options: ChatOptions) -> ChatStream: ...
 

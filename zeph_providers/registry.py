@@ -1,10 +1,18 @@
-"""The registry: providers by name, each built on first use, cached, and closed together."""
+"""The registry: providers by name, each built on first use, cached, and closed together.
+
+Providers built in Python join it with `add(provider)` (or `Registry(config, providers=[...])` /
+`Registry.from_toml(path, providers=[...])`): `get(name)` returns them, the registry's hooks (costs,
+telemetry) observe them, and `aclose()` closes them unless added with `close=False`. A router in
+the config may name them as members, and `[llm].default` / `[llm].embedding` may name them, when
+they are given at construction (`providers=`): the config is validated knowing their names. A name
+already declared in the config or added before is a `ConfigError`: one name, one provider.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -12,7 +20,7 @@ from typing import Any
 from zeph_providers import factory
 from zeph_providers.base import BaseProvider
 from zeph_providers.config import LlmConfig, ProviderConfigBase, load_config, loads_config, parse_config
-from zeph_providers.errors import ConfigError, ProviderClosedError, ProviderNotFoundError
+from zeph_providers.errors import ConfigError, InvalidRequestError, ProviderClosedError, ProviderNotFoundError
 from zeph_providers.hooks import Hooks, global_hooks
 from zeph_providers.limits import RateLimiter
 from zeph_providers.pricing import CostTracker, ProviderTotals
@@ -40,12 +48,16 @@ class Registry:
     share one store between registries (then this registry does not close it).
     """
 
-    def __init__(self, config: LlmConfig, *, state: StateStore | None = None) -> None:
+    def __init__(
+        self, config: LlmConfig, *, state: StateStore | None = None, providers: Iterable[LlmProvider] = ()
+    ) -> None:
         self._config = config
         self._owns_state = state is None
         self.state: StateStore = state if state is not None else build_store(config.state)
         """Where rate limits, shared breakers and the response cache live (`zeph_providers.state`)."""
         self._providers: dict[str, LlmProvider] = {}
+        self._added: dict[str, LlmProvider] = {}
+        self._owned: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._closed = False
@@ -56,21 +68,31 @@ class Registry:
             from zeph_providers.telemetry import Telemetry
 
             self.hooks.add(Telemetry(record_content=config.telemetry_content))
+        for provider in providers:
+            self.add(provider)
 
     # ----- construction -------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> Registry:
-        return cls(load_config(path))
+    def from_toml(cls, path: str | os.PathLike[str], *, providers: Iterable[LlmProvider] = ()) -> Registry:
+        """From a TOML file; `providers` (built in Python) are added, and the config may name them."""
+        given = list(providers)
+        return cls(load_config(path, known=_names(given)), providers=given)
 
     @classmethod
-    def from_toml_string(cls, text: str, *, source: str | None = None) -> Registry:
-        return cls(loads_config(text, source=source))
+    def from_toml_string(
+        cls, text: str, *, source: str | None = None, providers: Iterable[LlmProvider] = ()
+    ) -> Registry:
+        given = list(providers)
+        return cls(loads_config(text, source=source, known=_names(given)), providers=given)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Registry:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, source: str | None = None, providers: Iterable[LlmProvider] = ()
+    ) -> Registry:
         """From a dict shaped like the TOML document (`{"llm": {"providers": [...]}}`)."""
-        return cls(parse_config(data, source=source))
+        given = list(providers)
+        return cls(parse_config(data, source=source, known=_names(given)), providers=given)
 
     @classmethod
     def from_default(cls) -> Registry:
@@ -110,16 +132,53 @@ class Registry:
         return self._config
 
     def names(self) -> list[str]:
-        return self._config.names()
+        """The configured providers' names, then those added in Python."""
+        return [*self._config.names(), *self._added]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._config.provider(name) is not None
+        return isinstance(name, str) and (self._config.provider(name) is not None or name in self._added)
+
+    def add(self, provider: LlmProvider, *, close: bool = True) -> LlmProvider:
+        """Add a provider built in Python under its `name`; returns it.
+
+        `get(provider.name)` returns it from now on, the registry's hooks observe its calls, and
+        `aclose()` closes it (`close=False`: the caller closes it). A name the config declares or
+        an earlier `add` took is a `ConfigError`. Routers of the config can name it as a member
+        when it is given at construction (`Registry(config, providers=[...])`, `from_toml(...,
+        providers=[...])`), since the config is checked against the names it knows.
+        """
+        name = getattr(provider, "name", None)
+        if not isinstance(name, str) or not name or not callable(getattr(provider, "chat", None)):
+            raise InvalidRequestError(
+                "registry.add() takes a provider (with a str `name` and a `chat` method); "
+                f"got {type(provider).__name__}"
+            )
+        if self._closed:
+            raise ProviderClosedError("the registry is closed", provider=name)
+        with self._guard:
+            if self._config.provider(name) is not None or name in self._added:
+                where = "declared in the config" if self._config.provider(name) is not None else "already added"
+                raise ConfigError(
+                    f"a provider named {name!r} is {where}; give the new one another name", provider=name
+                )
+            hooks = getattr(provider, "hooks", None)
+            if isinstance(hooks, Hooks):
+                hooks.parent = self.hooks
+            self._added[name] = provider
+            if close:
+                self._owned.add(name)
+        return provider
 
     def get(self, name: str) -> LlmProvider:
-        """The provider called `name`, built on first use."""
+        """The provider called `name`, built on first use (or added with `add`)."""
         built = self._providers.get(name)
         if built is not None:
             return built
+        added = self._added.get(name)
+        if added is not None:
+            if self._closed:
+                raise ProviderClosedError("the registry is closed", provider=name)
+            return added
         provider_config = self._config.provider(name)
         if provider_config is None:
             raise ProviderNotFoundError(name, self.names())
@@ -193,8 +252,8 @@ class Registry:
         return self.costs.total_cost()
 
     def built(self) -> dict[str, LlmProvider]:
-        """The providers built so far."""
-        return dict(self._providers)
+        """The providers built so far (those added in Python included)."""
+        return {**self._providers, **self._added}
 
     # ----- lifetime -----------------------------------------------------------------
 
@@ -202,7 +261,8 @@ class Registry:
         """Close every built provider (clients, sockets, worker threads, models)."""
         self._closed = True
         with self._guard:
-            providers = list(self._providers.values())
+            providers = [provider for name, provider in self._added.items() if name in self._owned]
+            providers.extend(self._providers.values())
             self._providers.clear()
         errors: list[BaseException] = []
         for provider in reversed(providers):
@@ -231,4 +291,8 @@ class Registry:
 
     def __repr__(self) -> str:
         source = self._config.source or "<dict>"
-        return f"<Registry source={source!r} providers={self.names()!r} built={sorted(self._providers)!r}>"
+        return f"<Registry source={source!r} providers={self.names()!r} built={sorted(self.built())!r}>"
+
+
+def _names(providers: list[LlmProvider]) -> list[str]:
+    return [name for name in (getattr(p, "name", None) for p in providers) if isinstance(name, str)]

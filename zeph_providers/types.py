@@ -6,7 +6,8 @@ Everything here is a pydantic model so messages and responses round-trip through
 Layout: roles and message parts, messages and tool definitions, `ChatResponse`, then the stream
 chunks and the "tool call" aliases. The reply's metadata that depends on nothing else here
 (`Usage`, `FinishReason`, `TopLogprob` / `TokenLogprob`, `Attempt`) and the frozen base model
-live in `_types_reply` and are re-exported: import them from here, as before.
+live in `_types_reply`, `ToolDefinition` (and `from_function`) in `_tooldef`; both are
+re-exported: import them from here, as before.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from zeph_providers._tooldef import ToolDefinition
 from zeph_providers._types_reply import Attempt, FinishReason, TokenLogprob, TopLogprob, Usage
 from zeph_providers._types_reply import Frozen as _Frozen
+from zeph_providers.errors import InvalidRequestError, clip
 
 __all__ = [
     "Attempt",
@@ -34,6 +38,8 @@ __all__ = [
     "ImagePart",
     "LogprobsChunk",
     "Message",
+    "MessageInput",
+    "MessageLike",
     "Part",
     "RedactedThinkingChunk",
     "RedactedThinkingPart",
@@ -204,6 +210,25 @@ Part = Annotated[
 ]
 
 
+PART_TYPES = (
+    TextPart,
+    ImagePart,
+    ToolUsePart,
+    ToolResultPart,
+    ThinkingPart,
+    RedactedThinkingPart,
+    CachePointPart,
+    DocumentPart,
+)
+"""The classes of `Part`, for run-time checks."""
+
+
+def _need(value: object, kind: type | tuple[type, ...], what: str) -> None:
+    """A builder's argument check: a typed error (also a ValueError) rather than pydantic's."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidRequestError(f"{what}; got {type(value).__name__} {clip(repr(value), 80)}")
+
+
 class ToolCall(_Frozen):
     id: str
     name: str
@@ -219,12 +244,16 @@ class Message(_Frozen):
 
     @classmethod
     def system(cls, text: str) -> Message:
+        _need(text, str, "Message.system() takes the prompt as a str")
         return cls(role=Role.SYSTEM, parts=(TextPart(text=text),))
 
     @classmethod
-    def user(cls, text: str = "", *, images: list[ImagePart] | None = None) -> Message:
+    def user(cls, text: str = "", *, images: Sequence[ImagePart] | None = None) -> Message:
+        _need(text, str, "Message.user() takes the text as a str")
         parts: list[Part] = [TextPart(text=text)] if text else []
-        parts.extend(images or ())
+        for image in images or ():
+            _need(image, ImagePart, "Message.user(images=...) takes ImageParts")
+            parts.append(image)
         return cls(role=Role.USER, parts=tuple(parts))
 
     @classmethod
@@ -232,21 +261,36 @@ class Message(_Frozen):
         cls,
         text: str = "",
         *,
-        tool_calls: list[ToolCall] | None = None,
+        tool_calls: Sequence[ToolCall] | None = None,
         thinking: str | None = None,
     ) -> Message:
+        _need(text, str, "Message.assistant() takes the text as a str")
+        if thinking is not None:
+            _need(thinking, str, "Message.assistant(thinking=...) takes a str")
         parts: list[Part] = []
         if thinking:
             parts.append(ThinkingPart(text=thinking))
         if text:
             parts.append(TextPart(text=text))
-        parts.extend(call.to_part() for call in tool_calls or ())
+        for call in tool_calls or ():
+            _need(call, ToolCall, "Message.assistant(tool_calls=...) takes ToolCalls")
+            parts.append(call.to_part())
         return cls(role=Role.ASSISTANT, parts=tuple(parts))
 
     @classmethod
     def tool_result(cls, tool_call_id: str, content: str | Any, *, is_error: bool = False) -> Message:
         """The answer to one tool call; non-string content is sent as JSON."""
-        text = content if isinstance(content, str) else json.dumps(content)
+        _need(tool_call_id, str, "Message.tool_result() takes the call's id as a str")
+        _need(is_error, bool, "Message.tool_result(is_error=...) takes a bool")
+        if isinstance(content, str):
+            text = content
+        else:
+            try:
+                text = json.dumps(content)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"Message.tool_result(): content must be a str or JSON-serialisable ({exc})"
+                ) from None
         return cls(
             role=Role.TOOL,
             parts=(ToolResultPart(tool_call_id=tool_call_id, content=text, is_error=is_error),),
@@ -267,17 +311,6 @@ class Message(_Frozen):
     @property
     def tool_results(self) -> list[ToolResultPart]:
         return [part for part in self.parts if isinstance(part, ToolResultPart)]
-
-
-class ToolDefinition(_Frozen):
-    """A function the model may call; `parameters` is a JSON schema object."""
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool | None = None
-    """Strict schema adherence (OpenAI `strict: true`): True asks for it (an error where the schema
-    cannot be made strict), False never, None takes the provider's default (`strict_tools`)."""
 
 
 _NOT_COMPARED = frozenset({"attempts", "cost", "cached"})
@@ -421,6 +454,14 @@ StreamChunk = Annotated[
     | LogprobsChunk,
     Field(discriminator="type"),
 ]
+
+
+MessageLike: TypeAlias = Message | Mapping[str, Any]
+"""One message: a `Message`, or an OpenAI-style dict (`{"role": "user", "content": "..."}`)."""
+
+MessageInput: TypeAlias = str | MessageLike | Sequence[MessageLike]
+"""What `chat()` / `chat_stream()` take as `messages`: a str (one user message), one message, or a
+list of them (`zeph_providers._inputs` has the rules)."""
 
 
 # ----- names: one vocabulary -------------------------------------------------------------------

@@ -6,6 +6,10 @@ await mock.chat([Message.user("hello")])     # -> "Hi"
 mock.requests[0].messages                   # what it was sent
 ```
 
+In a config file, `responses` holds strings (text replies) and tables scripting tool calls:
+`responses = [{ tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] }, "Sunny."]`
+(`zeph_providers.config.models.MockResponse`).
+
 Scripted tool calls stream as a real backend's do: `ToolCallDeltaChunk`s (the name, then the JSON
 arguments in `chunk_size` pieces) and then the `ToolUseChunk` carrying the scripted call itself.
 """
@@ -39,6 +43,7 @@ from zeph_providers.types import (
 
 if TYPE_CHECKING:
     from zeph_providers.config import MockConfig
+    from zeph_providers.config.models import MockResponse
     from zeph_providers.models_info import ModelInfo
     from zeph_providers.registry import Registry
 
@@ -179,11 +184,22 @@ class MockProvider(BaseProvider):
         self.closed = True
 
 
+def _scripted(index: int, entry: str | MockResponse) -> MockReply | str:
+    """One `responses` entry of the config as a reply (a table's calls get `call_<reply>_<call>` ids)."""
+    if isinstance(entry, str):
+        return entry
+    calls = [
+        ToolCall(id=call.id or f"call_{index}_{position}", name=call.name, arguments=dict(call.arguments))
+        for position, call in enumerate(entry.tool_calls)
+    ]
+    return MockReply(text=entry.text, tool_calls=calls, thinking=entry.thinking, finish_reason=entry.finish_reason)
+
+
 def build(config: MockConfig, registry: Registry) -> MockProvider:
     return MockProvider(
         config.name,
         config.model,
-        replies=list(config.responses),
+        replies=[_scripted(index, entry) for index, entry in enumerate(config.responses)],
         chunk_size=config.chunk_size,
         delay_secs=config.delay_secs,
         embedding_dim=config.embedding_dim,

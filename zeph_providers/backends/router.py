@@ -50,6 +50,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from zeph_providers._inputs import texts_from
 from zeph_providers.backends._routing import Answer as _Answer
 from zeph_providers.backends._routing import MemberStats as _MemberStats
 from zeph_providers.backends._routing import (
@@ -469,7 +470,7 @@ class RouterProvider(BaseProvider):
             if build_errors and not self._members:
                 raise AllProvidersFailedError(build_errors, provider=self.name, message="no member could be built")
             raise UnsupportedCapabilityError("embeddings", provider=self.name, detail="no member has embeddings")
-        text_list = list(texts)
+        text_list = texts_from(texts, provider=self.name)
         if not text_list:
             return []
         return await self.observe_embedding(

@@ -20,7 +20,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class _Pass:
     """State shared by the passes of one `parse_config` call."""
 
     source: str | None
+    known: frozenset[str] = frozenset()  # providers built in Python (`Registry(providers=...)`)
     problems: list[ConfigProblem] = field(default_factory=list)
     raw_providers: list[Any] = field(default_factory=list)
     providers: list[ProviderConfigBase] = field(default_factory=list)
@@ -307,7 +308,7 @@ def _providers(state: _Pass) -> None:
 def _references(llm: Mapping[str, Any], state: _Pass) -> None:
     """Pass 5: router members and `[llm].default` / `[llm].embedding` name declared providers."""
     names = {p.name for p in state.providers}
-    declared = names | {n for n in map(_entry_name, state.raw_providers) if n is not None}
+    declared = names | {n for n in map(_entry_name, state.raw_providers) if n is not None} | state.known
     for position, provider in zip(state.positions, state.providers, strict=True):
         if not isinstance(provider, RouterConfig):
             continue
@@ -402,9 +403,12 @@ def _gateway(llm: Mapping[str, Any], state: _Pass) -> GatewayConfig | None:
     return gateway
 
 
-def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmConfig:
-    """Validate a parsed TOML document (or an equivalent dict) into an `LlmConfig`."""
-    state = _Pass(source)
+def parse_config(data: Mapping[str, Any], *, source: str | None = None, known: Iterable[str] = ()) -> LlmConfig:
+    """Validate a parsed TOML document (or an equivalent dict) into an `LlmConfig`.
+
+    `known`: names of providers built in Python (`Registry(..., providers=[...])`), which router
+    members and `[llm].default` / `[llm].embedding` may name besides the declared ones."""
+    state = _Pass(source, known=frozenset(known))
     try:
         llm = _interpolated(_shape(data, state), state)
         _llm_keys(llm, state)
@@ -427,8 +431,8 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> LlmConfig:
-    """Read and validate a TOML config file."""
+def load_config(path: str | os.PathLike[str], *, known: Iterable[str] = ()) -> LlmConfig:
+    """Read and validate a TOML config file (`known`: as for `parse_config`)."""
     file = Path(path)
     source = str(file)
     try:
@@ -437,15 +441,15 @@ def load_config(path: str | os.PathLike[str]) -> LlmConfig:
         raise ConfigError("config file not found; create one with `zeph-providers config init`", source=source) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file: {exc}", source=source) from exc
-    return loads_config(text, source=source)
+    return loads_config(text, source=source, known=known)
 
 
-def loads_config(text: str, *, source: str | None = None) -> LlmConfig:
-    """Validate a TOML document given as a string."""
+def loads_config(text: str, *, source: str | None = None, known: Iterable[str] = ()) -> LlmConfig:
+    """Validate a TOML document given as a string (`known`: as for `parse_config`)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"TOML syntax error: {exc}", source=source or "<string>") from exc
     except RecursionError:
         raise _too_deep(source) from None
-    return parse_config(data, source=source)
+    return parse_config(data, source=source, known=known)

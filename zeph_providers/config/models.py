@@ -15,8 +15,10 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "LlmConfig",
     "LocalConfig",
     "MockConfig",
+    "MockResponse",
+    "MockToolCall",
     "OllamaConfig",
     "OpenAIConfig",
     "PricingConfig",
@@ -427,6 +431,43 @@ class LocalConfig(ProviderConfigBase):
         return source
 
 
+class MockToolCall(_Strict):
+    """One scripted tool call of a mock reply (`{ name = "get_weather", arguments = { city = "Paris" } }`)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    """The tool's name."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """The call's arguments (a TOML inline table)."""
+    id: str | None = None
+    """The call's id; default `call_<reply>_<call>` (0-based positions in the script)."""
+
+
+class MockResponse(_Strict):
+    """One scripted mock reply as a table: text, tool calls, thinking and finish reason."""
+
+    text: str = ""
+    """The reply's text."""
+    tool_calls: list[MockToolCall] = Field(default_factory=list)
+    """Tool calls the reply makes (its finish reason is then "tool_use")."""
+    thinking: str = ""
+    """Thinking text, streamed before the reply."""
+    finish_reason: Literal["stop", "length", "tool_use", "content_filter", "refusal"] | None = None
+    """Why the reply ended; default "tool_use" with tool calls, else "stop"."""
+
+
+def _mock_entry_kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else "table"
+
+
+MockEntry = Annotated[
+    Annotated[str, Tag("text")] | Annotated[MockResponse, Tag("table")], Discriminator(_mock_entry_kind)
+]
+"""A `responses` entry: a string (a text reply) or a table (`MockResponse`)."""
+
+
+_DEFAULT_MOCK_REPLIES: list[str | MockResponse] = ["Hello from the mock provider."]
+
+
 class MockConfig(ProviderConfigBase):
     """Scripted replies for tests and demos; see `zeph_providers.backends.mock.MockProvider`."""
 
@@ -434,8 +475,9 @@ class MockConfig(ProviderConfigBase):
     type: Literal["mock"] = "mock"
     model: str = "mock-1"
     """Model name reported in responses."""
-    responses: list[str] = Field(default_factory=lambda: ["Hello from the mock provider."])
-    """Replies in order; the last one repeats."""
+    responses: list[MockEntry] = Field(default_factory=lambda: _DEFAULT_MOCK_REPLIES.copy())
+    """Replies in order; the last one repeats. A string is a text reply; a table scripts a reply
+    with `text`, `tool_calls` (`[{ name = "...", arguments = { ... } }]`), `thinking`, `finish_reason`."""
     chunk_size: Annotated[int, Field(ge=1)] = 4
     """Characters per streamed chunk."""
     delay_secs: Annotated[float, Field(ge=0)] = 0.0
