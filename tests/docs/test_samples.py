@@ -180,7 +180,10 @@ def _folder_for(path: Path, base: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def states(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, FileState]]:
+    from zeph_providers.hooks import global_hooks, remove_hook
+
     base = tmp_path_factory.mktemp("docs")
+    hooks_before = list(global_hooks())
     for path in FILES:
         _STATES[path] = FileState(_folder_for(path, base), {"__name__": "__docs__"}, asyncio.new_event_loop())
     yield _STATES
@@ -193,6 +196,9 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, File
         state.loop.run_until_complete(state.loop.shutdown_asyncgens())
         state.loop.close()
     _STATES.clear()
+    for hook in list(global_hooks()):  # a sample's add_hook() must not outlive the docs test
+        if hook not in hooks_before:
+            remove_hook(hook)
 
 
 def _env() -> dict[str, str]:

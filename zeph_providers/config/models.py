@@ -362,7 +362,8 @@ class LocalConfig(ProviderConfigBase):
     revision: str | None = None
     """Branch, tag or commit of `repo_id`."""
     model_path: str | None = None
-    """A folder, a `.gguf` file, or `package:DIST_PACKAGE/relative/path` shipped by an installed package."""
+    """A folder, a `.gguf` file, or `package:DIST_PACKAGE/relative/path` shipped by an installed package.
+    A relative path in a config file is relative to that file's folder (from a string or dict: the CWD)."""
     gguf_file: str | None = None
     """With `repo_id` or a folder `model_path`: the GGUF file inside it."""
     embedding_repo: str | None = None
