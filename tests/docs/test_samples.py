@@ -296,10 +296,10 @@ def test_sample(block: Block, states: dict[Path, FileState], monkeypatch: pytest
     monkeypatch.chdir(state.folder)
     if block.lang == "python":
         for earlier in RUN:  # run alone (-k): the file's earlier blocks first
-            if earlier.file == block.file and earlier.line < block.line and earlier.lang == "python":
-                if earlier.skip is None and earlier.line not in state.ran:
-                    state.ran.add(earlier.line)
-                    _run_python(earlier, state)
+            same_file = earlier.file == block.file and earlier.line < block.line and earlier.lang == "python"
+            if same_file and earlier.skip is None and earlier.line not in state.ran:
+                state.ran.add(earlier.line)
+                _run_python(earlier, state)
         state.ran.add(block.line)
         _run_python(block, state)
     elif block.lang in ("bash", "sh", "console"):
