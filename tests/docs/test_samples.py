@@ -18,6 +18,10 @@ Directives, HTML comments right above a fence (only blank lines between):
 
 - `<!-- docs-test: skip (reason) -->` skips the block; the reason is required.
 - `<!-- docs-test: setup ... -->` (may span lines): hidden python run in the file's namespace first.
+- `<!-- docs-test: server -->`: the block needs an OpenAI-compatible server: the session's real
+  llama.cpp server (`llamacpp_server` in tests/conftest.py) is started, its `/v1` URL put in
+  `$LLAMACPP_URL` (commands and configs see it) and in the namespace as `llamacpp_url`; the fixture
+  config's `llamacpp` provider points at it.
 
 Samples run in a temporary folder per file holding `zeph.toml` (`FIXTURE_CONFIG`: the offline
 SmolLM2 + MiniLM `local` provider, mocks, a router `smart` over two mocks), `city.json` (a JSON
@@ -81,6 +85,13 @@ type = "mock"
 name = "smart"
 type = "router"
 providers = ["mock", "mock2"]
+
+[[llm.providers]]
+name = "llamacpp"
+type = "compatible"
+base_url = "${LLAMACPP_URL:-http://127.0.0.1:8080/v1}"
+model = "smollm2"
+api_key_env = ""
 """
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}
 
@@ -97,6 +108,7 @@ class Block:
     code: str
     skip: str | None = None  # the reason; "" when a skip directive gave none
     setup: list[str] = field(default_factory=list)
+    server: bool = False
 
     @property
     def id(self) -> str:
@@ -138,6 +150,8 @@ def extract(path: Path) -> list[Block]:
                     block.skip = reason.group(1).strip() if reason else ""
                 elif kind == "setup":
                     block.setup.append(inspect.cleandoc(rest))
+                elif kind == "server":
+                    block.server = True
                 else:
                     raise ValueError(f"{block.id}: unknown docs-test directive {kind!r}")
             pending = []
@@ -287,13 +301,19 @@ def _run_toml(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", RUN, ids=[block.id for block in RUN])
-def test_sample(block: Block, states: dict[Path, FileState], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample(
+    block: Block, states: dict[Path, FileState], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     if block.skip is not None:
         if not block.skip:
             pytest.fail(f"{block.id}: `<!-- docs-test: skip -->` needs a reason: skip (why)")
         pytest.skip(block.skip)
     state = states[block.file]
     monkeypatch.chdir(state.folder)
+    if block.server:
+        url = str(request.getfixturevalue("llamacpp_server")).rstrip("/") + "/v1"
+        monkeypatch.setenv("LLAMACPP_URL", url)
+        state.namespace["llamacpp_url"] = url
     if block.lang == "python":
         for earlier in RUN:  # run alone (-k): the file's earlier blocks first
             same_file = earlier.file == block.file and earlier.line < block.line and earlier.lang == "python"
@@ -325,6 +345,7 @@ def test_the_extractor_reads_directives() -> None:
         "<!-- docs-test: skip (needs a cloud key) -->\n```python\nx = 1\n```\n\n"
         "<!-- docs-test: skip -->\n```bash\nzeph-providers list\n```\n"
         "<!-- docs-test: setup\nimport os\n-->\n\n```python\nos.getcwd()\n```\ntext\n```toml\na = 1\n```\n"
+        "<!-- docs-test: server -->\n```bash\nzeph-providers chat llamacpp hi\n```\n"
     )
     try:
         sample.write_text(text, encoding="utf-8")
@@ -336,4 +357,6 @@ def test_the_extractor_reads_directives() -> None:
         (7, "bash", "", []),
         (14, "python", None, ["import os"]),
         (18, "toml", None, []),
+        (22, "bash", None, []),
     ]
+    assert [b.server for b in blocks] == [False, False, False, False, True]
