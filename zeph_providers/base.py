@@ -56,7 +56,7 @@ from zeph_providers.hooks import Call, Hooks, Operation, global_hooks
 from zeph_providers.limits import chat_estimate, estimate_tokens
 from zeph_providers.options import Capabilities, ChatKwargs, ChatOptions
 from zeph_providers.stream import AttemptClock, ChatStream
-from zeph_providers.structured import Finalize, Repair, parse_structured
+from zeph_providers.structured import Finalize, Repair, parse_reply
 from zeph_providers.types import (
     ChatResponse,
     DocumentPart,
@@ -502,9 +502,9 @@ class BaseProvider:
             return response
         if options.tools and response.tool_calls and not response.text.strip():
             return response  # the model called one of the caller's tools instead of answering
-        raw = self.structured_payload(response, options)
-        cut = response.finish_reason == "length"
-        response.parsed = parse_structured(raw, options, provider=self._name, cut=cut)
+        response.parsed = parse_reply(
+            lambda: self.structured_payload(response, options), response, options, provider=self._name
+        )
         return response
 
     # ----- shared machinery -----------------------------------------------------------

@@ -177,7 +177,7 @@ class BlockingRegistry:
         with self._guard:
             wrapper = self._wrappers.get(name)
             if wrapper is None or wrapper.async_provider is not provider:
-                wrapper = BlockingProvider(provider, self._loop)
+                wrapper = BlockingProvider(provider, self._loop, owner=self)
                 self._wrappers[name] = wrapper
         return wrapper
 
@@ -224,11 +224,18 @@ class BlockingRegistry:
 
 
 class BlockingProvider:
-    """One provider with blocking methods; every call runs on its registry's loop thread."""
+    """One provider with blocking methods; every call runs on its registry's loop thread.
 
-    def __init__(self, provider: LlmProvider, loop: _LoopThread) -> None:
+    It holds its `BlockingRegistry` strongly (`owner`): the registry's finalizer stops the loop
+    thread, so without this `BlockingRegistry.from_toml(path).get("local").chat(...)` lost its
+    registry to the garbage collector while the call was still running ("the blocking registry
+    is closed"). A provider, and a stream it opened, keep the registry and its loop alive.
+    """
+
+    def __init__(self, provider: LlmProvider, loop: _LoopThread, *, owner: BlockingRegistry | None = None) -> None:
         self._provider = provider
         self._loop = loop
+        self._owner = owner
 
     @property
     def async_provider(self) -> LlmProvider:
@@ -253,7 +260,8 @@ class BlockingProvider:
 
     def chat_stream(self, messages: MessageInput, **options: Unpack[ChatKwargs]) -> BlockingChatStream:
         """A streamed reply: iterate it (ideally in a `with` block); `.response` once exhausted."""
-        return BlockingChatStream(self._provider, messages_from(messages, provider=self.name), options, self._loop)
+        message_list = messages_from(messages, provider=self.name)
+        return BlockingChatStream(self._provider, message_list, options, self._loop, owner=self)
 
     def run_tools(
         self,
@@ -335,8 +343,11 @@ class BlockingChatStream:
         messages: list[Message],
         options: ChatKwargs,
         loop: _LoopThread,
+        *,
+        owner: BlockingProvider | None = None,
     ) -> None:
         self._loop = loop
+        self._owner = owner  # keeps the registry (and so the loop thread) alive while the stream is
         self._closed = False
         # Built on the loop thread so that argument errors surface here, before iteration.
         self._stream: ChatStream = loop.run(self._open(provider, messages, options))

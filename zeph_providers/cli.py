@@ -285,6 +285,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         needs_key = getattr(provider, "key_required", False) and getattr(provider, "api_key", None) is None
         if needs_key and env and not os.environ.get(env):
             _err(f"note: {provider.name!r} reads its API key from ${env}, which is not set")
+        elif getattr(provider, "keyless", False):
+            _err(f"note: {provider.name!r} is keyless: no API key is sent (set api_key_env if its server needs one)")
+        elif env and getattr(provider, "api_key", None) is None and not os.environ.get(env):
+            _err(f"note: {provider.name!r} reads its API key from ${env}, which is not set (an error when it is built)")
     return EXIT_OK
 
 

@@ -73,6 +73,7 @@ name = "llamacpp"
 type = "compatible"
 base_url = "http://127.0.0.1:8080/v1"
 model = "local-model"
+api_key_env = ""           # keyless: this server needs no key (or name the variable that holds one)
 
 # A local Ollama daemon.
 [[llm.providers]]

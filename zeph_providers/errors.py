@@ -283,14 +283,33 @@ class RefusalError(BadResponseError):
 class StructuredOutputError(BadResponseError):
     """The reply does not parse as JSON or does not validate against the call's `response_format`.
 
-    `validation_error` is the parser's or validator's message, `raw` the reply text (or the value)
-    that failed. `chat()` re-asks `structured_retries` times before raising it (`zeph_providers.structured`).
+    `validation_error` is the parser's or validator's message, `raw` the payload that failed (the
+    reply text, or the value a backend read elsewhere, e.g. Claude's answer tool), `raw_text` the
+    reply's text as the model wrote it, and `finish_reason` why the reply ended: "length" means it
+    was cut at `max_tokens`, and the message then says so (the fix is a larger limit, not a better
+    prompt). `chat()` re-asks `structured_retries` times before raising it (`zeph_providers.structured`).
     """
 
-    def __init__(self, message: str, *, provider: str | None = None, validation_error: str = "", raw: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        validation_error: str = "",
+        raw: str = "",
+        raw_text: str | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
         super().__init__(message, provider=provider)
         self.validation_error = redact(validation_error)
         self.raw = redact(raw)
+        self.raw_text = self.raw if raw_text is None else redact(raw_text)
+        self.finish_reason = finish_reason
+
+    @property
+    def cut(self) -> bool:
+        """The reply ended at `max_tokens` (finish reason "length")."""
+        return self.finish_reason == "length"
 
 
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:

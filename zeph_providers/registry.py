@@ -236,12 +236,49 @@ class Registry:
         return self.get(name)
 
     def embedder(self) -> LlmProvider:
-        """The provider named by `[llm].embedding`, else the first with embeddings."""
-        if self._config.embedding:
-            return self.get(self._config.embedding)
-        if self._config.default:
-            return self.get(self._config.default)
-        raise ProviderNotFoundError("<embedding>", self.names())
+        """The provider named by `[llm].embedding`, else `[llm].default` when it can embed.
+
+        Never a provider that cannot embed, and never a guess among the others: when neither names
+        one that can, a `ConfigError` says which setting to add (`[llm] embedding = "..."`) and
+        which providers can embed (those with `embedding_model` / `embedding_repo`, mocks, and
+        routers with such a member).
+        """
+        named = self._config.embedding
+        setting = "[llm] embedding"
+        if not named:
+            named, setting = self._config.default, "[llm] default"
+        if named:
+            provider = self.get(named)
+            if provider.capabilities.embeddings:
+                return provider
+            problem = f"{setting} names {named!r}, which cannot embed"
+        else:
+            problem = "no embedding provider is configured"
+        able = [name for name in self.names() if self._can_embed(name)]
+        if able:
+            fix = f'add [llm] embedding = "{able[0]}" (providers that can embed: {", ".join(map(repr, able))})'
+        else:
+            fix = (
+                "no configured provider can embed: give one an `embedding_model` (openai, compatible, "
+                'ollama) or an `embedding_repo` (local), then set [llm] embedding = "NAME"'
+            )
+        raise ConfigError(f"{problem}; {fix}", source=self._config.source, provider=named)
+
+    def _can_embed(self, name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether the config says `name` embeds; read from the config, nothing is built."""
+        config = self._config.provider(name)
+        if config is None or name in seen:
+            return False
+        members = getattr(config, "providers", None)
+        if config.type == "router" and isinstance(members, list):
+            return any(self._can_embed(member, seen | {name}) for member in members)
+        if config.type == "mock":
+            return True
+        for field in ("embedding_model", "embedding_repo"):
+            if field in type(config).model_fields:
+                return bool(getattr(config, field))
+        built = self._providers.get(name)  # a plugin type: its capabilities, if it is built already
+        return built is not None and built.capabilities.embeddings
 
     def usage(self) -> dict[str, ProviderTotals]:
         """Per provider: calls, tokens and cost so far (providers not called yet are absent)."""

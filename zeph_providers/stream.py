@@ -265,6 +265,8 @@ class ChatStream:
         self._finalize_response = finalize
         self._assembler = ResponseAssembler(provider=provider, model=model)
         self._response: ChatResponse | None = None
+        self._error: BaseException | None = None
+        """Why the stream ended without a response (its error, or a cancellation); `response` says so."""
         self._closed = False
         self._deadline = options.deadline if timed else None
         self._timer: asyncio.TimerHandle | None = None
@@ -285,9 +287,24 @@ class ChatStream:
 
     @property
     def response(self) -> ChatResponse:
-        if self._response is None:
+        """The assembled reply once the stream has ended normally.
+
+        Before that it raises `LlmError` saying which: not finished yet, closed early, or failed
+        (the stream's own error is then the `__cause__`, and named in the message).
+        """
+        if self._response is not None:
+            return self._response
+        error = self._error
+        if error is None:
+            if self._closed:
+                raise LlmError("the stream was closed before it finished; it has no response", provider=self._name)
             raise LlmError("the stream has not finished yet; iterate it to the end first", provider=self._name)
-        return self._response
+        if isinstance(error, asyncio.CancelledError):
+            raise LlmError("the stream was cancelled before it finished; it has no response", provider=self._name)
+        detail = error.message if isinstance(error, LlmError) else str(error)
+        raise LlmError(
+            f"the stream failed, so it has no response: {type(error).__name__}: {detail}", provider=self._name
+        ) from error
 
     @property
     def done(self) -> bool:
@@ -412,6 +429,7 @@ class ChatStream:
             try:
                 response = self._finalize_response(response)
             except LlmError as exc:
+                self._error = exc
                 exc.attempts = list(self._attempts)
                 self._end_call(None, exc)
                 raise
@@ -420,6 +438,8 @@ class ChatStream:
         self._end_call(response, None)
 
     async def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
         if not self._closed:
             self._record(exc)
         if isinstance(exc, LlmError):

@@ -73,6 +73,7 @@ __all__ = [
     "answer_tool",
     "answer_tool_chunks",
     "extract_json",
+    "parse_reply",
     "parse_structured",
     "prompt_instructions",
     "prompted_messages",
@@ -139,12 +140,26 @@ def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_structured(payload: Any, options: ChatOptions, *, provider: str, cut: bool = False) -> Any:
+CUT_NOTE = 'the reply was cut at max_tokens (finish_reason "length")'
+
+
+def parse_structured(
+    payload: Any,
+    options: ChatOptions,
+    *,
+    provider: str,
+    cut: bool = False,
+    finish_reason: str | None = None,
+    raw_text: str | None = None,
+) -> Any:
     """The structured value of a reply's payload (text is JSON-decoded), validated by a pydantic class.
 
-    Raises `StructuredOutputError` with the decoder's or validator's message; `cut` (the reply ended
-    at `max_tokens`) says so, since then the fix is a larger limit, not a better prompt.
+    Raises `StructuredOutputError` with the decoder's or validator's message, the reply's
+    `raw_text` and `finish_reason`; a reply cut at `max_tokens` (`finish_reason="length"`, or the
+    older `cut=True`) says so, since then the fix is a larger limit, not a better prompt.
     """
+    if cut and finish_reason is None:
+        finish_reason = "length"
     fmt = options.response_format
     raw = payload if isinstance(payload, str) else _dumps(payload)
     try:
@@ -152,16 +167,45 @@ def parse_structured(payload: Any, options: ChatOptions, *, provider: str, cut: 
         parsed = fmt.model_validate(data) if isinstance(fmt, type) else data
     except Exception as exc:
         detail = _clip(f"{type(exc).__name__}: {exc}")
-        why = "the reply was cut at max_tokens before it matched" if cut else "the reply does not match"
-        hint = " (raise max_tokens)" if cut else ""
-        error = StructuredOutputError(
-            f"{why} the requested response_format{hint}: {detail}",
-            provider=provider,
-            validation_error=detail,
-            raw=_clip(raw, 10_000),
-        )
-        raise error from exc
+        raise _error(detail, raw, provider=provider, finish_reason=finish_reason, raw_text=raw_text) from exc
     return parsed
+
+
+def _error(
+    detail: str, raw: str, *, provider: str, finish_reason: str | None, raw_text: str | None
+) -> StructuredOutputError:
+    if finish_reason == "length":
+        message = f"{CUT_NOTE} before it matched the requested response_format (raise max_tokens): {detail}"
+    else:
+        message = f"the reply does not match the requested response_format: {detail}"
+    return StructuredOutputError(
+        message,
+        provider=provider,
+        validation_error=detail,
+        raw=_clip(raw, 10_000),
+        raw_text=None if raw_text is None else _clip(raw_text, 10_000),
+        finish_reason=finish_reason,
+    )
+
+
+def parse_reply(payload: Callable[[], Any], response: ChatResponse, options: ChatOptions, *, provider: str) -> Any:
+    """`parse_structured` for a whole reply: the payload (`payload()`, which may itself raise
+    `StructuredOutputError`, e.g. "prompted" mode's `prompted_payload`) with the reply's text and
+    finish reason attached to any error."""
+    finish_reason = response.finish_reason
+    try:
+        raw = payload()
+    except StructuredOutputError as exc:
+        if exc.finish_reason is not None:
+            raise
+        raise _error(
+            exc.validation_error or exc.message,
+            exc.raw,
+            provider=provider,
+            finish_reason=finish_reason,
+            raw_text=response.text,
+        ) from exc
+    return parse_structured(raw, options, provider=provider, finish_reason=finish_reason, raw_text=response.text)
 
 
 def prompted_payload(text: str, options: ChatOptions, *, provider: str) -> Any:
@@ -368,12 +412,16 @@ class Repair:
             messages = repair_messages(self.messages, assembler.response().text, error, self.options)
         assert last is not None
         tries = self.tries
+        cut = f" ({CUT_NOTE}: raise max_tokens)" if last.cut else ""
         raise StructuredOutputError(
             f"no reply matched the requested response_format after {tries} "
-            f"{'try' if tries == 1 else 'tries'}; the last one failed with: {last.validation_error or last.message}",
+            f"{'try' if tries == 1 else 'tries'}; the last one{cut} failed with: "
+            f"{last.validation_error or last.message}",
             provider=self.provider,
             validation_error=last.validation_error,
             raw=last.raw,
+            raw_text=last.raw_text,
+            finish_reason=last.finish_reason,
         ) from last
 
     async def _one_try(

@@ -176,3 +176,30 @@ def test_the_blocking_twin_takes_the_same_keywords_and_reports_attempts(blocking
     with pytest.raises(TypeError, match="max_token"):
         provider.chat_stream(HELLO, max_token=5)  # type: ignore[call-arg]
     assert zeph_providers.BlockingChatStream is BlockingChatStream
+
+
+def test_a_provider_keeps_its_registry_alive() -> None:
+    """The README's one-liner: the registry is a temporary, dropped as soon as `get()` returns."""
+    import gc
+
+    response = BlockingRegistry.from_toml_string(MOCK_CONFIG, source="mock.toml").get("mock").chat(HELLO)
+    assert response.text
+    provider = BlockingRegistry.from_toml_string(MOCK_CONFIG, source="mock.toml").get("mock")
+    gc.collect()
+    assert provider.chat(HELLO).text == response.text
+    stream = BlockingRegistry.from_toml_string(MOCK_CONFIG, source="mock.toml").get("mock").chat_stream(HELLO)
+    gc.collect()
+    assert stream.collect().text == response.text
+
+
+def test_a_dropped_provider_still_stops_the_loop_thread() -> None:
+    import gc
+
+    provider = BlockingRegistry.from_toml_string(MOCK_CONFIG, source="mock.toml").get("mock")
+    assert provider.chat(HELLO).text
+    thread = provider._loop.thread
+    assert thread.is_alive()
+    del provider
+    gc.collect()
+    thread.join(timeout=120)
+    assert not thread.is_alive()

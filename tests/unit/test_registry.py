@@ -180,8 +180,8 @@ def test_default_falls_back_to_first_provider() -> None:
         {"llm": {"providers": [{"name": "one", "type": "mock"}, {"name": "two", "type": "mock"}]}}
     )
     assert registry.default().name == "one"
-    with pytest.raises(ProviderNotFoundError):
-        registry.embedder()
+    with pytest.raises(ConfigError, match=r'\[llm\] embedding = "one"'):
+        registry.embedder()  # no guess between two that can: it names the setting to add
 
 
 def test_embedder_uses_default_when_no_embedding_named() -> None:

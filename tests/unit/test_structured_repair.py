@@ -228,7 +228,7 @@ async def test_a_stream_raises_the_typed_error_at_its_end_without_retry() -> Non
             seen.append(getattr(chunk, "text", ""))
     assert "".join(seen) == BAD  # what was delivered stays delivered
     assert len(mock_.requests) == 1
-    with pytest.raises(LlmError, match="not finished"):
+    with pytest.raises(LlmError, match="the stream failed"):
         stream.response  # noqa: B018
     assert [a.outcome for a in stream.attempts] == ["ok"]  # the request itself succeeded
 

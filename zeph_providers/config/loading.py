@@ -10,6 +10,12 @@
 5. references: router members and `[llm].default` / `[llm].embedding` name declared providers;
 6. router cycles (`a -> b -> a`), so `zeph-providers check` finds them offline.
 
+Paths: `load_config` resolves a relative local `model_path` / `embedding_repo` (`./m.gguf`,
+`../models/phi3`, `m.gguf`, or any relative path that exists there) against the config file's
+folder, so a config works from any working directory; a string or dict has no folder, so its
+relative paths stay relative to the CWD. Hub repo ids (`org/name`) and `package:` sources are
+left as written.
+
 Unknown keys get a "did you mean" hint; every problem names the file, the provider (index and
 name) and the field; values quoted in messages are redacted and shortened.
 """
@@ -441,7 +447,23 @@ def load_config(path: str | os.PathLike[str], *, known: Iterable[str] = ()) -> L
         raise ConfigError("config file not found; create one with `zeph-providers config init`", source=source) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file: {exc}", source=source) from exc
-    return loads_config(text, source=source, known=known)
+    return _resolve_paths(loads_config(text, source=source, known=known), file.resolve().parent)
+
+
+_PATH_FIELDS = ("model_path", "embedding_repo")
+
+
+def _resolve_paths(config: LlmConfig, folder: Path) -> LlmConfig:
+    """Relative local model paths of a file's providers, made absolute against its folder."""
+    for provider in config.providers:
+        for name in _PATH_FIELDS:
+            spec = getattr(provider, name, None)
+            if not isinstance(spec, str) or spec.startswith(("package:", "~")) or Path(spec).is_absolute():
+                continue
+            candidate = folder / spec
+            if spec.startswith(("./", "../")) or spec.lower().endswith(".gguf") or candidate.exists():
+                object.__setattr__(provider, name, str(candidate.resolve()))
+    return config
 
 
 def loads_config(text: str, *, source: str | None = None, known: Iterable[str] = ()) -> LlmConfig:

@@ -211,7 +211,10 @@ class RemoteConfig(ProviderConfigBase):
     api_key: SecretStr | None = None
     """Inline API key (prefer `api_key_env`); never printed, logged or dumped."""
     api_key_env: str | None = None
-    """Environment variable holding the API key (default per type: ANTHROPIC_API_KEY, OPENAI_API_KEY)."""
+    """Environment variable holding the API key (default per type: ANTHROPIC_API_KEY, OPENAI_API_KEY).
+    A variable named here that is unset is an error when the provider is built. `compatible` and
+    `ollama` servers that need no key: `api_key_env = ""` says so (leaving both `api_key` and
+    `api_key_env` out means the same for them; `zeph-providers check` notes it)."""
     timeout_secs: Annotated[float, Field(gt=0)] = 120.0
     """Total deadline for one call, across retries and the whole stream."""
     connect_timeout_secs: Annotated[float, Field(gt=0)] = 10.0
@@ -250,9 +253,17 @@ class RemoteConfig(ProviderConfigBase):
     def key_env(self) -> str | None:
         return self.api_key_env or self.default_key_env
 
+    @property
+    def keyless(self) -> bool:
+        """No key is sent: a type whose servers may need none (compatible, ollama) with neither
+        `api_key` nor a variable named (`api_key_env` absent or "")."""
+        return self.api_key is None and not self.key_required and not self.api_key_env
+
     def secret(self) -> SecretStr | None:
         if self.api_key is not None:
             return self.api_key
+        if self.keyless:
+            return None
         env = self.key_env
         if env:
             value = os.environ.get(env)
@@ -264,7 +275,13 @@ class RemoteConfig(ProviderConfigBase):
                 f"no API key: set the environment variable {env!r} or `api_key` in the config",
                 provider=self.name,
             )
-        return None
+        # A variable named explicitly: sending no key (or a placeholder) instead would fail later
+        # with a puzzling 401, or silently reach a server that should have had one.
+        raise ConfigError(
+            f"no API key: api_key_env names the environment variable {env!r}, which is not set; "
+            f'set it, or write api_key_env = "" if this server needs no key',
+            provider=self.name,
+        )
 
 
 class ClaudeConfig(RemoteConfig):
@@ -382,7 +399,8 @@ class LocalConfig(ProviderConfigBase):
     revision: str | None = None
     """Branch, tag or commit of `repo_id`."""
     model_path: str | None = None
-    """A folder, a `.gguf` file, or `package:DIST_PACKAGE/relative/path` shipped by an installed package."""
+    """A folder, a `.gguf` file, or `package:DIST_PACKAGE/relative/path` shipped by an installed package.
+    A relative path in a config file is relative to that file's folder (from a string or dict: the CWD)."""
     gguf_file: str | None = None
     """With `repo_id` or a folder `model_path`: the GGUF file inside it."""
     embedding_repo: str | None = None
