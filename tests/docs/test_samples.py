@@ -6,9 +6,9 @@ Each block is one test case named `FILE:LINE` (the line of its opening fence):
   what an earlier one defined, as a reader expects), top-level `await` allowed (compiled with
   `ast.PyCF_ALLOW_TOP_LEVEL_AWAIT`, run on one event loop per file). Running one case alone with
   `-k` first runs the file's earlier python blocks.
-- ```bash / ```sh / ```console: every `zeph-providers ...` and `python ...` command is run (exit
-  status 0 required; `\\` continuations and `&&` chains understood; a console block's commands are
-  its `$ ` lines). A block with any other command is only checked with `bash -n`.
+- ```bash / ```sh / ```console: the block runs as one bash script (`set -e -o pipefail`; pipes,
+  redirects, `&&` as in a reader's shell) and must exit 0; a console block's commands are its `$ `
+  lines. Blocks that install or fetch things carry a skip with the reason.
 - ```toml: parsed; one that declares `[[llm.providers]]` is validated with `parse_config`, the
   providers it references but does not declare (router members, `[llm].default`) standing in as mocks.
 - ```json: parsed. Other blocks (```text, a bare fence: trees, traces) are listed, never run; an
@@ -185,9 +185,9 @@ def _folder_for(path: Path, base: Path) -> Path:
     folder.mkdir()
     (folder / "city.json").write_text(json.dumps(CITY_SCHEMA), encoding="utf-8")
     shutil.copyfile(ROOT / "docs" / "img" / "embed.png", folder / "cat.png")
-    if path.name == "README.md":
-        (folder / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
-    else:
+    # The repo's example configs are where a reader who cloned it finds them (`configs/...`).
+    (folder / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
+    if path.name != "README.md":
         (folder / "zeph.toml").write_text(FIXTURE_CONFIG, encoding="utf-8")
     return folder
 
@@ -260,29 +260,30 @@ def _argv(segment: list[str]) -> list[str] | None:
 
 
 def _run_shell(block: Block, state: FileState) -> None:
-    plans: list[list[str]] = []
-    for command in _commands(block):
-        tokens = shlex.split(command, comments=True)
-        segments: list[list[str]] = [[]]
-        for token in tokens:
-            if token == "&&":
-                segments.append([])
-            else:
-                segments[-1].append(token)
-        for segment in segments:
-            argv = _argv(segment)
-            if argv is None:  # not ours to run: only its syntax is checked
-                checked = subprocess.run(["bash", "-n"], input=block.code, text=True, capture_output=True, check=False)
-                assert checked.returncode == 0, checked.stderr
-                return
-            plans.append(argv)
-    assert plans, "a shell block with no command"
-    for argv in plans:
-        result = subprocess.run(
-            argv, cwd=state.folder, env=_env(), capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
-        )
-        shown = " ".join(shlex.quote(a) for a in ["zeph-providers" if a == "zeph_providers" else a for a in argv[1:]])
-        assert result.returncode == 0, f"$ {shown}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    """The block, run as one bash script (`set -e -o pipefail`) in the file's folder: pipes,
+    redirects and `&&` behave as a reader's shell would. `zeph-providers` and `python` are this
+    interpreter's; stdin is empty, so a command never waits on it."""
+    commands = _commands(block)
+    assert commands, "a shell block with no command"
+    script = "\n".join(
+        [
+            "set -e -o pipefail",
+            f"python() {{ {shlex.quote(sys.executable)} \"$@\"; }}",
+            f"zeph-providers() {{ {shlex.quote(sys.executable)} -m zeph_providers \"$@\"; }}",
+            *commands,
+        ]
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=state.folder,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT * len(commands),
+        check=False,
+    )
+    assert result.returncode == 0, f"{block.code}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
 def _run_toml(block: Block) -> None:
