@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -82,13 +82,30 @@ def scores(stats: dict[str, MemberStats]) -> dict[str, float]:
 
 
 def order(
-    names: Sequence[str], strategy: str, sequence: int, stats: dict[str, MemberStats], explore_every: int
+    names: Sequence[str],
+    strategy: str,
+    sequence: int,
+    stats: dict[str, MemberStats],
+    explore_every: int,
+    *,
+    in_flight: Mapping[str, int] | None = None,
+    weights: Mapping[str, int] | None = None,
+    current: dict[str, int] | None = None,
 ) -> list[str]:
-    """The members in the order request number `sequence` tries them, per the strategy (stats locked)."""
+    """The members in the order request number `sequence` tries them, per the strategy (stats locked).
+
+    `least_busy` needs `in_flight`; `weighted` needs `weights` and the smooth round robin's
+    `current` weights (updated here)."""
     ordered = list(names)
-    if strategy == "round_robin":
+    if strategy in ("round_robin", "least_busy"):
         start = (sequence - 1) % len(ordered)
         ordered = ordered[start:] + ordered[:start]
+        if strategy == "least_busy" and in_flight is not None:
+            ordered.sort(key=lambda n: in_flight.get(n, 0))  # stable: ties keep the rotation
+    elif strategy == "weighted" and weights is not None and current is not None:
+        first = smooth_pick(ordered, weights, current)
+        rest = sorted((n for n in ordered if n != first), key=lambda n: -weights.get(n, 1))
+        ordered = [first, *rest]
     elif strategy == "latency":
         expected = scores(stats)
         ordered.sort(key=lambda n: expected[n])  # stable: ties keep the configured order
@@ -97,6 +114,49 @@ def order(
             ordered.remove(stalest)
             ordered.insert(0, stalest)
     return ordered
+
+
+def smooth_pick(names: Sequence[str], weights: Mapping[str, int], current: dict[str, int]) -> str:
+    """Smooth weighted round robin (nginx's): every member gains its weight, the highest leads
+    (ties: configured order) and gives back the total. Over a cycle of `sum(weights)` requests each
+    member leads exactly `weight` times, spread out rather than in runs."""
+    total = 0
+    for name in names:
+        weight = weights.get(name, 1)
+        current[name] = current.get(name, 0) + weight
+        total += weight
+    best = max(names, key=lambda n: current[n])  # max keeps the first of equals
+    current[best] -= total
+    return best
+
+
+def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None, strategy: str) -> list[str]:
+    """What is wrong with a router's `weights` (empty: nothing); shared by the config and the router."""
+    if weights is None:
+        return []
+    problems: list[str] = []
+    if strategy != "weighted":
+        problems.append(f"`weights` is used only with strategy = \"weighted\" (this router's is {strategy!r})")
+    unknown = [name for name in weights if name not in members]
+    if unknown:
+        known = ", ".join(repr(m) for m in members)
+        problems.append(f"`weights` names unknown members {', '.join(repr(n) for n in unknown)} (the members: {known})")
+    bad = [
+        f"{name!r} = {value!r}"
+        for name, value in weights.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ]
+    if bad:
+        problems.append(f"weights must be positive integers: {', '.join(bad)}")
+    return problems
+
+
+def estimate_tokens(messages: Sequence[Message], options: ChatOptions) -> int:
+    """A rough size of a request for a member's rate limiter (`has_capacity`): about four
+    characters per input token, plus the reply's `max_tokens`. Only the router's skip decision
+    uses it; the member's own limiter counts the call itself."""
+    chars = sum(len(message.text) for message in messages)
+    return chars // 4 + 1 + (options.max_tokens or 0)
 
 
 def build_members(
@@ -123,9 +183,16 @@ def build_members(
 
 
 def member_status(
-    breakers: dict[str, CircuitBreaker], stats: dict[str, tuple[float | None, float, int]], built: Iterable[str]
+    breakers: dict[str, CircuitBreaker],
+    stats: dict[str, tuple[float | None, float, int]],
+    built: Iterable[str],
+    *,
+    in_flight: Mapping[str, int] | None = None,
+    weights: Mapping[str, int] | None = None,
+    probes: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """`status()`: per member its breaker snapshot, EMA latency (ms) and success, attempts, built."""
+    """`status()`: per member its breaker snapshot, EMA latency (ms) and success, attempts, built,
+    calls in flight, weight (None unless `weighted`) and last health probe (None: not probed)."""
     report: dict[str, dict[str, Any]] = {}
     made = set(built)
     for name, breaker in breakers.items():
@@ -135,6 +202,9 @@ def member_status(
         entry["ema_success"] = round(success, 4)
         entry["attempts"] = attempts
         entry["built"] = name in made
+        entry["in_flight"] = (in_flight or {}).get(name, 0)
+        entry["weight"] = None if weights is None else weights.get(name, 1)
+        entry["last_probe"] = (probes or {}).get(name)
         report[name] = entry
     return report
 

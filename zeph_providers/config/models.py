@@ -301,7 +301,7 @@ class OllamaConfig(RemoteConfig):
     """Ask thinking models to think (their thinking arrives as ThinkingChunks)."""
 
 
-Strategy = Literal["fallback", "round_robin", "latency"]
+Strategy = Literal["fallback", "round_robin", "latency", "least_busy", "weighted"]
 
 
 class RouterConfig(ProviderConfigBase):
@@ -311,7 +311,8 @@ class RouterConfig(ProviderConfigBase):
     providers: Annotated[list[str], Field(min_length=1)]
     """Member provider names, declared in the same file."""
     strategy: Strategy = "fallback"
-    """fallback: in order; round_robin: rotate; latency: fastest healthy first (learned)."""
+    """fallback: in order; round_robin: rotate; latency: fastest healthy first (learned);
+    least_busy: fewest calls in flight first (ties rotate); weighted: in proportion to `weights`."""
     timeout_secs: Annotated[float, Field(gt=0)] = 300.0
     """One deadline across all attempts and members."""
     failure_threshold: Annotated[int, Field(ge=1)] = 3
@@ -324,6 +325,24 @@ class RouterConfig(ProviderConfigBase):
     """A member's breaker also opens when this share of its recent outcomes failed."""
     fallback_on_client_error: bool = False
     """Also try the next member after InvalidRequestError / AuthenticationError."""
+    weights: dict[str, int] | None = None
+    """strategy = "weighted": each member's share, a positive integer (`{ big = 3, small = 1 }`);
+    members left out weigh 1. Refused with any other strategy."""
+    health_check_interval_secs: Annotated[float, Field(gt=0)] | None = None
+    """Probe every member this often in the background (its model list, else a 1-token chat);
+    a failed probe moves the member behind the others and counts against its breaker, a passing
+    one closes an open breaker. None: no health checks."""
+    health_check_timeout_secs: Annotated[float, Field(gt=0)] = 5.0
+    """How long one health probe may take before it counts as failed."""
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> RouterConfig:
+        from zeph_providers.backends._routing import weight_problems
+
+        problems = weight_problems(self.providers, self.weights, self.strategy)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def model_name(self) -> str:
