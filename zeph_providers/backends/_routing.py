@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from zeph_providers.breaker import CircuitBreaker
     from zeph_providers.config import RouterConfig
     from zeph_providers.registry import Registry
+
+log = logging.getLogger("zeph_providers.router")
 
 _EMA_ALPHA = 0.3
 _MIN_SUCCESS = 0.05
@@ -157,6 +160,24 @@ def estimate_tokens(messages: Sequence[Message], options: ChatOptions) -> int:
     uses it; the member's own limiter counts the call itself."""
     chars = sum(len(message.text) for message in messages)
     return chars // 4 + 1 + (options.max_tokens or 0)
+
+
+async def at_limit(router: str, members: Mapping[str, LlmProvider], estimated_tokens: int) -> set[str]:
+    """The members whose client-side rate limiter (`member.rate_limiter`, `zeph_providers.limits`)
+    has no capacity for a request of about `estimated_tokens` now. A limiter that fails to answer
+    counts as having capacity: the check must never fail a call."""
+    full: set[str] = set()
+    for name, member in list(members.items()):
+        limiter = getattr(member, "rate_limiter", None)
+        if limiter is None:
+            continue
+        try:
+            if not await limiter.has_capacity(estimated_tokens):
+                full.add(name)
+                log.debug("router %r: %r is at its rate limit; trying it last", router, name)
+        except Exception as exc:
+            log.debug("router %r: rate limiter of %r failed (%s)", router, name, type(exc).__name__)
+    return full
 
 
 def build_members(

@@ -59,6 +59,7 @@ from zeph_providers.backends._routing import Answer as _Answer
 from zeph_providers.backends._routing import MemberStats as _MemberStats
 from zeph_providers.backends._routing import (
     Verdict,
+    at_limit,
     build_members,
     check_cycles,
     estimate_tokens,
@@ -283,20 +284,8 @@ class RouterProvider(BaseProvider):
         """Members to try last: failing their last health probe, or at their rate limit."""
         if self.health is not None:
             self.health.ensure_started()
-        behind = self.health.down() if self.health is not None else set()
-        for name, member in list(self._members.items()):
-            limiter = getattr(member, "rate_limiter", None)
-            if limiter is None:
-                continue
-            try:
-                full = not await limiter.has_capacity(estimated_tokens)
-            except Exception as exc:  # a limiter that cannot tell must not fail the call
-                log.debug("router %r: rate limiter of %r failed (%s)", self.name, name, type(exc).__name__)
-                continue
-            if full:
-                behind.add(name)
-                log.debug("router %r: %r is at its rate limit; trying it last", self.name, name)
-        return behind
+        down = self.health.down() if self.health is not None else set()
+        return down | await at_limit(self.name, self._members, estimated_tokens)
 
     def _busy(self, name: str, delta: int) -> None:
         with self._lock:
