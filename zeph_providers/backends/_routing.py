@@ -139,7 +139,7 @@ def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None
         return []
     problems: list[str] = []
     if strategy != "weighted":
-        problems.append(f"`weights` is used only with strategy = \"weighted\" (this router's is {strategy!r})")
+        problems.append(f'`weights` is used only with strategy = "weighted" (this router\'s is {strategy!r})')
     unknown = [name for name in weights if name not in members]
     if unknown:
         known = ", ".join(repr(m) for m in members)

@@ -185,7 +185,7 @@ class RouterProvider(BaseProvider):
         """The active health checks (None unless `health_check_interval_secs` is set)."""
         if health_check_interval_secs is not None:
             self.health = HealthChecker(
-                name, health_check_interval_secs, health_check_timeout_secs, lambda: self._members, self._breakers
+                name, health_check_interval_secs, health_check_timeout_secs, self._built_members, self._breakers
             )
 
     # ----- introspection ------------------------------------------------------------
@@ -262,6 +262,11 @@ class RouterProvider(BaseProvider):
             with self._lock:
                 self._capabilities = union
         return errors
+
+    def _built_members(self) -> dict[str, LlmProvider]:
+        """The members, built now if not yet (what the health checks probe)."""
+        self._resolve_members()
+        return dict(self._members)
 
     def _order(self, behind: set[str]) -> list[str]:
         """The members in the order this request tries them, per the strategy (`_routing.order`);
