@@ -97,8 +97,16 @@ def order(
 ) -> list[str]:
     """The members in the order request number `sequence` tries them, per the strategy (stats locked).
 
-    `least_busy` needs `in_flight`; `weighted` needs `weights` and the smooth round robin's
-    `current` weights (updated here)."""
+    - `fallback`: the listed order. `round_robin`: the first member rotates on every request.
+    - `latency`: an exponential moving average (EMA) of each member's time to the first chunk and of
+      its success rate; the cheapest expected member first (members never tried go first, and every
+      `explore_every`-th request tries the least recently used first so a recovered member can win
+      its place back).
+    - `least_busy` (needs `in_flight`): the fewest calls in flight through this router first; ties
+      rotate like `round_robin`, so a quiet fleet still spreads its calls.
+    - `weighted` (needs `weights` and the running `current` weights, updated here): the leader by
+      smooth weighted round robin (`smooth_pick`), the rest by weight.
+    """
     ordered = list(names)
     if strategy in ("round_robin", "least_busy"):
         start = (sequence - 1) % len(ordered)
@@ -131,6 +139,24 @@ def smooth_pick(names: Sequence[str], weights: Mapping[str, int], current: dict[
     best = max(names, key=lambda n: current[n])  # max keeps the first of equals
     current[best] -= total
     return best
+
+
+STRATEGIES = ("fallback", "round_robin", "latency", "least_busy", "weighted")
+
+
+def settings_problems(
+    members: Sequence[str],
+    strategy: str,
+    weights: Mapping[str, object] | None,
+    health_interval: float | None,
+    health_timeout: float,
+) -> list[str]:
+    """What is wrong with a router built in code (the config's models check the same)."""
+    problems = [] if strategy in STRATEGIES else [f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})"]
+    problems.extend(weight_problems(members, weights, strategy))
+    if health_interval is not None and min(health_interval, health_timeout) <= 0:
+        problems.append("health_check_interval_secs and health_check_timeout_secs must be > 0")
+    return problems
 
 
 def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None, strategy: str) -> list[str]:

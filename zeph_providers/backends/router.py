@@ -8,17 +8,10 @@ providers = ["claude", "gpt", "ollama"]   # other providers in the same file
 strategy = "fallback"                      # fallback | round_robin | latency | least_busy | weighted
 ```
 
-- Order: `fallback` tries members in the listed order; `round_robin` rotates the first member on
-  every request; `latency` keeps an exponential moving average (EMA) of each member's time to the
-  first chunk and of its success rate, and tries the cheapest expected member first (members never
-  tried go first, and every `explore_every`-th request tries the least recently used first so a
-  recovered member can win its place back); `least_busy` tries the member with the fewest calls in
-  flight through this router first (ties rotate like `round_robin`, so a quiet fleet still spreads);
-  `weighted` leads with members in proportion to `weights` by smooth weighted round robin (exact
-  over a cycle of `sum(weights)` requests; the rest follow by weight).
-- Members at their client-side rate limit (`member.rate_limiter.has_capacity()` is false) and
-  members whose last health probe failed (`health_check_interval_secs`, `_health`) move behind the
-  others: skipped while another can answer, still tried when none can.
+- Order: per the strategy (each described at `_routing.order`). Members at their client-side
+  rate limit (`member.rate_limiter.has_capacity()` false) and members whose last health probe
+  failed (`health_check_interval_secs`, `_health`) move behind the others: skipped while another
+  can answer, still tried when none can.
 - Each member has a `CircuitBreaker` (`zeph_providers.breaker`): open members are skipped until
   their cooldown ends, then one probe decides. `status()` shows it all as JSON-ready data.
 - Rate limits, timeouts, unavailable servers, bad responses, local inference failures, context
@@ -67,9 +60,9 @@ from zeph_providers.backends._routing import (
     member_status,
     order,
     relay,
+    settings_problems,
     unexpected,
     verdict_for,
-    weight_problems,
 )
 from zeph_providers.backends._routing import close_quietly as _close
 from zeph_providers.backends._routing import log_attempts as _log_attempts
@@ -105,7 +98,6 @@ __all__ = ["RouterProvider", "Strategy", "build"]
 log = logging.getLogger("zeph_providers.router")
 
 Strategy = Literal["fallback", "round_robin", "latency", "least_busy", "weighted"]
-STRATEGIES: tuple[Strategy, ...] = ("fallback", "round_robin", "latency", "least_busy", "weighted")
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
 
@@ -141,13 +133,9 @@ class RouterProvider(BaseProvider):
         names = list(dict.fromkeys(members))
         if not names:
             raise ConfigError("a router needs at least one member", provider=name)
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})", provider=name)
-        problems = weight_problems(names, weights, strategy)
+        problems = settings_problems(names, strategy, weights, health_check_interval_secs, health_check_timeout_secs)
         if problems:
             raise ConfigError("; ".join(problems), provider=name)
-        if health_check_interval_secs is not None and min(health_check_interval_secs, health_check_timeout_secs) <= 0:
-            raise ConfigError("health_check_interval_secs and health_check_timeout_secs must be > 0", provider=name)
         super().__init__(
             name,
             "router(" + ",".join(names) + ")",
