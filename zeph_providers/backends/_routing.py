@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from zeph_providers.config.models import weight_problems
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -156,27 +157,6 @@ def settings_problems(
     problems.extend(weight_problems(members, weights, strategy))
     if health_interval is not None and min(health_interval, health_timeout) <= 0:
         problems.append("health_check_interval_secs and health_check_timeout_secs must be > 0")
-    return problems
-
-
-def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None, strategy: str) -> list[str]:
-    """What is wrong with a router's `weights` (empty: nothing); shared by the config and the router."""
-    if weights is None:
-        return []
-    problems: list[str] = []
-    if strategy != "weighted":
-        problems.append(f'`weights` is used only with strategy = "weighted" (this router\'s is {strategy!r})')
-    unknown = [name for name in weights if name not in members]
-    if unknown:
-        known = ", ".join(repr(m) for m in members)
-        problems.append(f"`weights` names unknown members {', '.join(repr(n) for n in unknown)} (the members: {known})")
-    bad = [
-        f"{name!r} = {value!r}"
-        for name, value in weights.items()
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ]
-    if bad:
-        problems.append(f"weights must be positive integers: {', '.join(bad)}")
     return problems
 
 

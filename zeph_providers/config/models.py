@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -304,6 +305,27 @@ class OllamaConfig(RemoteConfig):
 Strategy = Literal["fallback", "round_robin", "latency", "least_busy", "weighted"]
 
 
+def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None, strategy: str) -> list[str]:
+    """What is wrong with a router's `weights` (empty: nothing); the router built in code checks it too."""
+    if weights is None:
+        return []
+    problems: list[str] = []
+    if strategy != "weighted":
+        problems.append(f'`weights` is used only with strategy = "weighted" (this router\'s is {strategy!r})')
+    unknown = [name for name in weights if name not in members]
+    if unknown:
+        known = ", ".join(repr(m) for m in members)
+        problems.append(f"`weights` names unknown members {', '.join(repr(n) for n in unknown)} (the members: {known})")
+    bad = [
+        f"{name!r} = {value!r}"
+        for name, value in weights.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ]
+    if bad:
+        problems.append(f"weights must be positive integers: {', '.join(bad)}")
+    return problems
+
+
 class RouterConfig(ProviderConfigBase):
     type_name: ClassVar[str] = "router"
     type: Literal["router"] = "router"
@@ -337,8 +359,6 @@ class RouterConfig(ProviderConfigBase):
 
     @model_validator(mode="after")
     def _check_weights(self) -> RouterConfig:
-        from zeph_providers.backends._routing import weight_problems
-
         problems = weight_problems(self.providers, self.weights, self.strategy)
         if problems:
             raise ValueError("; ".join(problems))
