@@ -221,6 +221,10 @@ async def test_a_replica_killed_mid_load_is_skipped_and_rejoins(fleet: dict[str,
     for outcome in skipped:
         tried = outcome.attempts if isinstance(outcome, ChatResponse) else getattr(outcome, "attempts", [])
         assert victim not in [attempt.provider for attempt in tried]
+    fell_back = sum(1 for o in answers if victim in [a.provider for a in o.attempts] and o.provider != victim)
     by_member = Counter(o.provider for o in answers)
     errors = Counter(type(o).__name__ for _, o in outcomes if isinstance(o, LlmError))
-    print(f"\nfleet: answers per replica {dict(by_member)}, typed errors {dict(errors)}, probe rounds {health.rounds}")
+    print(
+        f"\nfleet: answers per replica {dict(by_member)}, typed errors {dict(errors)}, "
+        f"answered after falling back from the killed replica {fell_back}, probe rounds {health.rounds}"
+    )

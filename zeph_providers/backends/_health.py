@@ -152,7 +152,10 @@ class HealthChecker:
 
     async def _run(self) -> None:
         while True:
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception as exc:  # never let the task die: the next round tries again
+                log.debug("router %r: health round failed (%s)", self.router, type(exc).__name__)
             await asyncio.sleep(self.interval)
 
     async def probe_all(self) -> None:

@@ -15,9 +15,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from zeph_providers.config.models import weight_problems
+from zeph_providers.config.models import Strategy, weight_problems
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -142,7 +142,7 @@ def smooth_pick(names: Sequence[str], weights: Mapping[str, int], current: dict[
     return best
 
 
-STRATEGIES = ("fallback", "round_robin", "latency", "least_busy", "weighted")
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 def settings_problems(

@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from zeph_providers.backends._health import HealthChecker
 from zeph_providers.backends._routing import Answer as _Answer
@@ -73,6 +73,7 @@ from zeph_providers.backends._routing import supports as _supports
 from zeph_providers.backends._routing import union as _union
 from zeph_providers.base import BaseProvider
 from zeph_providers.breaker import Admission, CircuitBreaker
+from zeph_providers.config.models import Strategy
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -97,7 +98,6 @@ __all__ = ["RouterProvider", "Strategy", "build"]
 
 log = logging.getLogger("zeph_providers.router")
 
-Strategy = Literal["fallback", "round_robin", "latency", "least_busy", "weighted"]
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
 
