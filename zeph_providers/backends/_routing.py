@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
+from zeph_providers.config.models import Strategy, weight_problems
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from zeph_providers.breaker import CircuitBreaker
     from zeph_providers.config import RouterConfig
     from zeph_providers.registry import Registry
+
+log = logging.getLogger("zeph_providers.router")
 
 _EMA_ALPHA = 0.3
 _MIN_SUCCESS = 0.05
@@ -82,13 +86,38 @@ def scores(stats: dict[str, MemberStats]) -> dict[str, float]:
 
 
 def order(
-    names: Sequence[str], strategy: str, sequence: int, stats: dict[str, MemberStats], explore_every: int
+    names: Sequence[str],
+    strategy: str,
+    sequence: int,
+    stats: dict[str, MemberStats],
+    explore_every: int,
+    *,
+    in_flight: Mapping[str, int] | None = None,
+    weights: Mapping[str, int] | None = None,
+    current: dict[str, int] | None = None,
 ) -> list[str]:
-    """The members in the order request number `sequence` tries them, per the strategy (stats locked)."""
+    """The members in the order request number `sequence` tries them, per the strategy (stats locked).
+
+    - `fallback`: the listed order. `round_robin`: the first member rotates on every request.
+    - `latency`: an exponential moving average (EMA) of each member's time to the first chunk and of
+      its success rate; the cheapest expected member first (members never tried go first, and every
+      `explore_every`-th request tries the least recently used first so a recovered member can win
+      its place back).
+    - `least_busy` (needs `in_flight`): the fewest calls in flight through this router first; ties
+      rotate like `round_robin`, so a quiet fleet still spreads its calls.
+    - `weighted` (needs `weights` and the running `current` weights, updated here): the leader by
+      smooth weighted round robin (`smooth_pick`), the rest by weight.
+    """
     ordered = list(names)
-    if strategy == "round_robin":
+    if strategy in ("round_robin", "least_busy"):
         start = (sequence - 1) % len(ordered)
         ordered = ordered[start:] + ordered[:start]
+        if strategy == "least_busy" and in_flight is not None:
+            ordered.sort(key=lambda n: in_flight.get(n, 0))  # stable: ties keep the rotation
+    elif strategy == "weighted" and weights is not None and current is not None:
+        first = smooth_pick(ordered, weights, current)
+        rest = sorted((n for n in ordered if n != first), key=lambda n: -weights.get(n, 1))
+        ordered = [first, *rest]
     elif strategy == "latency":
         expected = scores(stats)
         ordered.sort(key=lambda n: expected[n])  # stable: ties keep the configured order
@@ -97,6 +126,56 @@ def order(
             ordered.remove(stalest)
             ordered.insert(0, stalest)
     return ordered
+
+
+def smooth_pick(names: Sequence[str], weights: Mapping[str, int], current: dict[str, int]) -> str:
+    """Smooth weighted round robin (nginx's): every member gains its weight, the highest leads
+    (ties: configured order) and gives back the total. Over a cycle of `sum(weights)` requests each
+    member leads exactly `weight` times, spread out rather than in runs."""
+    total = 0
+    for name in names:
+        weight = weights.get(name, 1)
+        current[name] = current.get(name, 0) + weight
+        total += weight
+    best = max(names, key=lambda n: current[n])  # max keeps the first of equals
+    current[best] -= total
+    return best
+
+
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+def settings_problems(
+    members: Sequence[str],
+    strategy: str,
+    weights: Mapping[str, object] | None,
+    health_interval: float | None,
+    health_timeout: float,
+) -> list[str]:
+    """What is wrong with a router built in code (the config's models check the same)."""
+    problems = [] if strategy in STRATEGIES else [f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})"]
+    problems.extend(weight_problems(members, weights, strategy))
+    if health_interval is not None and min(health_interval, health_timeout) <= 0:
+        problems.append("health_check_interval_secs and health_check_timeout_secs must be > 0")
+    return problems
+
+
+async def at_limit(router: str, members: Mapping[str, LlmProvider], estimated_tokens: int) -> set[str]:
+    """The members whose client-side rate limiter (`member.rate_limiter`, `zeph_providers.limits`)
+    has no capacity for a request of about `estimated_tokens` now. A limiter that fails to answer
+    counts as having capacity: the check must never fail a call."""
+    full: set[str] = set()
+    for name, member in list(members.items()):
+        limiter = getattr(member, "rate_limiter", None)
+        if limiter is None:
+            continue
+        try:
+            if not await limiter.has_capacity(estimated_tokens):
+                full.add(name)
+                log.debug("router %r: %r is at its rate limit; trying it last", router, name)
+        except Exception as exc:
+            log.debug("router %r: rate limiter of %r failed (%s)", router, name, type(exc).__name__)
+    return full
 
 
 def build_members(
@@ -123,9 +202,16 @@ def build_members(
 
 
 def member_status(
-    breakers: dict[str, CircuitBreaker], stats: dict[str, tuple[float | None, float, int]], built: Iterable[str]
+    breakers: dict[str, CircuitBreaker],
+    stats: dict[str, tuple[float | None, float, int]],
+    built: Iterable[str],
+    *,
+    in_flight: Mapping[str, int] | None = None,
+    weights: Mapping[str, int] | None = None,
+    probes: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """`status()`: per member its breaker snapshot, EMA latency (ms) and success, attempts, built."""
+    """`status()`: per member its breaker snapshot, EMA latency (ms) and success, attempts, built,
+    calls in flight, weight (None unless `weighted`) and last health probe (None: not probed)."""
     report: dict[str, dict[str, Any]] = {}
     made = set(built)
     for name, breaker in breakers.items():
@@ -135,6 +221,9 @@ def member_status(
         entry["ema_success"] = round(success, 4)
         entry["attempts"] = attempts
         entry["built"] = name in made
+        entry["in_flight"] = (in_flight or {}).get(name, 0)
+        entry["weight"] = None if weights is None else weights.get(name, 1)
+        entry["last_probe"] = (probes or {}).get(name)
         report[name] = entry
     return report
 

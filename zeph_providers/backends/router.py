@@ -5,14 +5,13 @@
 name = "smart"
 type = "router"
 providers = ["claude", "gpt", "ollama"]   # other providers in the same file
-strategy = "fallback"                      # fallback | round_robin | latency
+strategy = "fallback"                      # fallback | round_robin | latency | least_busy | weighted
 ```
 
-- Order: `fallback` tries members in the listed order; `round_robin` rotates the first member on
-  every request; `latency` keeps an exponential moving average (EMA) of each member's time to the
-  first chunk and of its success rate, and tries the cheapest expected member first (members never
-  tried go first, and every `explore_every`-th request tries the least recently used first so a
-  recovered member can win its place back).
+- Order: per the strategy (each described at `_routing.order`). Members at their client-side
+  rate limit (`member.rate_limiter.has_capacity()` false) and members whose last health probe
+  failed (`health_check_interval_secs`, `_health`) move behind the others: skipped while another
+  can answer, still tried when none can.
 - Each member has a `CircuitBreaker` (`zeph_providers.breaker`): open members are skipped until
   their cooldown ends, then one probe decides. `status()` shows it all as JSON-ready data.
 - Rate limits, timeouts, unavailable servers, bad responses, local inference failures, context
@@ -47,20 +46,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from zeph_providers._inputs import texts_from
+from zeph_providers.backends._health import HealthChecker
 from zeph_providers.backends._routing import Answer as _Answer
 from zeph_providers.backends._routing import MemberStats as _MemberStats
 from zeph_providers.backends._routing import (
     Verdict,
+    at_limit,
     build_members,
     check_cycles,
     exhausted,
     member_status,
     order,
     relay,
+    settings_problems,
     unexpected,
     verdict_for,
 )
@@ -73,6 +75,7 @@ from zeph_providers.backends._routing import supports as _supports
 from zeph_providers.backends._routing import union as _union
 from zeph_providers.base import BaseProvider
 from zeph_providers.breaker import Admission, CircuitBreaker, SharedCircuitBreaker
+from zeph_providers.config.models import Strategy
 from zeph_providers.errors import (
     AllProvidersFailedError,
     AuthenticationError,
@@ -99,7 +102,6 @@ __all__ = ["RouterProvider", "Strategy", "build"]
 
 log = logging.getLogger("zeph_providers.router")
 
-Strategy = Literal["fallback", "round_robin", "latency"]
 Resolver = Callable[[str], LlmProvider]
 Clock = Callable[[], float]
 
@@ -129,12 +131,16 @@ class RouterProvider(BaseProvider):
         wall_clock: Clock = time.time,
         structured_retries: int = 1,
         state: StateStore | None = None,
+        weights: Mapping[str, int] | None = None,
+        health_check_interval_secs: float | None = None,
+        health_check_timeout_secs: float = 5.0,
     ) -> None:
         names = list(dict.fromkeys(members))
         if not names:
             raise ConfigError("a router needs at least one member", provider=name)
-        if strategy not in ("fallback", "round_robin", "latency"):
-            raise ConfigError(f"unknown strategy {strategy!r}", provider=name)
+        problems = settings_problems(names, strategy, weights, health_check_interval_secs, health_check_timeout_secs)
+        if problems:
+            raise ConfigError("; ".join(problems), provider=name)
         super().__init__(
             name,
             "router(" + ",".join(names) + ")",
@@ -174,8 +180,19 @@ class RouterProvider(BaseProvider):
             for member in names
         }
         self._stats = {member: _MemberStats() for member in names}
-        self._lock = threading.Lock()  # guards the sequence counter, the stats and the capabilities
+        self._lock = threading.Lock()  # guards the sequence counter, stats, in-flight counts, capabilities
         self._sequence = 0
+        self._in_flight = dict.fromkeys(names, 0)
+        self.weights: dict[str, int] | None = (
+            {member: (weights or {}).get(member, 1) for member in names} if strategy == "weighted" else None
+        )
+        self._current: dict[str, int] = {}  # the smooth weighted round robin's running weights
+        self.health: HealthChecker | None = None
+        """The active health checks (None unless `health_check_interval_secs` is set)."""
+        if health_check_interval_secs is not None:
+            self.health = HealthChecker(
+                name, health_check_interval_secs, health_check_timeout_secs, self._built_members, self._breakers
+            )
 
     # ----- introspection ------------------------------------------------------------
 
@@ -195,10 +212,15 @@ class RouterProvider(BaseProvider):
         return self._breakers[member]
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per member: breaker state, failure streak, totals, EMA latency and success (JSON-ready)."""
+        """Per member: breaker state, failure streak, totals, EMA latency and success, calls in
+        flight, weight and last health probe (JSON-ready; see `_routing.member_status`)."""
         with self._lock:
             stats = {name: (s.ema_latency, s.ema_success, s.attempts) for name, s in self._stats.items()}
-        return member_status(self._breakers, stats, self._members)
+            in_flight = dict(self._in_flight)
+        probes = self.health.snapshot() if self.health is not None else None
+        return member_status(
+            self._breakers, stats, self._members, in_flight=in_flight, weights=self.weights, probes=probes
+        )
 
     def reset(self) -> None:
         """Close every breaker and forget the learned latencies."""
@@ -208,7 +230,9 @@ class RouterProvider(BaseProvider):
             self._stats = {member: _MemberStats() for member in self._member_names}
 
     async def aclose(self) -> None:
-        """Nothing to release: the registry owns (and closes) the members."""
+        """Stop the health checks; the members are the registry's to close."""
+        if self.health is not None:
+            await self.health.aclose()
 
     # ----- model metadata (zeph_providers.models_info) --------------------------------
 
@@ -245,11 +269,38 @@ class RouterProvider(BaseProvider):
                 self._capabilities = union
         return errors
 
-    def _order(self) -> list[str]:
-        """The members in the order this request tries them, per the strategy (`_routing.order`)."""
+    def _built_members(self) -> dict[str, LlmProvider]:
+        """The members, built now if not yet (what the health checks probe)."""
+        self._resolve_members()
+        return dict(self._members)
+
+    def _order(self, behind: set[str]) -> list[str]:
+        """The members in the order this request tries them, per the strategy (`_routing.order`);
+        those in `behind` (at their rate limit, or failing their health probe) after the others."""
         with self._lock:
             self._sequence += 1
-            return order(self._member_names, self.strategy, self._sequence, self._stats, self.explore_every)
+            ordered = order(
+                self._member_names,
+                self.strategy,
+                self._sequence,
+                self._stats,
+                self.explore_every,
+                in_flight=self._in_flight,
+                weights=self.weights,
+                current=self._current,
+            )
+        return sorted(ordered, key=lambda n: n in behind)  # stable
+
+    async def _behind(self, estimated_tokens: int) -> set[str]:
+        """Members to try last: failing their last health probe, or at their rate limit."""
+        if self.health is not None:
+            self.health.ensure_started()
+        down = self.health.down() if self.health is not None else set()
+        return down | await at_limit(self.name, self._members, estimated_tokens)
+
+    def _busy(self, name: str, delta: int) -> None:
+        with self._lock:
+            self._in_flight[name] += delta
 
     def _note(self, name: str, *, ok: bool | None, latency: float | None = None) -> None:
         """Fold one attempt into the member's EMAs (ok=None: no verdict on its health)."""
@@ -351,64 +402,68 @@ class RouterProvider(BaseProvider):
                 return False
             return True
 
-        tokens = chat_estimate(messages, options.max_tokens)
-        async for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept, tokens):
-            started = time.perf_counter()
-            clock = AttemptClock(name)
+        behind = await self._behind(chat_estimate(messages, options.max_tokens))
+        async for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept, behind):
+            self._busy(name, +1)
             try:
-                stream = member.open_stream(messages, options.within(member.default_timeout))
-            except LlmError as exc:
-                _log_attempts(log_, None, clock, exc)
-                errors.append(exc)
-                if await self._settle(name, admission, exc) is Verdict.RAISE:
+                started = time.perf_counter()
+                clock = AttemptClock(name)
+                try:
+                    stream = member.open_stream(messages, options.within(member.default_timeout))
+                except LlmError as exc:
+                    _log_attempts(log_, None, clock, exc)
+                    errors.append(exc)
+                    if await self._settle(name, admission, exc) is Verdict.RAISE:
+                        raise
+                    continue
+                except Exception as exc:  # a plugin member that breaks the protocol
+                    error = unexpected(exc, name)
+                    _log_attempts(log_, None, clock, error)
+                    errors.append(error)
+                    await self._settle(name, admission, error)
+                    continue
+                try:
+                    first = await _next_chunk(stream, deadline, name)
+                except StopAsyncIteration:
+                    first = None  # an empty reply is still a reply
+                except LlmError as exc:
+                    await _close(stream)
+                    _log_attempts(log_, stream, clock, exc)
+                    errors.append(exc)
+                    if await self._settle(name, admission, exc) is Verdict.RAISE:
+                        raise
+                    continue
+                except BaseException as exc:
+                    await _close(stream)
+                    _log_attempts(log_, stream, clock, exc)
+                    await self._breakers[name].report(admission, None)
                     raise
-                continue
-            except Exception as exc:  # a plugin member that breaks the protocol
-                error = unexpected(exc, name)
-                _log_attempts(log_, None, clock, error)
-                errors.append(error)
-                await self._settle(name, admission, error)
-                continue
-            try:
-                first = await _next_chunk(stream, deadline, name)
-            except StopAsyncIteration:
-                first = None  # an empty reply is still a reply
-            except LlmError as exc:
-                await _close(stream)
-                _log_attempts(log_, stream, clock, exc)
-                errors.append(exc)
-                if await self._settle(name, admission, exc) is Verdict.RAISE:
+                # Committed: from here on this member's chunks (and errors) go to the caller.
+                latency = time.perf_counter() - started
+                outcome: BaseException | None = None
+                try:
+                    async for chunk in relay(name, member, stream, first, deadline):
+                        yield chunk
+                except LlmError as exc:
+                    outcome = exc
+                    if not exc.provider:
+                        exc.provider = name
+                    await self._breakers[name].report(admission, False)
+                    self._note(name, ok=False, latency=latency)
                     raise
-                continue
-            except BaseException as exc:
-                await _close(stream)
-                _log_attempts(log_, stream, clock, exc)
-                await self._breakers[name].report(admission, None)
-                raise
-            # Committed: from here on this member's chunks (and errors) go to the caller.
-            latency = time.perf_counter() - started
-            outcome: BaseException | None = None
-            try:
-                async for chunk in relay(name, member, stream, first, deadline):
-                    yield chunk
-            except LlmError as exc:
-                outcome = exc
-                if not exc.provider:
-                    exc.provider = name
-                await self._breakers[name].report(admission, False)
-                self._note(name, ok=False, latency=latency)
-                raise
-            except BaseException as exc:  # closed early or cancelled: no verdict on the member
-                outcome = exc
-                await self._breakers[name].report(admission, None)
-                raise
+                except BaseException as exc:  # closed early or cancelled: no verdict on the member
+                    outcome = exc
+                    await self._breakers[name].report(admission, None)
+                    raise
+                finally:
+                    await _close(stream)
+                    _log_attempts(log_, stream, clock, outcome)
+                answer.stream = stream
+                await self._breakers[name].report(admission, True)
+                self._note(name, ok=True, latency=latency)
+                return
             finally:
-                await _close(stream)
-                _log_attempts(log_, stream, clock, outcome)
-            answer.stream = stream
-            await self._breakers[name].report(admission, True)
-            self._note(name, ok=True, latency=latency)
-            return
+                self._busy(name, -1)
         raise exhausted(self.name, errors, deadline, options.timeout)
 
     async def _candidates(
@@ -416,27 +471,14 @@ class RouterProvider(BaseProvider):
         errors: list[LlmError],
         deadline: float | None,
         accept: Callable[[str, LlmProvider], bool],
-        tokens: int = 0,
+        behind: set[str],
     ) -> AsyncIterator[tuple[str, LlmProvider, Admission, float | None]]:
-        """Members to try, in strategy order: built, accepted, let through by their breaker, with
-        time left. A member at its rpm/tpm limit (`rate_limiter.has_capacity`) is tried after the
-        others (then its own limiter waits or refuses)."""
-        at_limit: list[tuple[str, LlmProvider]] = []
-        for name in self._order():
+        """Members to try, in strategy order (`behind` last: at their rate limit, or down by their
+        last health probe): built, accepted, let through by their breaker, with time left."""
+        for name in self._order(behind):
             member = self._members.get(name)
             if member is None or not accept(name, member):
                 continue  # a member that failed to build already has its error in `errors`
-            limiter = getattr(member, "rate_limiter", None)
-            if limiter is not None and not await limiter.has_capacity(tokens):
-                log.debug("router %r: %r is at its rate limit; trying it last", self.name, name)
-                at_limit.append((name, member))
-                continue
-            admission, remaining, stop = await self._admit(name, errors, deadline)
-            if stop:
-                return
-            if admission is not None:
-                yield name, member, admission, remaining
-        for name, member in at_limit:
             admission, remaining, stop = await self._admit(name, errors, deadline)
             if stop:
                 return
@@ -489,13 +531,14 @@ class RouterProvider(BaseProvider):
         self, texts: list[str], errors: list[LlmError], dimensions: int | None = None
     ) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline
-        tokens = estimate_tokens(texts, None)
-        embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings, tokens)
+        behind = await self._behind(estimate_tokens(texts, None))
+        embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings, behind)
         async for name, member, admission, remaining in embedders:
             started = time.perf_counter()
             # The member's own timeout caps its embeddings as it caps its chat (`options.within`).
             own = member.default_timeout
             limit = remaining if own is None or (remaining is not None and remaining <= own) else own
+            self._busy(name, +1)
             try:
                 async with asyncio.timeout(limit):
                     if dimensions is None:
@@ -521,6 +564,8 @@ class RouterProvider(BaseProvider):
             except BaseException:
                 await self._breakers[name].report(admission, None)
                 raise
+            finally:
+                self._busy(name, -1)
             await self._breakers[name].report(admission, True)
             self._note(name, ok=True, latency=time.perf_counter() - started)
             return vectors
@@ -550,4 +595,7 @@ def build(config: RouterConfig, registry: Registry) -> RouterProvider:
         max_concurrent=config.max_concurrent,
         structured_retries=config.structured_retries,
         state=getattr(registry, "state", None),
+        weights=config.weights,
+        health_check_interval_secs=config.health_check_interval_secs,
+        health_check_timeout_secs=config.health_check_timeout_secs,
     )

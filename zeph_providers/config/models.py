@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -355,7 +356,28 @@ class OllamaConfig(RemoteConfig):
     """Ask thinking models to think (their thinking arrives as ThinkingChunks)."""
 
 
-Strategy = Literal["fallback", "round_robin", "latency"]
+Strategy = Literal["fallback", "round_robin", "latency", "least_busy", "weighted"]
+
+
+def weight_problems(members: Sequence[str], weights: Mapping[str, object] | None, strategy: str) -> list[str]:
+    """What is wrong with a router's `weights` (empty: nothing); the router built in code checks it too."""
+    if weights is None:
+        return []
+    problems: list[str] = []
+    if strategy != "weighted":
+        problems.append(f'`weights` is used only with strategy = "weighted" (this router\'s is {strategy!r})')
+    unknown = [name for name in weights if name not in members]
+    if unknown:
+        known = ", ".join(repr(m) for m in members)
+        problems.append(f"`weights` names unknown members {', '.join(repr(n) for n in unknown)} (the members: {known})")
+    bad = [
+        f"{name!r} = {value!r}"
+        for name, value in weights.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ]
+    if bad:
+        problems.append(f"weights must be positive integers: {', '.join(bad)}")
+    return problems
 
 
 class RouterConfig(ProviderConfigBase):
@@ -365,7 +387,8 @@ class RouterConfig(ProviderConfigBase):
     providers: Annotated[list[str], Field(min_length=1)]
     """Member provider names, declared in the same file."""
     strategy: Strategy = "fallback"
-    """fallback: in order; round_robin: rotate; latency: fastest healthy first (learned)."""
+    """fallback: in order; round_robin: rotate; latency: fastest healthy first (learned);
+    least_busy: fewest calls in flight first (ties rotate); weighted: in proportion to `weights`."""
     timeout_secs: Annotated[float, Field(gt=0)] = 300.0
     """One deadline across all attempts and members."""
     failure_threshold: Annotated[int, Field(ge=1)] = 3
@@ -378,6 +401,22 @@ class RouterConfig(ProviderConfigBase):
     """A member's breaker also opens when this share of its recent outcomes failed."""
     fallback_on_client_error: bool = False
     """Also try the next member after InvalidRequestError / AuthenticationError."""
+    weights: dict[str, int] | None = None
+    """strategy = "weighted": each member's share, a positive integer (`{ big = 3, small = 1 }`);
+    members left out weigh 1. Refused with any other strategy."""
+    health_check_interval_secs: Annotated[float, Field(gt=0)] | None = None
+    """Probe every member this often in the background (its model list, else a 1-token chat);
+    a failed probe moves the member behind the others and counts against its breaker, a passing
+    one closes an open breaker. None: no health checks."""
+    health_check_timeout_secs: Annotated[float, Field(gt=0)] = 5.0
+    """How long one health probe may take before it counts as failed."""
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> RouterConfig:
+        problems = weight_problems(self.providers, self.weights, self.strategy)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def model_name(self) -> str:
