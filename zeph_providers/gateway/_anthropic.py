@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from zeph_providers.errors import BadResponseError, InvalidRequestError, LlmError, UnsupportedCapabilityError
 from zeph_providers.gateway._anthropic_wire import (
@@ -43,14 +43,13 @@ from zeph_providers.gateway._anthropic_wire import (
     sse,
 )
 from zeph_providers.gateway._errors import GatewayError, error_message, error_status
+from zeph_providers.gateway._sse import EventStreamResponse
 from zeph_providers.options import ChatOptions
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-    from starlette.types import Message as AsgiMessage
-    from starlette.types import Receive, Scope, Send
 
-    from zeph_providers.gateway._context import GatewayContext
+    from zeph_providers.gateway._context import GatewayContext, KeyInfo
     from zeph_providers.protocol import LlmProvider
     from zeph_providers.stream import ChatStream
     from zeph_providers.types import StreamChunk
@@ -98,61 +97,33 @@ def _thinking(request: AnthropicRequest, provider: LlmProvider) -> tuple[Anthrop
     return request, True
 
 
-class _EventStream:
-    """An SSE response that closes its event generator on every way out, a client disconnect
-    included (watched on `receive` while the events stream)."""
-
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
-        self._events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-        try:
-            async with anyio.create_task_group() as group:
-
-                async def watch() -> None:
-                    while True:
-                        message: AsgiMessage = await receive()
-                        if message["type"] == "http.disconnect":
-                            group.cancel_scope.cancel()
-                            return
-
-                group.start_soon(watch)
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                try:
-                    async for event in self._events:
-                        await send({"type": "http.response.body", "body": event, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                except OSError:
-                    pass  # the client went away while we were writing
-                group.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._events.aclose()  # type: ignore[attr-defined]
-
-
 async def _events(
-    ctx: GatewayContext, stream: ChatStream, translator: StreamTranslator, first: StreamChunk | None
+    stream: ChatStream, translator: StreamTranslator, first: StreamChunk | None, key: KeyInfo
 ) -> AsyncIterator[bytes]:
-    async with ctx.track():
-        try:
-            for event in translator.start():
+    try:
+        for event in translator.start():
+            yield sse(event)
+        if first is not None:
+            for event in translator.feed(first):
                 yield sse(event)
-            if first is not None:
-                for event in translator.feed(first):
+            async for chunk in stream:
+                for event in translator.feed(chunk):
                     yield sse(event)
-                async for chunk in stream:
-                    for event in translator.feed(chunk):
-                        yield sse(event)
-            if translator.finish == "error":
-                raise BadResponseError("the upstream ended the reply with an error")
-            for event in translator.end():
-                yield sse(event)
-        except Exception as exc:  # noqa: BLE001 - reported to the client in the API's error shape
-            yield _error_event(exc)
-        finally:
-            with anyio.CancelScope(shield=True):  # a disconnect cancels us: close the upstream anyway
-                await stream.aclose()
+        if translator.finish == "error":
+            raise BadResponseError("the upstream ended the reply with an error")
+        for event in translator.end():
+            yield sse(event)
+    except Exception as exc:  # noqa: BLE001 - reported to the client in the API's error shape
+        yield _error_event(exc)
+    finally:
+        with anyio.CancelScope(shield=True):  # a disconnect cancels us: close the upstream anyway
+            await stream.aclose()
+            await _settle(key, stream, translator)
+
+
+async def _settle(key: KeyInfo, stream: ChatStream | None, translator: StreamTranslator) -> None:
+    cost = stream.response.cost if stream is not None and stream.done else None
+    await key.settle(translator.usage.total_tokens or None, cost)
 
 
 async def _first(stream: ChatStream) -> StreamChunk | None:
@@ -165,34 +136,46 @@ async def _first(stream: ChatStream) -> StreamChunk | None:
         raise
 
 
-def routes(ctx: GatewayContext) -> list[Route]:
+def routes(ctx: GatewayContext) -> list[BaseRoute]:
     """The Messages API routes over `ctx`."""
 
-    async def _prepare(request: Request, *, count_only: bool) -> tuple[AnthropicRequest, LlmProvider, bool]:
+    async def _prepare(request: Request, *, count_only: bool) -> tuple[AnthropicRequest, LlmProvider, bool, KeyInfo]:
         body = await ctx.read_json(request)
-        await ctx.authorize(request, _model(body))
-        parsed = parse_request(body, count_only=count_only)
-        _check_max_tokens(ctx, parsed)
-        provider = ctx.provider(parsed.model)
-        parsed, keep_thinking = _thinking(parsed, provider)
-        return parsed, provider, keep_thinking
+        key = await ctx.authorize(request, _model(body))
+        try:
+            parsed = parse_request(body, count_only=count_only)
+            ctx.check_max_tokens(parsed.kwargs.get("max_tokens"))
+            provider = ctx.provider(parsed.model)
+            parsed, keep_thinking = _thinking(parsed, provider)
+        except BaseException:
+            await key.settle()
+            raise
+        return parsed, provider, keep_thinking, key
 
     async def messages(request: Request) -> Response:
         try:
-            parsed, provider, keep_thinking = await _prepare(request, count_only=False)
-            options = ChatOptions.from_kwargs(parsed.kwargs, stream=parsed.stream)
-            stream = provider.open_stream(parsed.messages, options)
-            translator = StreamTranslator(model=parsed.model, keep_thinking=keep_thinking)
-            if parsed.stream:
-                first = await _first(stream)
-                return _EventStream(_events(ctx, stream, translator, first))  # type: ignore[return-value]
-            return JSONResponse(await _collect(ctx, stream, translator))
+            parsed, provider, keep_thinking, key = await _prepare(request, count_only=False)
         except Exception as exc:  # noqa: BLE001 - every error answers in the API's shape
+            return error_response(exc)
+        translator = StreamTranslator(model=parsed.model, keep_thinking=keep_thinking)
+        stream: ChatStream | None = None
+        try:
+            stream = provider.open_stream(parsed.messages, ChatOptions.from_kwargs(parsed.kwargs, stream=parsed.stream))
+            if parsed.stream:
+                first = await _first(stream)  # `_events` settles the key when the stream ends
+                return EventStreamResponse(ctx, _events(stream, translator, first, key), on_close=stream.aclose)
+            async with ctx.track(), contextlib.aclosing(stream):
+                message = await _collect(stream, translator)
+            await _settle(key, stream, translator)
+            return JSONResponse(message)
+        except Exception as exc:  # noqa: BLE001
+            await _settle(key, stream, translator)  # idempotent
             return error_response(exc)
 
     async def count_tokens(request: Request) -> Response:
         try:
-            parsed, provider, _ = await _prepare(request, count_only=True)
+            parsed, provider, _, key = await _prepare(request, count_only=True)
+            await key.settle()
             counter = getattr(provider, "count_tokens", None)
             if counter is None:
                 raise UnsupportedCapabilityError("count_tokens", provider=provider.name)
@@ -207,20 +190,12 @@ def routes(ctx: GatewayContext) -> list[Route]:
     ]
 
 
-def _check_max_tokens(ctx: GatewayContext, parsed: AnthropicRequest) -> None:
-    cap = getattr(ctx.settings, "max_tokens", None)
-    asked = parsed.kwargs.get("max_tokens")
-    if cap is not None and asked is not None and asked > cap:
-        raise InvalidRequestError(f"max_tokens: {asked} is over this gateway's limit of {cap}")
-
-
-async def _collect(ctx: GatewayContext, stream: ChatStream, translator: StreamTranslator) -> dict[str, Any]:
+async def _collect(stream: ChatStream, translator: StreamTranslator) -> dict[str, Any]:
     builder = MessageBuilder()
-    async with ctx.track(), contextlib.aclosing(stream):
-        builder.add_all(translator.start())
-        async for chunk in stream:
-            builder.add_all(translator.feed(chunk))
-        if translator.finish == "error":
-            raise BadResponseError("the upstream ended the reply with an error")
-        builder.add_all(translator.end())
+    builder.add_all(translator.start())
+    async for chunk in stream:
+        builder.add_all(translator.feed(chunk))
+    if translator.finish == "error":
+        raise BadResponseError("the upstream ended the reply with an error")
+    builder.add_all(translator.end())
     return builder.message
