@@ -9,6 +9,7 @@ zeph-providers embed NAME TEXT...       print the vector(s) as JSON, or --dims f
 zeph-providers config init [PATH]       write a commented starter config (default ./zeph.toml)
 zeph-providers config show              the loaded config as TOML (inline keys never written)
 zeph-providers status [--json]          each provider's state (and router health, when it has one)
+zeph-providers serve [--host --port]    the OpenAI/Anthropic-compatible gateway (docs/gateway.md)
 ```
 
 The config comes from `--config PATH`, else `$ZEPH_PROVIDERS_CONFIG`, else `./zeph.toml`, else the
@@ -48,6 +49,7 @@ from zeph_providers._cli_common import (
     _setup_logging,
 )
 from zeph_providers._cli_inspect import _cmd_list, _cmd_models, _cmd_status
+from zeph_providers._cli_serve import add_serve_parser
 
 log = logging.getLogger("zeph_providers.cli")
 
@@ -192,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_models.add_argument("--refresh", action="store_true", help="skip the 60 s model-list cache")
     p_models.set_defaults(handler=_cmd_models)
+
+    add_serve_parser(commands, common)
     return parser
 
 

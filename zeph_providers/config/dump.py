@@ -26,6 +26,8 @@ def config_to_dict(config: LlmConfig) -> dict[str, Any]:
         entry = provider.model_dump(mode="python", exclude_none=True, exclude={"api_key"})
         providers.append(_toml_safe(entry))
     llm["providers"] = providers
+    if config.gateway is not None:  # key digests and env names only: never a key
+        llm["gateway"] = _toml_safe(config.gateway.model_dump(mode="python", exclude_none=True))
     return {"llm": llm}
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from zeph_providers.config import catalog
-from zeph_providers.config.models import LlmConfig, ProviderConfigBase, RouterConfig
+from zeph_providers.config.models import GatewayConfig, LlmConfig, ProviderConfigBase, RouterConfig
 from zeph_providers.errors import ConfigError, ConfigProblem, quote_value
 
 __all__ = ["MAX_DEPTH", "load_config", "loads_config", "parse_config"]
@@ -36,7 +36,7 @@ __all__ = ["MAX_DEPTH", "load_config", "loads_config", "parse_config"]
 MAX_DEPTH = 32
 """Deepest nesting of tables and arrays a config may have (a real one needs 4)."""
 
-_LLM_KEYS = ["default", "embedding", "providers", "telemetry", "telemetry_content", "budget_usd"]
+_LLM_KEYS = ["default", "embedding", "providers", "telemetry", "telemetry_content", "budget_usd", "gateway"]
 _LLM_FLAGS = ("telemetry", "telemetry_content")
 _LLM_SETTINGS = (*_LLM_FLAGS, "budget_usd")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}")
@@ -361,6 +361,31 @@ def _cycles(state: _Pass) -> None:
         )
 
 
+def _gateway(llm: Mapping[str, Any], state: _Pass) -> GatewayConfig | None:
+    """Pass 7: `[llm.gateway]` (the `serve` command's keys), its keys naming declared providers."""
+    raw = llm.get("gateway")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        state.add("[llm.gateway] must be a table", field="gateway")
+        return None
+    try:
+        gateway = GatewayConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        for problem in _problems_from_validation(exc, GatewayConfig, index=None, name=None):
+            state.add(problem.message, field="gateway." + problem.field if problem.field else "gateway")
+        return None
+    names = {p.name for p in state.providers}
+    for key in gateway.keys:
+        for member in key.providers or ():
+            if member not in names:
+                state.add(
+                    f"gateway key {quote_value(key.name)} names unknown provider {quote_value(member)}",
+                    field="gateway.keys",
+                )
+    return gateway
+
+
 def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmConfig:
     """Validate a parsed TOML document (or an equivalent dict) into an `LlmConfig`."""
     state = _Pass(source)
@@ -370,12 +395,15 @@ def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> LlmCo
         _providers(state)
         _references(llm, state)
         _cycles(state)
+        gateway = _gateway(llm, state)
     except RecursionError:
         raise _too_deep(source) from None
     if state.problems:
         count = len(state.problems)
         raise state.fail(f"invalid configuration ({count} problem{'s' if count != 1 else ''})")
     settings = {key: llm[key] for key in _LLM_SETTINGS if key in llm}
+    if gateway is not None:
+        settings["gateway"] = gateway
     return LlmConfig(
         default=llm.get("default"), embedding=llm.get("embedding"), providers=state.providers, source=source, **settings
     )

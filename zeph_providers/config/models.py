@@ -29,6 +29,8 @@ __all__ = [
     "CandleConfig",
     "ClaudeConfig",
     "CompatibleConfig",
+    "GatewayConfig",
+    "GatewayKeyConfig",
     "GenerationConfig",
     "LlmConfig",
     "LocalConfig",
@@ -410,6 +412,45 @@ class MockConfig(ProviderConfigBase):
     embedding_dim: Annotated[int, Field(ge=1, le=65536)] = 8
 
 
+class GatewayKeyConfig(_Strict):
+    """One client key of `zeph-providers serve` (`[[llm.gateway.keys]]`): exactly one of `key_env`
+    (the key itself in that environment variable) or `key_sha256` (its SHA-256, hex)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    """Shown in logs and errors instead of the key."""
+    key_env: Annotated[str, Field(min_length=1)] | None = None
+    """An environment variable holding the key (read when the gateway starts)."""
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """The key's SHA-256 digest as 64 hex digits (`printf %s KEY | sha256sum`): no key in the file."""
+    providers: list[str] | None = None
+    """The providers (request `model`s) this key may use; absent: all of them."""
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    """Requests per minute this key may make (429 with Retry-After beyond)."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    """Tokens per minute this key may use (429 with Retry-After beyond)."""
+    budget_usd: Annotated[float, Field(ge=0)] | None = None
+    """USD this key may spend (priced calls, `resp.cost`) while the gateway runs; 429 beyond."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayKeyConfig:
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError("a gateway key takes exactly one of `key_env` or `key_sha256`")
+        return self
+
+
+class GatewayConfig(_Strict):
+    """`[llm.gateway]`: what `zeph-providers serve` accepts (see docs/gateway.md)."""
+
+    keys: list[GatewayKeyConfig] = Field(default_factory=list)
+    """Client keys (`[[llm.gateway.keys]]`); none: only loopback clients are served."""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    """Largest request body accepted (413 beyond)."""
+    max_tokens: Annotated[int, Field(ge=1)] = 65536
+    """Largest `max_tokens` a request may ask for (400 beyond)."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty (the default): CORS off."""
+
+
 CandleConfig = LocalConfig
 """The old name of `LocalConfig` (zeph-llm called the backend "candle"); kept as an alias."""
 
@@ -430,6 +471,8 @@ class LlmConfig(BaseModel):
     """Also record message contents on spans (off: prompts and replies never leave the process)."""
     budget_usd: Annotated[float, Field(ge=0)] | None = None
     """Refuse calls once all providers together have cost this much."""
+    gateway: GatewayConfig | None = None
+    """`[llm.gateway]`: keys and limits of `zeph-providers serve` (docs/gateway.md)."""
     source: str | None = Field(default=None, exclude=True)
 
     def provider(self, name: str) -> ProviderConfigBase | None:

@@ -1,0 +1,251 @@
+"""`GatewayContext`: what every API module shares (auth, limits, bodies, in-flight tracking).
+
+The API modules (`_openai`, `_anthropic`) code against this surface only:
+
+    key = await ctx.authorize(request, model)     # 401 / 403 / 429 as GatewayError subclasses
+    provider = ctx.provider(model)                # ProviderNotFoundError -> 404
+    body = await ctx.read_json(request)           # 413 / 400
+    async with ctx.track(): ...                   # graceful shutdown waits for this
+    await key.settle(tokens, cost)                # after the reply: the key's tokens and spend
+
+Decisions:
+- Keys are checked before the provider exists: an unknown key learns nothing about the config.
+- Without configured keys only loopback clients are served (unless `allow_remote`); the peer
+  address is the socket's (`request.client`), never a forwarded header a client could forge.
+- A key's rpm/tpm go through `zeph_providers.limits.RateLimiter(wait=False)`: the request is
+  counted when authorised, its tokens settled when the reply's usage is known (tokens are unknown
+  before), so a key over its tpm is refused from the next request on. Its budget is spent from
+  `resp.cost` (unpriced calls cost nothing here, as in `zeph_providers.pricing`).
+- Nothing here logs a key: a key is only hashed, and log lines name the key by its `name`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zeph_providers.errors import RateLimitError
+from zeph_providers.gateway._errors import (
+    BadRequest,
+    BodyTooLarge,
+    Forbidden,
+    GatewayError,
+    KeyOverLimit,
+    Unauthorized,
+    error_status,
+)
+from zeph_providers.gateway._settings import GatewayKey, GatewaySettings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from zeph_providers.limits import RateLimiter, Reservation
+    from zeph_providers.protocol import LlmProvider
+    from zeph_providers.registry import Registry
+
+__all__ = ["GatewayContext", "GatewayError", "KeyInfo", "error_status"]
+
+log = logging.getLogger("zeph_providers.gateway")
+
+ANONYMOUS = "anonymous"
+"""The name requests get when no keys are configured (loopback clients)."""
+
+
+@dataclass
+class KeyInfo:
+    """One authorised request: which key made it and the capacity it holds."""
+
+    name: str
+    key: GatewayKey | None = None
+    reservation: Reservation | None = field(default=None, repr=False)
+    _ctx: GatewayContext | None = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)
+
+    async def settle(self, tokens: int | None = None, cost: float | None = None) -> None:
+        """Record what the request used: its tokens (the key's tpm) and its cost (its budget).
+        Idempotent; call it in a `finally` with what is known (None when nothing is)."""
+        if self._settled:
+            return
+        self._settled = True
+        if self._ctx is not None and cost:
+            self._ctx.spend(self.name, cost)
+        if self.reservation is not None:
+            try:
+                await self.reservation.settle(tokens)
+            except Exception:  # a limiter failure must not turn a served reply into an error
+                log.warning("gateway key %r: settling its rate limit failed", self.name, exc_info=True)
+
+
+class GatewayContext:
+    """Shared by the routes of one app: the registry, the settings, the keys' limits and spend."""
+
+    def __init__(self, registry: Registry, settings: GatewaySettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._limiters: dict[str, RateLimiter] = {}
+        self._spent: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self.shutting_down = False
+
+    # ----- access --------------------------------------------------------------------
+
+    async def authorize(self, request: Request, provider: str | None) -> KeyInfo:
+        """Check the request's key (Authorization: Bearer, or x-api-key) for `provider`
+        (None: no provider, e.g. /v1/models); raises `Unauthorized`, `Forbidden` or `KeyOverLimit`."""
+        presented = _presented_key(request)
+        if not self.settings.keys:
+            if not self.settings.allow_remote and not _is_loopback(request):
+                raise Forbidden(
+                    "this gateway has no keys configured and serves loopback clients only;"
+                    " add [[llm.gateway.keys]] to its config to serve other hosts"
+                )
+            return KeyInfo(name=ANONYMOUS, _ctx=self)
+        if not presented:
+            raise Unauthorized("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)")
+        key = self.settings.match(presented)
+        if key is None:
+            raise Unauthorized("invalid API key")
+        if provider is not None and key.providers is not None and provider not in key.providers:
+            raise Forbidden(f"key {key.name!r} may not use model {provider!r}", param="model")
+        if key.budget_usd is not None:
+            spent = self.spent(key.name)
+            if spent >= key.budget_usd:
+                raise KeyOverLimit(
+                    f"key {key.name!r} has spent its budget (${spent:.4f} of ${key.budget_usd:.4f})",
+                    code="insufficient_quota",
+                )
+        reservation = None
+        if key.rpm is not None or key.tpm is not None:
+            try:
+                reservation = await self._limiter(key).acquire(0)
+            except RateLimitError as exc:
+                _, headers = error_status(exc)
+                raise KeyOverLimit(
+                    f"key {key.name!r} is over its rate limit; retry after {headers.get('Retry-After', '1')} s",
+                    headers=headers,
+                ) from None
+        return KeyInfo(name=key.name, key=key, reservation=reservation, _ctx=self)
+
+    def _limiter(self, key: GatewayKey) -> RateLimiter:
+        with self._lock:
+            limiter = self._limiters.get(key.name)
+            if limiter is None:
+                from zeph_providers.limits import RateLimiter
+                from zeph_providers.state import MemoryStore
+
+                limiter = RateLimiter(
+                    f"gateway-key:{key.name}", rpm=key.rpm, tpm=key.tpm, store=MemoryStore(), wait=False
+                )
+                self._limiters[key.name] = limiter
+            return limiter
+
+    def spend(self, key: str, cost: float) -> None:
+        with self._lock:
+            self._spent[key] = self._spent.get(key, 0.0) + cost
+
+    def spent(self, key: str) -> float:
+        """USD the key has spent since the gateway started."""
+        with self._lock:
+            return self._spent.get(key, 0.0)
+
+    def provider(self, name: str) -> LlmProvider:
+        """The registry's provider `name` (ProviderNotFoundError -> 404)."""
+        return self.registry.get(name)
+
+    def check_max_tokens(self, value: Any, *, param: str = "max_tokens") -> int | None:
+        """A request's max_tokens, validated: a positive integer no larger than the cap (else 400)."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"`{param}` must be a positive integer", param=param)
+        if value > self.settings.max_tokens:
+            raise BadRequest(
+                f"`{param}` = {value} is over this gateway's limit of {self.settings.max_tokens}",
+                param=param,
+                code="max_tokens_too_large",
+            )
+        return value
+
+    # ----- bodies --------------------------------------------------------------------
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The request's JSON object, refusing bodies over `max_body_bytes` (413) and malformed
+        JSON or a non-object (400)."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"the request body is over this gateway's limit of {limit} bytes")
+        body = bytearray()
+        async for piece in request.stream():
+            body.extend(piece)
+            if len(body) > limit:
+                raise BodyTooLarge(f"the request body is over this gateway's limit of {limit} bytes")
+        try:
+            value = json.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return value
+
+    # ----- in-flight tracking ----------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
+        """Count a request (a whole stream, for streams) as in flight while the block runs."""
+        self._in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for in-flight requests to finish; whether they all did."""
+        self.shutting_down = True
+        if self._in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        if self._in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def _is_loopback(request: Request) -> bool:
+    client = request.client
+    if client is None:
+        return False
+    try:
+        return ipaddress.ip_address(client.host).is_loopback
+    except ValueError:
+        return False
