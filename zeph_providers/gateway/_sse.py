@@ -49,6 +49,8 @@ class EventStreamResponse(Response):
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
             media_type=self.media_type,
         )
+        # a stream has no length: drop the `content-length: 0` Response adds for an empty body
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._ctx = ctx
         self._events = events
         self._on_close = on_close
