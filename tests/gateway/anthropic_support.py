@@ -1,13 +1,10 @@
-"""A real uvicorn server running the gateway on a free loopback port, in a thread, for the Anthropic
-tests and the load test (their own event loop, as a deployed gateway has)."""
+"""Helpers for the Anthropic and load tests: registries of pre-built mocks, the core's real uvicorn
+server yielding its URL, and this process's open sockets."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,35 +25,12 @@ def mock_registry(*providers: MockProvider) -> Registry:
 
 @contextlib.contextmanager
 def running_gateway(registry: Registry, *, settings: Any = None, **uvicorn_options: Any) -> Iterator[str]:
-    """Serve `create_app(registry)` on 127.0.0.1; yields the base URL. Shuts the server down (and,
-    through the app's lifespan, closes the registry) on exit."""
-    import uvicorn
+    """The core's `running_gateway` (tests/gateway/conftest.py), yielding the base URL; the app's
+    lifespan closes the registry when the server stops."""
+    from tests.gateway.conftest import running_gateway as serve
 
-    from zeph_providers.gateway import GatewaySettings, create_app
-
-    app = create_app(registry, settings=settings or GatewaySettings())
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 30}
-    options.update(uvicorn_options)
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gateway-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + NEVER_HANGS
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the gateway server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(NEVER_HANGS)
-        sock.close()
-        if thread.is_alive():
-            raise RuntimeError("the gateway server did not shut down")
+    with serve(registry, settings, **uvicorn_options) as gateway:
+        yield gateway.url
 
 
 def open_sockets() -> set[str]:

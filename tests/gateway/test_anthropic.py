@@ -81,24 +81,23 @@ def test_text_reply_and_stream_agree(client: anthropic.Anthropic, mocks: dict[st
         max_tokens=64,
         system=[{"type": "text", "text": "Be terse."}],
         messages=[{"role": "user", "content": "Say the fox line"}],
-        temperature=0.2,
-        top_k=3,
         stop_sequences=["###"],
         metadata={"user_id": "u-1"},
+        extra_body={"temperature": 0.2, "top_k": 3},  # anthropic 2.x takes no sampling arguments
     )
     assert msg.type == "message" and msg.role == "assistant" and msg.model == "text"
     assert [b.type for b in msg.content] == ["text"]
     assert msg.content[0].text == "The quick brown fox jumps over the lazy dog."  # type: ignore[union-attr]
     assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
-    assert msg.usage.input_tokens == 4 and msg.usage.output_tokens == 9  # the mock counts words
+    assert msg.usage.input_tokens == 6 and msg.usage.output_tokens == 9  # the mock counts words, system included
     assert msg.usage.cache_read_input_tokens == 0 and msg.usage.cache_creation_input_tokens == 0
     sent = mocks["text"].requests[-1]
     assert sent.messages[0] == Message.system("Be terse.")
     assert (sent.options.max_tokens, sent.options.temperature, sent.options.top_k, sent.options.stop) == (64, 0.2, 3, ("###",))
 
     with client.messages.stream(model="text", max_tokens=64, system=[{"type": "text", "text": "Be terse."}],
-                                messages=[{"role": "user", "content": "Say the fox line"}], temperature=0.2,
-                                top_k=3, stop_sequences=["###"]) as stream:
+                                messages=[{"role": "user", "content": "Say the fox line"}],
+                                stop_sequences=["###"], extra_body={"temperature": 0.2, "top_k": 3}) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(pieces) > 1 and "".join(pieces) == "The quick brown fox jumps over the lazy dog."
