@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import anthropic
@@ -14,9 +14,19 @@ import pytest
 
 from tests.gateway.anthropic_support import NEVER_HANGS, mock_registry, running_gateway
 from zeph_providers.backends.mock import MockProvider, MockReply
+from zeph_providers.base import BaseProvider
 from zeph_providers.errors import ProviderUnavailableError, RateLimitError
 from zeph_providers.options import Capabilities, ChatOptions
-from zeph_providers.types import Message, Role, StreamChunk, ThinkingPart, ToolCall, ToolResultPart, ToolUsePart
+from zeph_providers.types import (
+    Message,
+    Role,
+    StreamChunk,
+    ThinkingPart,
+    ToolCall,
+    ToolDefinition,
+    ToolResultPart,
+    ToolUsePart,
+)
 
 WEATHER = {
     "name": "get_weather",
@@ -40,6 +50,13 @@ class WatchedMock(MockProvider):
             self.stream_closed.set()
 
 
+class Uncounting(MockProvider):
+    """A provider that cannot count tokens (the base class's answer)."""
+
+    async def count_tokens(self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition] = ()) -> int:
+        return await BaseProvider.count_tokens(self, messages, tools=tools)
+
+
 @pytest.fixture(scope="module")
 def mocks() -> dict[str, MockProvider]:
     return {
@@ -55,6 +72,7 @@ def mocks() -> dict[str, MockProvider]:
             replies=[MockReply(text="partial reply", error=ProviderUnavailableError("upstream fell over"), error_after_chunks=2)],
         ),
         "plain": MockProvider("plain", replies=["no thinking here"], capabilities=Capabilities(tools=True, thinking=False)),
+        "uncounting": Uncounting("uncounting"),
         "slow": WatchedMock("slow", replies=[MockReply(text="x" * 400, delay_secs=0.05)], chunk_size=1),
     }
 
@@ -170,6 +188,10 @@ def test_thinking_blocks_round_trip(client: anthropic.Anthropic, mocks: dict[str
 def test_count_tokens(client: anthropic.Anthropic) -> None:
     counted = client.messages.count_tokens(model="text", messages=[{"role": "user", "content": "one two three"}])
     assert counted.input_tokens == 3
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.count_tokens(model="uncounting", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "count_tokens" in caught.value.body["error"]["message"]  # type: ignore[index]
 
 
 def test_unknown_model_is_404(client: anthropic.Anthropic) -> None:
