@@ -170,7 +170,10 @@ def main() -> None:
             ("--model", {"default": MODEL}),
             ("--rounds", {"type": int, "default": 2}),
             ("--stream-tokens", {"type": int, "default": 0}),
-            ("--litellm", {"default": os.environ.get("BENCH_LITELLM", DEFAULT_LITELLM), "help": "the litellm proxy binary"}),
+            (
+                "--litellm",
+                {"default": os.environ.get("BENCH_LITELLM", DEFAULT_LITELLM), "help": "the litellm proxy binary"},
+            ),
         ],
     )
     stream_tokens = args.stream_tokens or (16 if args.quick else 128)
@@ -197,7 +200,9 @@ def main() -> None:
         ("direct-anthropic", "raw-anthropic", "upstream", MODEL),
         ("gateway-anthropic", "raw-anthropic", "zeph", CLAUDE_MODEL),
     ]
-    litellm_why = None if Path(args.litellm).is_file() else f"{args.litellm} not found (install litellm[proxy] in its own venv)"
+    litellm_why = (
+        None if Path(args.litellm).is_file() else f"{args.litellm} not found (install litellm[proxy] in its own venv)"
+    )
     if litellm_why is None:
         targets.append(("litellm-openai", "raw-openai", "litellm", MODEL))
     else:
@@ -214,7 +219,10 @@ def main() -> None:
                 except RuntimeError as exc:
                     result.peer_unavailable("litellm-proxy", f"failed to start: {exc}")
                     targets = [t for t in targets if t[2] != "litellm"]
-            print(f"upstream {upstream}, gateway {urls['zeph']}; rounds: {rounds}; stream: {stream_tokens} chunks", flush=True)
+            print(
+                f"upstream {upstream}, gateway {urls['zeph']}; rounds: {rounds}; stream: {stream_tokens} chunks",
+                flush=True,
+            )
             for r in range(rounds):
                 for name, client, key, model in list(targets):
                     try:
@@ -228,7 +236,9 @@ def main() -> None:
                         continue
                     for label, figures in data.items():
                         runs.setdefault(name, {}).setdefault(label, []).append(figures)
-                    summary = ", ".join(f"{label} {f['per_s']:.0f} req/s {f['units_per_s']:.0f} units/s" for label, f in data.items())
+                    summary = ", ".join(
+                        f"{label} {f['per_s']:.0f} req/s {f['units_per_s']:.0f} units/s" for label, f in data.items()
+                    )
                     print(f"round {r + 1}/{rounds} {name}: {summary}", flush=True)
 
     def rate(name: str, label: str) -> float | None:
@@ -239,11 +249,27 @@ def main() -> None:
     for label, _, _, _ in scenarios(args.quick):
         unit = "req/s" if label.startswith("chat") else "chunks/s"
         for api in ("openai", "anthropic"):
-            result.add(Row(f"gateway {api} {label}", unit, rate(f"gateway-{api}", label), f"direct-{api}",
-                           rate(f"direct-{api}", label), ">=0.8"))
+            result.add(
+                Row(
+                    f"gateway {api} {label}",
+                    unit,
+                    rate(f"gateway-{api}", label),
+                    f"direct-{api}",
+                    rate(f"direct-{api}", label),
+                    ">=0.8",
+                )
+            )
         if "litellm-openai" in runs:
-            result.add(Row(f"gateway openai {label}", unit, rate("gateway-openai", label), "litellm-proxy",
-                           rate("litellm-openai", label), ">=2.0"))
+            result.add(
+                Row(
+                    f"gateway openai {label}",
+                    unit,
+                    rate("gateway-openai", label),
+                    "litellm-proxy",
+                    rate("litellm-openai", label),
+                    ">=2.0",
+                )
+            )
     result.notes.append(
         f"Client: the raw official SDK (openai / anthropic) in a fresh process per round; chat: 8-token reply; "
         f"stream: {stream_tokens} chunks. Upstream: bench/loopback_server.py. Median of {rounds} rounds."

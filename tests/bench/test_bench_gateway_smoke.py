@@ -22,13 +22,20 @@ def test_bench_gateway_quick(tmp_path: Path) -> None:
     env = {**os.environ, "BENCH_LITELLM": str(tmp_path / "no-litellm")}  # the peer-missing path, always
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_gateway.py"), "--quick", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["benchmark"] == "gateway" and data["quick"] is True
     metrics = {row["metric"] for row in data["rows"]}
-    assert metrics == {f"gateway {api} {label}" for api in ("openai", "anthropic") for label in ("chat c64", "stream c64")}
+    assert metrics == {
+        f"gateway {api} {label}" for api in ("openai", "anthropic") for label in ("chat c64", "stream c64")
+    }
     for row in data["rows"]:
         assert row["ours"] > 0 and row["peer_value"] > 0 and row["ratio"] is not None
     assert "litellm-proxy" in data["unavailable"]

@@ -17,7 +17,9 @@ NEVER_HANGS = 120.0
 
 def mock_registry(*providers: MockProvider) -> Registry:
     """A registry whose providers are these pre-built mocks (their scripts live in code)."""
-    registry = Registry.from_dict({"llm": {"telemetry": False, "providers": [{"name": p.name, "type": "mock"} for p in providers]}})
+    registry = Registry.from_dict(
+        {"llm": {"telemetry": False, "providers": [{"name": p.name, "type": "mock"} for p in providers]}}
+    )
     for provider in providers:
         registry._providers[provider.name] = provider  # pre-built, as tests/unit/test_blocking.py does
     return registry

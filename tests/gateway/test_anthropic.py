@@ -63,15 +63,26 @@ def mocks() -> dict[str, MockProvider]:
         "text": MockProvider("text", replies=["The quick brown fox jumps over the lazy dog."]),
         "tools": MockProvider(
             "tools",
-            replies=[MockReply(text="Let me check.", tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})])],
+            replies=[
+                MockReply(
+                    text="Let me check.",
+                    tool_calls=[ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris"})],
+                )
+            ],
         ),
         "thinker": MockProvider("thinker", replies=[MockReply(thinking="Two plus two is four.", text="4")]),
         "limited": MockProvider("limited", replies=[MockReply(error=RateLimitError("slow down", retry_after=7))]),
         "broken": MockProvider(
             "broken",
-            replies=[MockReply(text="partial reply", error=ProviderUnavailableError("upstream fell over"), error_after_chunks=2)],
+            replies=[
+                MockReply(
+                    text="partial reply", error=ProviderUnavailableError("upstream fell over"), error_after_chunks=2
+                )
+            ],
         ),
-        "plain": MockProvider("plain", replies=["no thinking here"], capabilities=Capabilities(tools=True, thinking=False)),
+        "plain": MockProvider(
+            "plain", replies=["no thinking here"], capabilities=Capabilities(tools=True, thinking=False)
+        ),
         "uncounting": Uncounting("uncounting"),
         "slow": WatchedMock("slow", replies=[MockReply(text="x" * 400, delay_secs=0.05)], chunk_size=1),
     }
@@ -111,11 +122,21 @@ def test_text_reply_and_stream_agree(client: anthropic.Anthropic, mocks: dict[st
     assert msg.usage.cache_read_input_tokens == 0 and msg.usage.cache_creation_input_tokens == 0
     sent = mocks["text"].requests[-1]
     assert sent.messages[0] == Message.system("Be terse.")
-    assert (sent.options.max_tokens, sent.options.temperature, sent.options.top_k, sent.options.stop) == (64, 0.2, 3, ("###",))
+    assert (sent.options.max_tokens, sent.options.temperature, sent.options.top_k, sent.options.stop) == (
+        64,
+        0.2,
+        3,
+        ("###",),
+    )
 
-    with client.messages.stream(model="text", max_tokens=64, system=[{"type": "text", "text": "Be terse."}],
-                                messages=[{"role": "user", "content": "Say the fox line"}],
-                                stop_sequences=["###"], extra_body={"temperature": 0.2, "top_k": 3}) as stream:
+    with client.messages.stream(
+        model="text",
+        max_tokens=64,
+        system=[{"type": "text", "text": "Be terse."}],
+        messages=[{"role": "user", "content": "Say the fox line"}],
+        stop_sequences=["###"],
+        extra_body={"temperature": 0.2, "top_k": 3},
+    ) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(pieces) > 1 and "".join(pieces) == "The quick brown fox jumps over the lazy dog."
@@ -147,11 +168,16 @@ def test_tool_calls_forced_and_answered(client: anthropic.Anthropic, mocks: dict
 
     client.messages.create(
         **{**request, "tool_choice": {"type": "any"}},
-        extra_body={"messages": [
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"}]},
-        ]},
+        extra_body={
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"}],
+                },
+            ]
+        },
     )
     sent = mocks["tools"].requests[-1]
     assert sent.options.tool_choice == "required"
@@ -169,15 +195,18 @@ def test_thinking_blocks_round_trip(client: anthropic.Anthropic, mocks: dict[str
     }
     msg = client.messages.create(**request)
     assert [b.type for b in msg.content] == ["thinking", "text"]
-    assert msg.content[0].thinking == "Two plus two is four."  # type: ignore[union-attr]
+    assert msg.content[0].thinking == "Two plus two is four."
     with client.messages.stream(**request) as stream:
         kinds = {event.type for event in stream}
         final = stream.get_final_message()
     assert "thinking" in kinds
     _same(final, msg)
 
-    history = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
-               {"role": "user", "content": "and 3+3?"}]
+    history = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+        {"role": "user", "content": "and 3+3?"},
+    ]
     client.messages.create(**{**request, "messages": history})
     assert mocks["thinker"].requests[-1].messages[1].parts[0] == ThinkingPart(text="Two plus two is four.")
 
@@ -212,7 +241,9 @@ def test_unknown_model_is_404(client: anthropic.Anthropic) -> None:
 )
 def test_unhonourable_fields_are_400(client: anthropic.Anthropic, extra: dict[str, Any], named: str) -> None:
     with pytest.raises(anthropic.BadRequestError) as caught:
-        client.messages.create(model="text", max_tokens=8, messages=[{"role": "user", "content": "hi"}], extra_body=extra)
+        client.messages.create(
+            model="text", max_tokens=8, messages=[{"role": "user", "content": "hi"}], extra_body=extra
+        )
     assert caught.value.status_code == 400
     assert caught.value.body["type"] == "error"  # type: ignore[index]
     assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
@@ -232,7 +263,9 @@ def test_missing_max_tokens_and_bad_json_are_400(base_url: str) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_rate_limit_is_429_with_retry_after(client: anthropic.Anthropic, stream: bool) -> None:
     with pytest.raises(anthropic.RateLimitError) as caught:
-        client.messages.create(model="limited", max_tokens=8, messages=[{"role": "user", "content": "hi"}], stream=stream)
+        client.messages.create(
+            model="limited", max_tokens=8, messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
     assert caught.value.status_code == 429
     assert caught.value.response.headers["retry-after"] == "7"
     assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
@@ -240,10 +273,12 @@ def test_upstream_rate_limit_is_429_with_retry_after(client: anthropic.Anthropic
 
 def test_error_mid_stream_is_an_error_event(client: anthropic.Anthropic) -> None:
     seen: list[str] = []
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        with client.messages.stream(model="broken", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream:
-            for event in stream:
-                seen.append(event.type)
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(model="broken", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream,
+    ):
+        for event in stream:
+            seen.append(event.type)
     assert seen[0] == "message_start" and "text" in seen  # the reply had started: the status was 200
     assert caught.value.body["type"] == "error"  # type: ignore[index]
     assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
@@ -253,20 +288,27 @@ def test_error_mid_stream_is_an_error_event(client: anthropic.Anthropic) -> None
 def test_client_disconnect_closes_the_upstream_stream(base_url: str, mocks: dict[str, MockProvider]) -> None:
     slow = mocks["slow"]
     assert isinstance(slow, WatchedMock)
-    with anthropic.Anthropic(base_url=base_url, api_key="unused", max_retries=0, timeout=NEVER_HANGS) as client:
-        with client.messages.stream(model="slow", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream:
-            for event in stream:
-                if event.type == "text":
-                    break  # leaving the block closes the HTTP response
+    client = anthropic.Anthropic(base_url=base_url, api_key="unused", max_retries=0, timeout=NEVER_HANGS)
+    with (
+        client,
+        client.messages.stream(model="slow", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as stream,
+    ):
+        for event in stream:
+            if event.type == "text":
+                break  # leaving the block closes the HTTP response
     assert slow.stream_closed.wait(NEVER_HANGS)
     assert slow.chunks_sent < 400  # the upstream stopped early: it did not run to its end
 
 
 async def test_async_client_streams_concurrently(base_url: str) -> None:
-    async with anthropic.AsyncAnthropic(base_url=base_url, api_key="unused", max_retries=0, timeout=NEVER_HANGS) as client:
+    async with anthropic.AsyncAnthropic(
+        base_url=base_url, api_key="unused", max_retries=0, timeout=NEVER_HANGS
+    ) as client:
 
         async def one(i: int) -> str:
-            async with client.messages.stream(model="text", max_tokens=16, messages=[{"role": "user", "content": f"n{i}"}]) as s:
+            async with client.messages.stream(
+                model="text", max_tokens=16, messages=[{"role": "user", "content": f"n{i}"}]
+            ) as s:
                 return "".join([text async for text in s.text_stream])
 
         texts = await asyncio.gather(*(one(i) for i in range(20)))

@@ -48,7 +48,13 @@ def llamacpp_url(llamacpp_server: str) -> Iterator[str]:
             "llm": {
                 "telemetry": False,
                 "providers": [
-                    {"name": "llamacpp", "type": "compatible", "model": "smollm2", "base_url": f"{llamacpp_server}/v1", "timeout_secs": LONG}
+                    {
+                        "name": "llamacpp",
+                        "type": "compatible",
+                        "model": "smollm2",
+                        "base_url": f"{llamacpp_server}/v1",
+                        "timeout_secs": LONG,
+                    }
                 ],
             }
         }
@@ -71,11 +77,15 @@ def test_short_real_reply_streamed_and_not(request: pytest.FixtureRequest, fixtu
     url = request.getfixturevalue(fixture)
     model = "local" if fixture == "local_url" else "llamacpp"
     with _client(url) as client:
-        final = _stream_and_check(client, model=model, max_tokens=12, messages=[{"role": "user", "content": "Say hello."}])
+        final = _stream_and_check(
+            client, model=model, max_tokens=12, messages=[{"role": "user", "content": "Say hello."}]
+        )
         assert [b.type for b in final.content] == ["text"] and final.content[0].text.strip()  # type: ignore[union-attr]
         assert final.stop_reason in ("end_turn", "max_tokens")
         assert final.usage.input_tokens > 0
-        plain = client.messages.create(model=model, max_tokens=4, messages=[{"role": "user", "content": "Count: 1 2 3"}])
+        plain = client.messages.create(
+            model=model, max_tokens=4, messages=[{"role": "user", "content": "Count: 1 2 3"}]
+        )
         assert plain.stop_reason == "max_tokens" and plain.usage.output_tokens == 4
         assert plain.content and plain.content[0].type == "text"
 

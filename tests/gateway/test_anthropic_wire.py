@@ -67,7 +67,13 @@ def test_request_maps_every_honoured_field() -> None:
     body = _body(
         system=[{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
         messages=[
-            {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+                ],
+            },
             {
                 "role": "assistant",
                 "content": [
@@ -76,7 +82,18 @@ def test_request_maps_every_honoured_field() -> None:
                     {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}},
                 ],
             },
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "42"}], "is_error": True}, {"type": "text", "text": "and?"}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "text", "text": "42"}],
+                        "is_error": True,
+                    },
+                    {"type": "text", "text": "and?"},
+                ],
+            },
         ],
         temperature=0.5,
         top_p=0.9,
@@ -108,7 +125,12 @@ def test_request_maps_every_honoured_field() -> None:
 
 @pytest.mark.parametrize(
     ("choice", "expected"),
-    [({"type": "auto"}, "auto"), ({"type": "none"}, "none"), ({"type": "tool", "name": "f"}, "f"), ({"type": "any"}, "required")],
+    [
+        ({"type": "auto"}, "auto"),
+        ({"type": "none"}, "none"),
+        ({"type": "tool", "name": "f"}, "f"),
+        ({"type": "any"}, "required"),
+    ],
 )
 def test_tool_choice(choice: dict[str, Any], expected: str) -> None:
     assert parse_request(_body(tool_choice=choice)).kwargs["tool_choice"] == expected
@@ -121,17 +143,29 @@ def test_tool_choice(choice: dict[str, Any], expected: str) -> None:
         ({"container": "c"}, "container"),
         ({"mcp_servers": []}, "mcp_servers"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x"}}]}]}, "messages[0].content[0].source"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x"}}]}
+                ]
+            },
+            "messages[0].content[0].source",
+        ),
         ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, "budget_tokens"),  # not below max_tokens 64
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
-        ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b", "input": {}}]}]}, "assistant"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b", "input": {}}]}]},
+            "assistant",
+        ),
     ],
 )
 def test_refused_fields_are_named(fields: dict[str, Any], named: str) -> None:
     body = _body(**fields)
     if fields.get("max_tokens", 0) is None:
         del body["max_tokens"]
-    with pytest.raises(InvalidRequestError, match=r"\b" + named.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+    with pytest.raises(
+        InvalidRequestError, match=r"\b" + named.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")
+    ):
         parse_request(body)
 
 
@@ -184,7 +218,12 @@ def test_stream_events_fold_like_the_sdk() -> None:
     assert message["content"][0] == {"type": "thinking", "thinking": "let me think", "signature": "SIG"}
     assert message["content"][3]["input"] == {"a": 1} and message["content"][4]["input"] == {}
     assert message["stop_reason"] == "tool_use"
-    assert message["usage"] == {"input_tokens": 7, "output_tokens": 5, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 3}
+    assert message["usage"] == {
+        "input_tokens": 7,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 2,
+        "cache_creation_input_tokens": 3,
+    }
 
 
 def test_tool_call_without_deltas_or_id_arrives_whole() -> None:
@@ -224,5 +263,7 @@ def test_thinking_dropped_when_disabled_and_unsigned_round_trip() -> None:
     assert [b["type"] for b in message["content"]] == ["text"]
     _, message = _run([ThinkingChunk(text="t"), ContentChunk(text="a")])
     assert message["content"][0] == {"type": "thinking", "thinking": "t", "signature": ""}
-    again = parse_request(_body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": message["content"]}]))
+    again = parse_request(
+        _body(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": message["content"]}])
+    )
     assert again.messages[1].parts[0] == ThinkingPart(text="t", signature=None)

@@ -75,7 +75,9 @@ async def test_500_concurrent_streams_each_get_their_own_complete_reply() -> Non
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     with running_gateway(mock_registry(echo), backlog=4096, timeout_keep_alive=30) as url:
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=NEVER_HANGS) as client:
-            results = await asyncio.wait_for(asyncio.gather(*(_one(client, i) for i in range(CLIENTS))), NEVER_HANGS * 2)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(_one(client, i) for i in range(CLIENTS))), NEVER_HANGS * 2
+            )
     for i, (text, kinds) in enumerate(results):
         assert text == f"[client-{i}]" * REPEAT, f"client {i} got another's or an incomplete stream"
         assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]

@@ -44,7 +44,7 @@ from zeph_providers.gateway._anthropic_wire import (
 )
 from zeph_providers.gateway._errors import GatewayError, error_message, error_status
 from zeph_providers.gateway._sse import EventStreamResponse
-from zeph_providers.options import ChatOptions
+from zeph_providers.options import ChatKwargs, ChatOptions
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -85,9 +85,9 @@ def _thinking(request: AnthropicRequest, provider: LlmProvider) -> tuple[Anthrop
     if thinking is None:
         return request, True
     if getattr(provider, "backend", None) == "claude":
-        kwargs = dict(request.kwargs)
+        kwargs = ChatKwargs(**request.kwargs)
         kwargs["extra"] = {**(kwargs.get("extra") or {}), "thinking": thinking}
-        return replace(request, kwargs=kwargs), True  # type: ignore[arg-type]
+        return replace(request, kwargs=kwargs), True
     if thinking["type"] == "disabled":
         return request, False
     if not provider.capabilities.thinking:
@@ -113,7 +113,7 @@ async def _events(
             raise BadResponseError("the upstream ended the reply with an error")
         for event in translator.end():
             yield sse(event)
-    except Exception as exc:  # noqa: BLE001 - reported to the client in the API's error shape
+    except Exception as exc:
         yield _error_event(exc)
     finally:
         with anyio.CancelScope(shield=True):  # a disconnect cancels us: close the upstream anyway
@@ -155,7 +155,7 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
     async def messages(request: Request) -> Response:
         try:
             parsed, provider, keep_thinking, key = await _prepare(request, count_only=False)
-        except Exception as exc:  # noqa: BLE001 - every error answers in the API's shape
+        except Exception as exc:
             return error_response(exc)
         translator = StreamTranslator(model=parsed.model, keep_thinking=keep_thinking)
         stream: ChatStream | None = None
@@ -168,7 +168,7 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
                 message = await _collect(stream, translator)
             await _settle(key, stream, translator)
             return JSONResponse(message)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _settle(key, stream, translator)  # idempotent
             return error_response(exc)
 
@@ -181,7 +181,7 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
                 raise UnsupportedCapabilityError("count_tokens", provider=provider.name)
             tokens = await counter(parsed.messages, tools=parsed.kwargs.get("tools") or ())
             return JSONResponse({"input_tokens": tokens})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return error_response(exc)
 
     return [

@@ -39,7 +39,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from zeph_providers.errors import InvalidRequestError
 from zeph_providers.options import ChatKwargs
@@ -160,7 +160,7 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> Anthropi
                 value = body[name]
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise _bad(f"{name}: a number is required")
-                kwargs[name] = float(value)  # type: ignore[literal-required]
+                kwargs[name] = float(value)  # type: ignore[literal-required,unused-ignore]
         if body.get("top_k") is not None:
             if not _is_int(body["top_k"]):
                 raise _bad("top_k: an integer is required")
@@ -183,7 +183,7 @@ def parse_request(body: dict[str, Any], *, count_only: bool = False) -> Anthropi
     return AnthropicRequest(model=model, messages=messages, kwargs=kwargs, stream=stream, thinking=thinking)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -263,10 +263,10 @@ def _block(block: dict[str, Any], role: str, where: str) -> Part:
         source = _base64_source(block, where)
         return ImagePart(data=_decode(source["data"], f"{where}.source.data"), mime_type=source["media_type"])
     if kind == "document":
-        source = block.get("source")
+        raw_source = block.get("source")
         title = block.get("title")
-        if isinstance(source, dict) and source.get("type") == "text":
-            return DocumentPart(text=_str_field(source, "data", f"{where}.source"), title=title)
+        if isinstance(raw_source, dict) and raw_source.get("type") == "text":
+            return DocumentPart(text=_str_field(raw_source, "data", f"{where}.source"), title=title)
         source = _base64_source(block, where)
         data = _decode(source["data"], f"{where}.source.data")
         return DocumentPart(data=data, mime_type=source["media_type"], title=title)
@@ -276,7 +276,9 @@ def _block(block: dict[str, Any], role: str, where: str) -> Part:
         arguments = block.get("input", {})
         if not isinstance(arguments, dict):
             raise _bad(f"{where}.input: an object is required")
-        return ToolUsePart(id=_str_field(block, "id", where), name=_str_field(block, "name", where), arguments=arguments)
+        return ToolUsePart(
+            id=_str_field(block, "id", where), name=_str_field(block, "name", where), arguments=arguments
+        )
     if kind == "thinking":
         signature = block.get("signature") or None
         return ThinkingPart(text=_str_field(block, "thinking", where), signature=signature)
@@ -314,7 +316,9 @@ def _tool_result(block: dict[str, Any], where: str) -> ToolResultPart:
     if not isinstance(content, str):
         raise _bad(f"{where}.content: a string or a list of text blocks is required")
     is_error = block.get("is_error", False)
-    return ToolResultPart(tool_call_id=_str_field(block, "tool_use_id", where), content=content, is_error=bool(is_error))
+    return ToolResultPart(
+        tool_call_id=_str_field(block, "tool_use_id", where), content=content, is_error=bool(is_error)
+    )
 
 
 def _tools(tools: Any) -> list[ToolDefinition]:
@@ -437,7 +441,7 @@ class StreamTranslator:
         self.stop_sequence: str | None = None
 
     def start(self) -> list[dict[str, Any]]:
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",
@@ -544,7 +548,10 @@ class StreamTranslator:
         events.append(
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": stop_reason(self.finish, self.stop_sequence), "stop_sequence": self.stop_sequence},
+                "delta": {
+                    "stop_reason": stop_reason(self.finish, self.stop_sequence),
+                    "stop_sequence": self.stop_sequence,
+                },
                 "usage": usage,
             }
         )
