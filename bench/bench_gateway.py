@@ -121,7 +121,14 @@ def litellm_proxy(binary: str, upstream: str, tmp: Path) -> Iterator[str]:
         "litellm_settings:\n  telemetry: false\n  num_retries: 0\n"
     )
     port = _free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+        # loopback-only bench without a master key (the proxy refuses to start keyless otherwise)
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    }
     env.pop("PYTHONPATH", None)
     cmd = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     url = f"http://127.0.0.1:{port}"
