@@ -101,24 +101,29 @@ async def _events(
     stream: ChatStream, translator: StreamTranslator, first: StreamChunk | None, key: KeyInfo
 ) -> AsyncIterator[bytes]:
     try:
-        for event in translator.start():
-            yield sse(event)
+        head = translator.start()
         if first is not None:
-            for event in translator.feed(first):
-                yield sse(event)
+            head += translator.feed(first)
+        yield _write(head)
+        if first is not None:
             async for chunk in stream:
-                for event in translator.feed(chunk):
-                    yield sse(event)
+                events = translator.feed(chunk)
+                if events:
+                    yield _write(events)
         if translator.finish == "error":
             raise BadResponseError("the upstream ended the reply with an error")
-        for event in translator.end():
-            yield sse(event)
+        yield _write(translator.end())
     except Exception as exc:
         yield _error_event(exc)
     finally:
         with anyio.CancelScope(shield=True):  # a disconnect cancels us: close the upstream anyway
             await stream.aclose()
             await _settle(key, stream, translator)
+
+
+def _write(events: list[dict[str, Any]]) -> bytes:
+    """The events one chunk produced, as one write (one send per chunk, not per event)."""
+    return b"".join(sse(event) for event in events)
 
 
 async def _settle(key: KeyInfo, stream: ChatStream | None, translator: StreamTranslator) -> None:
