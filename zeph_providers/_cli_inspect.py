@@ -154,6 +154,10 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if getattr(args, "url", None):
+        from zeph_providers._cli_serve import remote_status
+
+        return remote_status(args)
     return asyncio.run(_status(args))
 
 

@@ -121,3 +121,55 @@ def _announcing_server(config: Any) -> Any:
                     sys.stderr.flush()
 
     return Server(config)
+
+
+def remote_status(args: argparse.Namespace) -> int:
+    """`zeph-providers status --url URL [--key-env VAR] [--json]`: a running gateway's
+    `/v1/zeph/status` (per-provider usage and cost, the total, router members' breakers)."""
+    import json
+    import os
+
+    import httpx
+
+    from zeph_providers._cli_common import EXIT_OK, _dumps, _out
+    from zeph_providers.errors import ConfigError, ProviderUnavailableError, register_secret
+
+    headers: dict[str, str] = {}
+    if args.key_env:
+        key = os.environ.get(args.key_env)
+        if not key:
+            raise ConfigError(f"--key-env {args.key_env}: the variable is not set")
+        register_secret(key)
+        headers["authorization"] = f"Bearer {key}"
+    url = args.url.rstrip("/") + "/v1/zeph/status"
+    try:
+        response = httpx.get(url, headers=headers, timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailableError(f"cannot reach the gateway at {args.url}: {exc}", provider="gateway") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        detail = body.get("error", {}).get("message") if isinstance(body, dict) else response.text[:200]
+        raise ProviderUnavailableError(
+            f"the gateway answered HTTP {response.status_code}: {detail}", provider="gateway"
+        )
+    if args.json:
+        _out(_dumps(body))
+        return EXIT_OK
+    lines = [
+        f"gateway {args.url}: total cost ${body.get('total_cost_usd', 0.0):.6f}, in flight {body.get('in_flight', 0)}"
+    ]
+    for name, totals in sorted((body.get("providers") or {}).items()):
+        lines.append(
+            f"{name}: {totals.get('calls', 0)} calls ({totals.get('failed', 0)} failed), "
+            f"{totals.get('input_tokens', 0)} in / {totals.get('output_tokens', 0)} out tokens, "
+            f"${totals.get('cost_usd', 0.0):.6f}"
+        )
+    for router, members in sorted((body.get("routers") or {}).items()):
+        lines.append(f"router {router}:")
+        for member, state in sorted(members.items()):
+            lines.append(f"    {member}: {json.dumps(state)}")
+    _out("\n".join(lines))
+    return EXIT_OK

@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_status = commands.add_parser("status", parents=[common], help="build every provider and show its state")
     p_status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p_status.add_argument("--url", metavar="URL", help="ask a running gateway (`serve`) instead: its usage and costs")
+    p_status.add_argument("--key-env", metavar="VAR", help="with --url: the environment variable holding a gateway key")
     p_status.set_defaults(handler=_cmd_status)
 
     p_models = commands.add_parser("models", parents=[common], help="list the models a provider serves")

@@ -49,19 +49,23 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def running_gateway(registry: Registry, settings: GatewaySettings | None = None, **uvicorn_options: Any) -> Iterator[Gateway]:
+def running_gateway(
+    registry: Registry, settings: GatewaySettings | None = None, *, host: str = "127.0.0.1", **uvicorn_options: Any
+) -> Iterator[Gateway]:
     import uvicorn
 
     app = create_app(registry, settings=settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, lifespan="on", **uvicorn_options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="gateway")
     thread.start()
-    gateway = Gateway(f"http://127.0.0.1:{port}", registry, app.state.gateway, server, thread)
+    gateway = Gateway(
+        f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", registry, app.state.gateway, server, thread
+    )
     try:
         for _ in range(int(HANG_GUARD * 20)):
             if server.started or not thread.is_alive():
@@ -73,6 +77,17 @@ def running_gateway(registry: Registry, settings: GatewaySettings | None = None,
         if thread.is_alive():
             gateway.stop()
         sock.close()
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (None when it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 MOCK_TOML = """

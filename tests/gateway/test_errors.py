@@ -28,7 +28,14 @@ def faults() -> Iterator[FaultServer]:
 
 
 def _upstream(name: str, url: str, plan: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "type": "compatible", "base_url": f"{url}/v1", "model": f"fault:{plan}", "max_retries": 0, **extra}
+    return {
+        "name": name,
+        "type": "compatible",
+        "base_url": f"{url}/v1",
+        "model": f"fault:{plan}",
+        "max_retries": 0,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -106,7 +113,11 @@ def test_unsupported_capability_is_400(client: openai.OpenAI, gateway: Gateway) 
 def test_an_error_mid_stream_reaches_the_client(client: openai.OpenAI, gateway: Gateway) -> None:
     _script(
         gateway,
-        MockReply(text="abcdefghijkl", error=ProviderUnavailableError("upstream died", provider="scripted"), error_after_chunks=2),
+        MockReply(
+            text="abcdefghijkl",
+            error=ProviderUnavailableError("upstream died", provider="scripted"),
+            error_after_chunks=2,
+        ),
     )
     stream = client.chat.completions.create(model="scripted", messages=HI, stream=True)
     texts: list[str] = []

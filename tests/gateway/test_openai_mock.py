@@ -134,7 +134,11 @@ def test_tool_call_stream_deltas(client: openai.OpenAI, mock_gateway: Gateway) -
     _script_tool_call(mock_gateway)
     chunks = list(
         client.chat.completions.create(
-            model="scripted", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS, tool_choice="required", stream=True
+            model="scripted",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=TOOLS,
+            tool_choice="required",
+            stream=True,
         )
     )
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
@@ -157,7 +161,11 @@ def test_tool_results_reach_the_provider(client: openai.OpenAI, mock_gateway: Ga
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                    }
                 ],
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
@@ -201,7 +209,10 @@ def test_image_parts_arrive_as_bytes(client: openai.OpenAI, mock_gateway: Gatewa
         messages=[
             {
                 "role": "user",
-                "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}],
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
             }
         ],
     )
@@ -214,7 +225,9 @@ def test_remote_image_urls_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             model="m",
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}],
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}
+            ],
         )
     assert "data:" in info.value.message
 
@@ -290,3 +303,17 @@ def test_usage_object_counts_cached_tokens() -> None:
     assert usage["prompt_tokens"] == 15 and usage["total_tokens"] == 18
     assert usage["prompt_tokens_details"] == {"cached_tokens": 5}
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 1}
+
+
+def test_status_command_reads_a_running_gateway(
+    client: openai.OpenAI, mock_gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zeph_providers.cli import main
+
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}])
+    assert main(["status", "--url", mock_gateway.url, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["providers"]["m"]["calls"] == 1
+    assert main(["status", "--url", mock_gateway.url]) == 0
+    text = capsys.readouterr().out
+    assert "m: 1 calls (0 failed), 2 in / 5 out tokens" in text

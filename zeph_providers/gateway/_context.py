@@ -2,11 +2,13 @@
 
 The API modules (`_openai`, `_anthropic`) code against this surface only:
 
+    ctx.authenticate(request)                     # 401 / 403 before reading a body
+    body = await ctx.read_json(request)           # 413 / 400
     key = await ctx.authorize(request, model)     # 401 / 403 / 429 as GatewayError subclasses
     provider = ctx.provider(model)                # ProviderNotFoundError -> 404
-    body = await ctx.read_json(request)           # 413 / 400
     async with ctx.track(): ...                   # graceful shutdown waits for this
     await key.settle(tokens, cost)                # after the reply: the key's tokens and spend
+    EventStreamResponse(ctx, events, on_close=...)  # (_sse) a stream that closes its upstream
 
 Decisions:
 - Keys are checked before the provider exists: an unknown key learns nothing about the config.
@@ -101,19 +103,9 @@ class GatewayContext:
     async def authorize(self, request: Request, provider: str | None) -> KeyInfo:
         """Check the request's key (Authorization: Bearer, or x-api-key) for `provider`
         (None: no provider, e.g. /v1/models); raises `Unauthorized`, `Forbidden` or `KeyOverLimit`."""
-        presented = _presented_key(request)
-        if not self.settings.keys:
-            if not self.settings.allow_remote and not _is_loopback(request):
-                raise Forbidden(
-                    "this gateway has no keys configured and serves loopback clients only;"
-                    " add [[llm.gateway.keys]] to its config to serve other hosts"
-                )
-            return KeyInfo(name=ANONYMOUS, _ctx=self)
-        if not presented:
-            raise Unauthorized("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)")
-        key = self.settings.match(presented)
+        key = self.authenticate(request)
         if key is None:
-            raise Unauthorized("invalid API key")
+            return KeyInfo(name=ANONYMOUS, _ctx=self)
         if provider is not None and key.providers is not None and provider not in key.providers:
             raise Forbidden(f"key {key.name!r} may not use model {provider!r}", param="model")
         if key.budget_usd is not None:
@@ -134,6 +126,24 @@ class GatewayContext:
                     headers=headers,
                 ) from None
         return KeyInfo(name=key.name, key=key, reservation=reservation, _ctx=self)
+
+    def authenticate(self, request: Request) -> GatewayKey | None:
+        """The request's key (None: no keys configured and the client may come in), checked
+        before the body is read; `authorize` repeats it and adds the provider and limit checks."""
+        if not self.settings.keys:
+            if not self.settings.allow_remote and not _is_loopback(request):
+                raise Forbidden(
+                    "this gateway has no keys configured and serves loopback clients only;"
+                    " add [[llm.gateway.keys]] to its config to serve other hosts"
+                )
+            return None
+        presented = _presented_key(request)
+        if not presented:
+            raise Unauthorized("missing API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`)")
+        key = self.settings.match(presented)
+        if key is None:
+            raise Unauthorized("invalid API key")
+        return key
 
     def _limiter(self, key: GatewayKey) -> RateLimiter:
         with self._lock:

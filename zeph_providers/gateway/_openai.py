@@ -130,13 +130,15 @@ def _log_error(exc: BaseException, status: int) -> None:
 async def chat_completions(ctx: GatewayContext, request: Request) -> Response:
     key: KeyInfo | None = None
     try:
+        ctx.authenticate(request)  # before reading a body from an unknown client
         body = await ctx.read_json(request)
         model = body.get("model")
         key = await ctx.authorize(request, model if isinstance(model, str) else None)
         call = parse_chat(body, ctx)
         provider = ctx.provider(call.model)
         if call.stream:
-            return await _open_stream(ctx, key, call, provider.chat_stream(call.messages, **call.kwargs))
+            async with ctx.track():  # counted while the first chunk is awaited, too
+                return await _open_stream(ctx, key, call, provider.chat_stream(call.messages, **call.kwargs))
         async with ctx.track():
             response = await provider.chat(call.messages, **call.kwargs)
         await key.settle(response.usage.total_tokens, response.cost)
@@ -329,6 +331,7 @@ async def _events(
 async def embeddings(ctx: GatewayContext, request: Request) -> Response:
     key: KeyInfo | None = None
     try:
+        ctx.authenticate(request)
         body = await ctx.read_json(request)
         model = body.get("model")
         key = await ctx.authorize(request, model if isinstance(model, str) else None)

@@ -77,6 +77,7 @@ def create_app(registry: Registry, *, settings: GatewaySettings | None = None) -
             )
         if settings.close_registry:
             await registry.aclose()
+        log.info("gateway: shut down (%s)", "registry closed" if settings.close_registry else "registry left open")
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.gateway = ctx
