@@ -44,7 +44,7 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, int]]:
     """(label, kind, concurrency, total calls)."""
     if quick:
         return [("chat c64", "chat", 4, 8), ("stream c64", "stream", 4, 4)]
-    return [("chat c64", "chat", 64, 1500), ("stream c64", "stream", 64, 192)]
+    return [("chat c64", "chat", 64, 1000), ("stream c64", "stream", 64, 128)]
 
 
 # ----- processes ---------------------------------------------------------------------------
@@ -73,21 +73,29 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 @contextlib.contextmanager
 def _process(cmd: list[str], health: str, what: str, env: dict[str, str] | None = None) -> Iterator[None]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    """Run a server process (its output in a log file, never an unread pipe) until the block ends."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_http(health, proc, what)
-        except RuntimeError as exc:
-            proc.kill()
-            tail = (proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else [])[-3:]
-            raise RuntimeError(f"{exc}: {' | '.join(tail)}") from None
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            try:
+                _wait_http(health, proc, what)
+            except RuntimeError as exc:
+                proc.kill()
+                raise RuntimeError(f"{exc}: {_tail(log)}") from None
+            yield
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode} during the run: {_tail(log)}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _tail(log: Any) -> str:
+    log.seek(0)
+    return " | ".join(log.read().decode(errors="replace").strip().splitlines()[-3:])
 
 
 @contextlib.contextmanager
