@@ -313,3 +313,29 @@ async def test_async_client_streams_concurrently(base_url: str) -> None:
 
         texts = await asyncio.gather(*(one(i) for i in range(20)))
     assert texts == ["The quick brown fox jumps over the lazy dog."] * 20
+
+
+def test_anthropic_clients_authenticate_with_x_api_key() -> None:
+    from zeph_providers.gateway import GatewaySettings
+    from zeph_providers.gateway._settings import GatewayKey, hash_key
+
+    keys = (
+        GatewayKey(name="all", sha256=hash_key("sk-gw-all")),
+        GatewayKey(name="only-b", sha256=hash_key("sk-gw-b"), providers=frozenset({"b"})),
+    )
+    registry = mock_registry(MockProvider("a", replies=["from a"]), MockProvider("b", replies=["from b"]))
+    ask: dict[str, Any] = {"model": "a", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    with running_gateway(registry, settings=GatewaySettings(keys=keys)) as url:
+
+        def client(key: str) -> anthropic.Anthropic:
+            return anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=NEVER_HANGS)
+
+        with client("sk-gw-all") as ok:
+            assert ok.messages.create(**ask).content[0].text == "from a"
+        with client("sk-gw-wrong") as wrong, pytest.raises(anthropic.AuthenticationError) as unauthorised:
+            wrong.messages.create(**ask)
+        assert unauthorised.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        assert "sk-gw-wrong" not in str(unauthorised.value.body)
+        with client("sk-gw-b") as limited, pytest.raises(anthropic.PermissionDeniedError) as forbidden:
+            limited.messages.create(**ask)
+        assert forbidden.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
