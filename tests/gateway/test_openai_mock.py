@@ -317,3 +317,20 @@ def test_status_command_reads_a_running_gateway(
     assert main(["status", "--url", mock_gateway.url]) == 0
     text = capsys.readouterr().out
     assert "m: 1 calls (0 failed), 2 in / 5 out tokens" in text
+
+
+def test_streamed_response_format(client: openai.OpenAI, mock_gateway: Gateway) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    _mock(mock_gateway, "scripted").push('{"answer": 42}')
+    chunks = list(
+        client.chat.completions.create(
+            model="scripted",
+            messages=[{"role": "user", "content": "6 x 7?"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "Answer", "schema": schema}},
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(text) == {"answer": 42}
+    sent = _mock(mock_gateway, "scripted").requests[-1].options
+    assert isinstance(sent.response_format, dict) and sent.response_format["title"] == "Answer"
