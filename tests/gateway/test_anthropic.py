@@ -250,6 +250,18 @@ def test_unhonourable_fields_are_400(client: anthropic.Anthropic, extra: dict[st
     assert named in caught.value.body["error"]["message"]  # type: ignore[index]
 
 
+def test_reply_headers_name_the_provider(base_url: str) -> None:
+    ask = {"model": "text", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=base_url, timeout=NEVER_HANGS) as http:
+        plain = http.post("/v1/messages", json=ask)
+        with http.stream("POST", "/v1/messages", json={**ask, "stream": True}) as streamed:
+            body = streamed.read().decode()
+    assert plain.headers["x-zeph-provider"] == "text" and plain.headers["x-zeph-model"] == "mock-1"
+    assert streamed.headers["x-zeph-provider"] == "text"
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert body.startswith("event: message_start\ndata: ") and body.rstrip().endswith('data: {"type":"message_stop"}')
+
+
 def test_missing_max_tokens_and_bad_json_are_400(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=NEVER_HANGS) as http:
         missing = http.post("/v1/messages", json={"model": "text", "messages": [{"role": "user", "content": "hi"}]})

@@ -16,7 +16,9 @@ Decisions:
 - A client that disconnects mid-stream closes the upstream stream at once: the response watches
   `http.disconnect` while it streams, and closes the event generator (which closes our
   `ChatStream`, which cancels the backend's request or local generation) on every way out.
-- `model` in replies is the request's model (the registry's provider name), as the client sent it.
+- `model` in replies is the request's model (the registry's provider name), as the client sent it;
+  the `x-zeph-provider` header names the provider that answered (a router's member) and, for a
+  non-streamed reply, `x-zeph-model` the upstream model (as the OpenAI routes do).
 - `count_tokens` asks the provider (`count_tokens()`); a backend that cannot count answers 400
   (`UnsupportedCapabilityError`).
 """
@@ -168,11 +170,15 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
             stream = provider.open_stream(parsed.messages, ChatOptions.from_kwargs(parsed.kwargs, stream=parsed.stream))
             if parsed.stream:
                 first = await _first(stream)  # `_events` settles the key when the stream ends
-                return EventStreamResponse(ctx, _events(stream, translator, first, key), on_close=stream.aclose)
+                events = _events(stream, translator, first, key)
+                return EventStreamResponse(
+                    ctx, events, on_close=stream.aclose, headers={"x-zeph-provider": stream.provider}
+                )
             async with ctx.track(), contextlib.aclosing(stream):
                 message = await _collect(stream, translator)
             await _settle(key, stream, translator)
-            return JSONResponse(message)
+            reply = stream.response
+            return JSONResponse(message, headers={"x-zeph-provider": reply.provider, "x-zeph-model": reply.model})
         except Exception as exc:
             await _settle(key, stream, translator)  # idempotent
             return error_response(exc)
