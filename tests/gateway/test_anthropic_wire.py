@@ -13,7 +13,8 @@ from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from zeph_providers.errors import InvalidRequestError
-from zeph_providers.gateway._anthropic_wire import MessageBuilder, StreamTranslator, error_body, parse_request
+from zeph_providers.gateway._anthropic_request import parse_request
+from zeph_providers.gateway._anthropic_wire import MessageBuilder, StreamTranslator, error_body
 from zeph_providers.types import (
     CachePointPart,
     ContentChunk,

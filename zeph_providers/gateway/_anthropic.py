@@ -1,6 +1,7 @@
 """The Anthropic Messages API routes: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 
-The translation lives in `_anthropic_wire` (pure functions); this module is the HTTP side.
+The translation lives in `_anthropic_request` and `_anthropic_wire` (pure functions); this module
+is the HTTP side.
 
 Decisions:
 
@@ -36,12 +37,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from zeph_providers.errors import BadResponseError, InvalidRequestError, LlmError, UnsupportedCapabilityError
+from zeph_providers.gateway._anthropic_request import AnthropicRequest, parse_request
 from zeph_providers.gateway._anthropic_wire import (
-    AnthropicRequest,
     MessageBuilder,
     StreamTranslator,
     error_body,
-    parse_request,
     sse,
 )
 from zeph_providers.gateway._errors import GatewayError, error_message, error_status
