@@ -531,16 +531,14 @@ class BaseProvider:
         source: AsyncIterator[StreamChunk] | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """`stream_chunks()` (or `source`) inside the concurrency slot and the rate limit, every
-        unexpected error typed. The limiter's reservation is settled with the reply's usage (or
-        kept as estimated when the request failed after being sent) and cancelled when the stream
-        was closed or cancelled before anything arrived."""
+        unexpected error typed. The limiter's reservation is settled with the reply's usage, or kept
+        as estimated when there is none: a request that failed, timed out or was cancelled after it
+        was started may still be billed by the server, so it is never handed back."""
         semaphore = self._semaphore
         if semaphore is not None:
             await self._acquire_slot(options)
         reservation: Reservation | None = None
         usage: Usage | None = None
-        arrived = False
-        settle = True
         try:
             limiter = self.rate_limiter
             if limiter is not None:
@@ -550,12 +548,10 @@ class BaseProvider:
                 source = self.stream_chunks(messages, options)
             try:
                 async for chunk in source:
-                    arrived = True
                     if isinstance(chunk, UsageChunk):
                         usage = chunk.usage
                     yield chunk
             except (asyncio.CancelledError, GeneratorExit):
-                settle = arrived
                 raise
             except LlmError:
                 raise
@@ -569,9 +565,6 @@ class BaseProvider:
         finally:
             if reservation is not None:
                 with contextlib.suppress(Exception):
-                    if settle:
-                        await reservation.settle(usage.total_tokens if usage is not None else None)
-                    else:
-                        await reservation.cancel()
+                    await reservation.settle(usage.total_tokens if usage is not None else None)
             if semaphore is not None:
                 semaphore.release()

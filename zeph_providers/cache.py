@@ -164,6 +164,15 @@ def decode_chunks(value: bytes) -> list[StreamChunk] | None:
         return None
 
 
+def _most_similar(vector: list[float], items: list[tuple[str, list[float]]]) -> tuple[float, str | None]:
+    best, best_key = -1.0, None
+    for key, stored in items:
+        score = _cosine(vector, stored)
+        if score > best:
+            best, best_key = score, key
+    return best, best_key
+
+
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) != len(b) or not a:
         return -1.0
@@ -261,11 +270,8 @@ class ResponseCache:
         except Exception as exc:
             log.warning("response cache %r: index lookup failed (%s)", self.name, type(exc).__name__)
             return None
-        best, best_key = -1.0, None
-        for key, stored in items:
-            score = _cosine(vector, stored)
-            if score > best:
-                best, best_key = score, key
+        # Pure-Python cosines over a whole index take milliseconds: off the event loop.
+        best, best_key = await asyncio.to_thread(_most_similar, vector, items)
         return best_key if best_key is not None and best >= self.semantic_threshold else None
 
     def __repr__(self) -> str:

@@ -169,12 +169,24 @@ class AuthenticationError(LlmError):
 
 
 class RateLimitError(LlmError):
-    """HTTP 429; `retry_after` is the server's requested wait in seconds, when it gave one."""
+    """HTTP 429; `retry_after` is the server's requested wait in seconds, when it gave one.
+
+    `client_side` is True when the library's own limiter (`rpm`/`tpm`, `zeph_providers.limits`)
+    refused the call before anything was sent: it says nothing about the server's health (a
+    router does not count it against the member's circuit breaker)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, provider: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        retry_after: float | None = None,
+        client_side: bool = False,
+    ) -> None:
         self.retry_after = retry_after
+        self.client_side = client_side
         super().__init__(message, provider=provider)
 
 

@@ -239,6 +239,7 @@ class RateLimiter:
             'raise rpm/tpm, spread the calls, or set rate_limit = "wait" with a longer timeout',
             provider=self.name,
             retry_after=round(wait, 3),
+            client_side=True,
         )
 
     # ----- feedback from the server ---------------------------------------------------------

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zeph_providers import factory
 from zeph_providers.base import BaseProvider
@@ -26,6 +26,9 @@ from zeph_providers.limits import RateLimiter
 from zeph_providers.pricing import CostTracker, ProviderTotals
 from zeph_providers.protocol import LlmProvider
 from zeph_providers.state import StateStore, build_store
+
+if TYPE_CHECKING:
+    from zeph_providers.cache import ResponseCache
 
 __all__ = ["Registry"]
 
@@ -189,44 +192,46 @@ class Registry:
         with lock:
             built = self._providers.get(name)
             if built is None:
+                cache = self._response_cache_for(provider_config)  # its config errors come before a build
                 built = factory.build_provider(provider_config, self)
-                self._attach_response_cache(built, provider_config)
-                self._attach_limiter(built, provider_config)
+                try:
+                    self._attach(built, provider_config, cache)
+                except BaseException:
+                    _close_soon(built)  # refused after the build: nothing may keep its clients open
+                    raise
                 hooks = getattr(built, "hooks", None)
                 if isinstance(hooks, Hooks):
                     hooks.parent = self.hooks
                 self._providers[name] = built
         return built
 
-    def _attach_response_cache(self, provider: LlmProvider, config: ProviderConfigBase) -> None:
-        """`[llm.providers.response_cache]`: give the built provider its cache (`zeph_providers.cache`;
-        the store is `self.state` when the registry has a shared one)."""
+    def _response_cache_for(self, config: ProviderConfigBase) -> ResponseCache | None:
+        """`[llm.providers.response_cache]` -> the provider's cache (`zeph_providers.cache`; the store
+        is `self.state` when the registry has a shared one), or None without the table."""
         if getattr(config, "response_cache", None) is None:
-            return
+            return None
         from zeph_providers.cache import build_response_cache
 
-        cache = build_response_cache(config, self)
-        if cache is None:
-            return
-        if not hasattr(provider, "response_cache"):
-            raise ConfigError(
-                f"type {config.type!r} cannot use a response cache (it does not build on BaseProvider); "
-                "remove the response_cache table",
-                provider=config.name,
-            )
-        provider.response_cache = cache
-    def _attach_limiter(self, provider: LlmProvider, config: ProviderConfigBase) -> None:
-        """`rpm`/`tpm` from the config -> a `RateLimiter` on this registry's store."""
-        if config.rpm is None and config.tpm is None:
+        return build_response_cache(config, self)
+
+    def _attach(self, provider: LlmProvider, config: ProviderConfigBase, cache: ResponseCache | None) -> None:
+        """Give a built provider its response cache and its `rpm`/`tpm` limiter (on this registry's store)."""
+        limited = config.rpm is not None or config.tpm is not None
+        if cache is None and not limited:
             return
         if not isinstance(provider, BaseProvider):
             raise ConfigError(
-                "rpm/tpm need a provider built on BaseProvider (this plugin is not); limit it in the plugin",
+                f"type {config.type!r} does not build on BaseProvider, so it cannot use "
+                f"{'a response cache' if cache is not None else 'rpm/tpm limits'}; remove "
+                f"{'the response_cache table' if cache is not None else 'rpm/tpm'} or limit it in the plugin",
                 provider=config.name,
             )
-        provider.rate_limiter = RateLimiter(
-            config.name, rpm=config.rpm, tpm=config.tpm, store=self.state, wait=config.rate_limit == "wait"
-        )
+        if cache is not None:
+            provider.response_cache = cache
+        if limited:
+            provider.rate_limiter = RateLimiter(
+                config.name, rpm=config.rpm, tpm=config.tpm, store=self.state, wait=config.rate_limit == "wait"
+            )
 
     def default(self) -> LlmProvider:
         """The provider named by `[llm].default` (or the only/first provider)."""
@@ -333,3 +338,23 @@ class Registry:
 
 def _names(providers: list[LlmProvider]) -> list[str]:
     return [name for name in (getattr(p, "name", None) for p in providers) if isinstance(name, str)]
+
+
+def _close_soon(provider: LlmProvider) -> None:
+    """Close a provider from sync code: on the running loop when there is one, else right here."""
+    import asyncio
+    import contextlib
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        with contextlib.suppress(Exception):  # best effort: the original error is what the caller must see
+            asyncio.run(provider.aclose())
+        return
+    task = loop.create_task(provider.aclose())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[Any] = set()
+"""Close tasks in flight (a reference keeps them from being collected before they run)."""

@@ -21,7 +21,7 @@ from tests.router.helpers import USER, mock, router
 from zeph_providers import ConfigError, ProviderUnavailableError, Registry
 from zeph_providers.backends.mock import MockProvider, MockReply, MockRequest
 from zeph_providers.backends.router import RouterProvider
-from zeph_providers.errors import UnsupportedCapabilityError
+from zeph_providers.errors import InvalidRequestError, UnsupportedCapabilityError
 from zeph_providers.limits import RateLimiter
 from zeph_providers.models_info import ModelInfo
 from zeph_providers.options import ChatOptions
@@ -477,3 +477,41 @@ async def test_status_shows_in_flight_weights_and_probes_as_json() -> None:
     assert probe["ok"] is True and probe["kind"] == "models" and probe["error"] is None
     assert probe["latency_ms"] >= 0 and probe["at"] > 0
     assert router([mock("x")]).status()["x"]["weight"] is None
+
+
+async def test_our_own_rate_limit_never_trips_the_members_breaker() -> None:
+    """The router thinks `a` has room (its estimate is optimistic), `a`'s own limiter refuses:
+    that refusal says nothing about `a`'s health, so `a`'s breaker stays closed."""
+    a, b = mock("a"), mock("b")
+    a.rate_limiter = Optimistic("a", rpm=1, store=MemoryStore(), wait=False)  # admits 1 request a minute
+    r = router([a, b], failure_threshold=1)
+    providers = [(await r.chat(USER)).provider for _ in range(4)]
+    assert providers == ["a", "b", "b", "b"]
+    assert r.breaker("a").state.value == "closed"
+
+
+class Optimistic(RateLimiter):
+    """A real limiter that always tells the router it has room (as an estimate too small may)."""
+
+    async def has_capacity(self, estimated_tokens: int = 0) -> bool:
+        return True
+
+
+class ModelListForbidden(Flippable):
+    """Chat works; the model list answers 403/404 (some compatible servers do)."""
+
+    async def list_models(self, *, refresh: bool = False) -> list[ModelInfo]:
+        self.model_probes += 1
+        raise InvalidRequestError("404 on /v1/models", provider=self.name)
+
+
+async def test_a_probe_refused_by_the_server_moves_the_member_behind_but_never_opens_its_breaker() -> None:
+    a, b = ModelListForbidden("a"), Flippable("b")
+    r = build([a, b], failure_threshold=1, health_check_interval_secs=60)
+    assert r.health is not None
+    for _ in range(3):
+        await r.health.probe_all()
+    assert r.breaker("a").state.value == "closed"
+    assert (await r.chat(USER)).provider == "b"  # behind the healthy one
+    b.healthy = False
+    assert (await r.chat(USER)).provider == "a"  # still tried: its chat works

@@ -312,3 +312,20 @@ async def test_the_redis_password_is_never_printed(
             assert PASSWORD not in text
     finally:
         server.kill()
+
+
+async def test_a_large_similarity_index_stays_readable_and_bounded(redis_server: RedisServer) -> None:
+    """Past Lua's unpack() limit (a few thousand values) the index still reads, the store stays
+    shared (no fallback), and it keeps at most INDEX_LIMIT entries, the soonest to expire going first."""
+    from zeph_providers.state.redis import INDEX_LIMIT
+
+    store = RedisStore(redis_server.url, key_prefix="big:")
+    try:
+        for n in range(INDEX_LIMIT + 500):
+            await store.index_add("ns", f"k{n}", [float(n), 1.0], ttl_s=60.0 + n)
+        items = await store.index_items("ns")
+        assert store.available
+        assert len(items) == INDEX_LIMIT
+        assert {key for key, _ in items} == {f"k{n}" for n in range(500, INDEX_LIMIT + 500)}
+    finally:
+        await store.aclose()

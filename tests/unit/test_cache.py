@@ -478,3 +478,26 @@ async def test_max_entries_bounds_the_in_process_store() -> None:
         await provider.chat([Message.user(text)])
     assert (await provider.chat([Message.user("c")])).cached
     assert not (await provider.chat([Message.user("a")])).cached  # the oldest went first
+
+
+def test_a_cache_the_config_cannot_have_is_refused_before_the_provider_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused cache table never leaves a built (and unclosed) provider behind."""
+    from zeph_providers import factory
+
+    built: list[str] = []
+    real = factory.build_provider
+
+    def counting(config: Any, registry: Any) -> Any:
+        built.append(config.name)
+        return real(config, registry)
+
+    monkeypatch.setattr(factory, "build_provider", counting)
+    registry = Registry.from_dict(
+        {"llm": {"providers": [{"name": "m", "type": "mock", "response_cache": {"semantic_threshold": 0.9}}]}}
+    )
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="embedding"):
+            registry.get("m")
+    assert built == []

@@ -229,16 +229,24 @@ async def test_two_registries_sharing_a_store_share_the_limit() -> None:
     await two.aclose()
 
 
-async def test_a_stream_closed_before_anything_arrived_gives_its_request_back() -> None:
-    text = '[[llm.providers]]\nname = "m"\ntype = "mock"\nrpm = 1\nrate_limit = "fail"\ndelay_secs = 0.5\n'
+async def test_a_request_cancelled_after_it_started_keeps_its_count() -> None:
+    """A started request may be billed by the server even if nobody waits for its reply: the
+    limiter never hands its capacity back (the next call is refused, not sent)."""
+    text = '[[llm.providers]]\nname = "m"\ntype = "mock"\nrpm = 1\nrate_limit = "fail"\ndelay_secs = 60\n'
     async with Registry.from_toml_string(text) as registry:
         provider = registry.get("m")
+        limiter = provider.rate_limiter  # type: ignore[attr-defined]
         task = asyncio.ensure_future(provider.chat([Message.user("hi")]))
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(120):  # a never-hang bound: the call takes its slot at once
+            while await limiter.has_capacity():  # noqa: ASYNC110 (polling the limiter is the point)
+                await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert await provider.rate_limiter.has_capacity()  # type: ignore[attr-defined]
+        assert not await limiter.has_capacity()
+        with pytest.raises(RateLimitError) as caught:
+            await provider.chat([Message.user("again")])
+        assert caught.value.client_side
 
 
 # ----- shared breakers on the in-process store ---------------------------------------------------

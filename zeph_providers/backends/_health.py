@@ -11,11 +11,14 @@ Decisions:
   compatible servers: `GET /v1/models`; Ollama: `/api/tags`; Claude: `/v1/models`; a nested router:
   its members' lists). A member whose backend lists no models (`UnsupportedCapabilityError`) gets a
   1-token chat instead, from then on (it costs a token, and a response cache may answer it).
-- A probe feeds the member's breaker through its public methods: a failure is recorded like a
-  failed call (`acquire()` then `record_failure()`: it counts towards `failure_threshold` while
-  closed, and reopens a half-open breaker); a success while the breaker is open or half-open closes
-  it (`reset()`) so a member that came back rejoins at once; a success while closed changes nothing
-  (probe successes must not mask real calls' failures).
+- A probe feeds the member's breaker through its async methods (so a breaker shared across
+  replicas hears it too): a failure that says the member is down (a timeout, a refused or broken
+  connection, a 5xx: `ProviderTimeoutError`, `ProviderUnavailableError`, `InferenceError`) is
+  recorded like a failed call (it counts towards `failure_threshold` while closed, and reopens a
+  half-open breaker); any other failure (a 401/404 on the model list of a server whose chat works)
+  only moves the member behind the others; a success while the breaker is open or half-open closes
+  it so a member that came back rejoins at once; a success while closed changes nothing (probe
+  successes must not mask real calls' failures).
 - A member whose last probe failed is moved behind the others (`down()`) at once, before its breaker
   opens; it is still tried when every other member has failed (the probe may be wrong: a server
   whose model list fails can still chat).
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from zeph_providers.breaker import BreakerState
-from zeph_providers.errors import UnsupportedCapabilityError
+from zeph_providers.errors import InferenceError, ProviderUnavailableError, UnsupportedCapabilityError
 from zeph_providers.types import Message
 
 if TYPE_CHECKING:
@@ -170,6 +173,7 @@ class HealthChecker:
         kind: ProbeKind = self._kinds.get(name, "models")
         started = time.perf_counter()
         error: str | None = None
+        down = False
         try:
             async with asyncio.timeout(self.timeout):
                 list_models = getattr(member, "list_models", None)  # not part of the protocol
@@ -181,16 +185,18 @@ class HealthChecker:
                     except UnsupportedCapabilityError:
                         kind = self._kinds[name] = "chat"
                 if kind == "chat":
-                    await member.chat(_PING, max_tokens=1)
-        except TimeoutError:
+                    await member.chat(_PING, max_tokens=1, response_cache=False)
+        except TimeoutError:  # ProviderTimeoutError included
             error = "ProviderTimeoutError"
+            down = True
         except Exception as exc:  # LlmError, or a plugin member breaking the protocol
             error = type(exc).__name__
+            down = isinstance(exc, ProviderUnavailableError | InferenceError)
         latency_ms = (time.perf_counter() - started) * 1000.0
         result = ProbeResult(error is None, kind, self._wall_clock(), latency_ms, error)
         self.results[name] = result
         breaker = self._breakers.get(name)
-        if breaker is not None:
+        if breaker is not None and (result.ok or down):
             await feed(breaker, result.ok)
         if error is None:
             log.debug("router %r: health probe of %r (%s) ok in %.1f ms", self.router, name, kind, latency_ms)

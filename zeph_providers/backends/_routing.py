@@ -28,6 +28,7 @@ from zeph_providers.errors import (
     InvalidRequestError,
     LlmError,
     ProviderTimeoutError,
+    RateLimitError,
     UnsupportedCapabilityError,
 )
 from zeph_providers.options import Capabilities, ChatOptions
@@ -160,17 +161,20 @@ def settings_problems(
     return problems
 
 
-async def at_limit(router: str, members: Mapping[str, LlmProvider], estimated_tokens: int) -> set[str]:
+async def at_limit(
+    router: str, members: Mapping[str, LlmProvider], estimate: Callable[[LlmProvider], int]
+) -> set[str]:
     """The members whose client-side rate limiter (`member.rate_limiter`, `zeph_providers.limits`)
-    has no capacity for a request of about `estimated_tokens` now. A limiter that fails to answer
-    counts as having capacity: the check must never fail a call."""
+    has no capacity for the request now, `estimate(member)` tokens being what that member's own
+    limiter will count (its config's `max_tokens` included). A limiter that fails to answer counts
+    as having capacity: the check must never fail a call."""
     full: set[str] = set()
     for name, member in list(members.items()):
         limiter = getattr(member, "rate_limiter", None)
         if limiter is None:
             continue
         try:
-            if not await limiter.has_capacity(estimated_tokens):
+            if not await limiter.has_capacity(estimate(member)):
                 full.add(name)
                 log.debug("router %r: %r is at its rate limit; trying it last", router, name)
         except Exception as exc:
@@ -330,6 +334,8 @@ def verdict_for(error: LlmError, *, fallback_on_client_error: bool) -> Verdict:
     """What one member's error means: fall back and count it, skip it, or raise it."""
     if isinstance(error, UnsupportedCapabilityError | ContextLengthError | BudgetExceededError):
         return Verdict.SKIP
+    if isinstance(error, RateLimitError) and error.client_side:
+        return Verdict.SKIP  # our own rpm/tpm limiter refused it: nothing was sent
     if isinstance(error, InvalidRequestError):
         return Verdict.SKIP if fallback_on_client_error else Verdict.RAISE
     if isinstance(error, AuthenticationError):

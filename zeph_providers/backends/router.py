@@ -162,7 +162,9 @@ class RouterProvider(BaseProvider):
                 f"{name}:{member}",
                 failure_threshold,
                 cooldown_secs,
-                probe_ttl_secs=timeout_secs,
+                # The half-open slot outlives a replica that died (or lost Redis) mid-probe by at
+                # most one cooldown, not a whole call timeout: then another replica may probe.
+                probe_ttl_secs=min(timeout_secs, max(cooldown_secs, 1.0)),
                 window_size=window_size,
                 failure_rate=failure_rate,
                 clock=clock,
@@ -291,12 +293,12 @@ class RouterProvider(BaseProvider):
             )
         return sorted(ordered, key=lambda n: n in behind)  # stable
 
-    async def _behind(self, estimated_tokens: int) -> set[str]:
+    async def _behind(self, estimate: Callable[[LlmProvider], int]) -> set[str]:
         """Members to try last: failing their last health probe, or at their rate limit."""
         if self.health is not None:
             self.health.ensure_started()
         down = self.health.down() if self.health is not None else set()
-        return down | await at_limit(self.name, self._members, estimated_tokens)
+        return down | await at_limit(self.name, self._members, estimate)
 
     def _busy(self, name: str, delta: int) -> None:
         with self._lock:
@@ -402,7 +404,9 @@ class RouterProvider(BaseProvider):
                 return False
             return True
 
-        behind = await self._behind(chat_estimate(messages, options.max_tokens))
+        behind = await self._behind(
+            lambda member: chat_estimate(messages, options.max_tokens, getattr(member, "config", None))
+        )
         async for name, member, admission, _remaining_secs in self._candidates(errors, deadline, accept, behind):
             self._busy(name, +1)
             try:
@@ -531,7 +535,8 @@ class RouterProvider(BaseProvider):
         self, texts: list[str], errors: list[LlmError], dimensions: int | None = None
     ) -> list[list[float]]:
         deadline = ChatOptions().started(self._default_timeout).deadline
-        behind = await self._behind(estimate_tokens(texts, None))
+        tokens = estimate_tokens(texts, None)
+        behind = await self._behind(lambda _member: tokens)
         embedders = self._candidates(errors, deadline, lambda _name, member: member.capabilities.embeddings, behind)
         async for name, member, admission, remaining in embedders:
             started = time.perf_counter()

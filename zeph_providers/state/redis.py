@@ -126,15 +126,26 @@ redis.call('DEL', KEYS[3], KEYS[4])
 return 1
 """
 
-# KEYS: hash, expiries; ARGV: member, vector json, ttl ms
-_INDEX_ADD = """
+# Lua's unpack() takes a few thousand values at most: every bulk HDEL/ZREM/HMGET goes in batches.
+_BATCHED = """
+local function each_batch(list, fn)
+  for i = 1, #list, 500 do fn({unpack(list, i, math.min(i + 499, #list))}) end
+end
+local function forget(members)
+  each_batch(members, function(b) redis.call('HDEL', KEYS[1], unpack(b)); redis.call('ZREM', KEYS[2], unpack(b)) end)
+end
+"""
+
+# KEYS: hash, expiries; ARGV: member, vector json, ttl ms, most entries kept
+_INDEX_ADD = _BATCHED + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expires = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)); redis.call('ZREM', KEYS[2], unpack(gone)) end
+forget(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now))
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then forget(redis.call('ZRANGE', KEYS[2], 0, over - 1)) end
 local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local keep = tonumber(newest[2]) - now + 1000
 redis.call('PEXPIRE', KEYS[1], keep)
@@ -142,18 +153,23 @@ redis.call('PEXPIRE', KEYS[2], keep)
 return 1
 """
 
-_INDEX_ITEMS = """
+_INDEX_ITEMS = _BATCHED + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
-if #live == 0 then return {} end
-local vectors = redis.call('HMGET', KEYS[1], unpack(live))
 local out = {}
-for i = 1, #live do
-  if vectors[i] then table.insert(out, live[i]); table.insert(out, vectors[i]) end
-end
+each_batch(live, function(b)
+  local vectors = redis.call('HMGET', KEYS[1], unpack(b))
+  for i = 1, #b do
+    if vectors[i] then table.insert(out, b[i]); table.insert(out, vectors[i]) end
+  end
+end)
 return out
 """
+
+INDEX_LIMIT = 2000
+"""Most entries one similarity index keeps in Redis (the soonest to expire go first): a semantic
+lookup reads the whole index, so it must stay small enough to read within the store's timeout."""
 
 _SCRIPTS = {
     "take": _TAKE,
@@ -322,7 +338,7 @@ class RedisStore:
         keys = [self._k(f"index:{namespace}:vectors"), self._k(f"index:{namespace}:expiry")]
 
         async def shared(_: Any, scripts: dict[str, Any]) -> None:
-            await scripts["index_add"](keys=keys, args=[key, json.dumps(vector), _ms(ttl_s)])
+            await scripts["index_add"](keys=keys, args=[key, json.dumps(vector), _ms(ttl_s), INDEX_LIMIT])
 
         await self._run(shared, lambda local: local.index_add(namespace, key, vector, ttl_s))
 
