@@ -96,7 +96,7 @@ api_key_env = ""
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}
 
 RUN_LANGS = {"python", "bash", "sh", "console", "toml", "json"}
-LISTED_LANGS = {"", "text"}
+LISTED_LANGS = {"mermaid", "", "text"}
 _DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(\w+)(.*?)-->", re.S)
 
 
