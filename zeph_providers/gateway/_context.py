@@ -198,7 +198,9 @@ class GatewayContext:
         reservation = None
         if key.rpm is not None or key.tpm is not None:
             try:
-                reservation = await self._limiter(key).acquire(0)
+                # one token, not 0: a take of 0 tokens skips the tpm bucket, and a key whose
+                # settled usage overdrew it would never be refused
+                reservation = await self._limiter(key).acquire(1)
             except RateLimitError as exc:
                 _, headers = error_status(exc)
                 raise KeyOverLimit(
