@@ -47,7 +47,7 @@ class GatedMock(MockProvider):
         try:
             async for chunk in super()._stream(messages, options):
                 if self.delivered == HOLD_AFTER:
-                    while not self.gate.is_set():
+                    while not self.gate.is_set():  # noqa: ASYNC110 (a threading.Event the test thread sets)
                         await asyncio.sleep(0.01)
                 self.delivered += 1
                 yield chunk
@@ -118,9 +118,10 @@ def test_a_forwarded_request_is_not_loopback_without_keys(mock_gateway: Gateway,
 
 
 def _read_stream_then_leave(gateway: Gateway, path: str, body: dict[str, Any], mock: GatedMock) -> None:
-    with httpx.Client(timeout=HANG_GUARD) as http, http.stream("POST", gateway.url + path, json=body, headers={
-        **_auth(), "x-api-key": KEY
-    }) as response:
+    with (
+        httpx.Client(timeout=HANG_GUARD) as http,
+        http.stream("POST", gateway.url + path, json=body, headers={**_auth(), "x-api-key": KEY}) as response,
+    ):
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.count("x") >= 20 and mock.delivered >= HOLD_AFTER:
@@ -293,3 +294,22 @@ def test_a_reply_that_ended_in_error_is_not_complete(client: openai.OpenAI, mock
     assert not any('"finish_reason": "stop"' in event for event in events)
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="scripted", messages=HI, stream=True))  # type: ignore[arg-type]
+
+
+# ----- shutdown begins at the signal -------------------------------------------------------------
+
+
+def test_serve_marks_the_gateway_shutting_down_at_the_signal() -> None:
+    import signal
+
+    import uvicorn
+
+    from zeph_providers._cli_serve import _announcing_server
+    from zeph_providers.gateway import create_app
+
+    app = create_app(Registry.from_toml_string('[[llm.providers]]\nname = "m"\ntype = "mock"\n'))
+    ctx = app.state.gateway
+    server = _announcing_server(uvicorn.Config(app, log_config=None), ctx)
+    assert not ctx.shutting_down
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+    assert server.should_exit and ctx.shutting_down  # before uvicorn's graceful wait, not after it

@@ -233,9 +233,7 @@ def completion(call: ChatRequest, response: ChatResponse) -> dict[str, Any]:
     }
 
 
-async def _open_stream(
-    ctx: GatewayContext, request: Request, key: KeyInfo, call: ChatRequest, stream: Any
-) -> Response:
+async def _open_stream(ctx: GatewayContext, request: Request, key: KeyInfo, call: ChatRequest, stream: Any) -> Response:
     """Wait for the first chunk (errors before it get their HTTP status; a client that leaves
     meanwhile cancels it), then stream the rest."""
     try:
