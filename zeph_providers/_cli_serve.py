@@ -10,6 +10,9 @@ stop accepting connections, let in-flight requests (streams included) finish wit
 `--shutdown-timeout` seconds, then close the registry. Uvicorn's access log (off by default) shows
 the method, path and status, never a header. Once listening, one line goes to stderr:
 `zeph-providers: serving on http://HOST:PORT` (with the real port for `--port 0`).
+Uvicorn runs with `proxy_headers=False`: the client address is the socket's, never rewritten from
+`X-Forwarded-For` (which would let any client pass the loopback-only check). The signal marks the
+gateway as shutting down at once (`/readyz` 503), before uvicorn's graceful wait.
 """
 
 from __future__ import annotations
@@ -100,17 +103,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=max(1, round(args.shutdown_timeout)),
         server_header=False,
+        proxy_headers=False,  # request.client is the socket's peer: no forged X-Forwarded-For
         lifespan="on",
     )
-    _announcing_server(config).run()
+    _announcing_server(config, app.state.gateway).run()
     return EXIT_OK
 
 
-def _announcing_server(config: Any) -> Any:
-    """uvicorn's Server, printing the address it listens on once it does."""
+def _announcing_server(config: Any, ctx: Any) -> Any:
+    """uvicorn's Server, printing the address it listens on once it does, and marking `ctx` (the
+    app's `GatewayContext`) as shutting down as soon as a signal asks it to stop."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            ctx.shutting_down = True
+            super().handle_exit(sig, frame)
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             for server in self.servers:

@@ -5,7 +5,8 @@ is the HTTP side.
 
 Decisions:
 
-- Order of checks: the body is read (size limit, JSON), then the key is checked for the
+- Order of checks: the key is checked first (`ctx.authenticate`, before the body is read, as the
+  OpenAI routes do), then the body is read (size limit, JSON), the key is authorised for the
   `model` it names, and only then is the rest validated, so an unauthorised client learns nothing
   about the request's problems.
 - A stream's first chunk is fetched before the response starts: an error there (unknown option,
@@ -16,7 +17,10 @@ Decisions:
   assembles from the stream (`get_final_message()`), ids aside.
 - A client that disconnects mid-stream closes the upstream stream at once: the response watches
   `http.disconnect` while it streams, and closes the event generator (which closes our
-  `ChatStream`, which cancels the backend's request or local generation) on every way out.
+  `ChatStream`, which cancels the backend's request or local generation) on every way out. Before
+  a response starts (a non-streamed reply, a stream's first chunk) the same watcher
+  (`_sse.until_disconnect`) cancels the upstream call. An unfinished stream is charged to the key
+  with what it produced (`KeyInfo.settle_stream`).
 - `model` in replies is the request's model (the registry's provider name), as the client sent it;
   the `x-zeph-provider` header names the provider that answered (a router's member) and, for a
   non-streamed reply, `x-zeph-model` the upstream model (as the OpenAI routes do).
@@ -45,7 +49,7 @@ from zeph_providers.gateway._anthropic_wire import (
     sse,
 )
 from zeph_providers.gateway._errors import GatewayError, error_message, error_status
-from zeph_providers.gateway._sse import EventStreamResponse
+from zeph_providers.gateway._sse import ClientDisconnected, EventStreamResponse, until_disconnect
 from zeph_providers.options import ChatKwargs, ChatOptions
 
 if TYPE_CHECKING:
@@ -105,10 +109,12 @@ async def _events(
     try:
         head = translator.start()
         if first is not None:
+            key.observe(first)
             head += translator.feed(first)
         yield _write(head)
         if first is not None:
             async for chunk in stream:
+                key.observe(chunk)
                 events = translator.feed(chunk)
                 if events:
                     yield _write(events)
@@ -120,7 +126,7 @@ async def _events(
     finally:
         with anyio.CancelScope(shield=True):  # a disconnect cancels us: close the upstream anyway
             await stream.aclose()
-            await _settle(key, stream, translator)
+            await key.settle_stream(stream)
 
 
 def _write(events: list[dict[str, Any]]) -> bytes:
@@ -128,14 +134,9 @@ def _write(events: list[dict[str, Any]]) -> bytes:
     return b"".join(sse(event) for event in events)
 
 
-async def _settle(key: KeyInfo, stream: ChatStream | None, translator: StreamTranslator) -> None:
-    cost = stream.response.cost if stream is not None and stream.done else None
-    await key.settle(translator.usage.total_tokens or None, cost)
-
-
-async def _first(stream: ChatStream) -> StreamChunk | None:
+async def _first(request: Request, stream: ChatStream) -> StreamChunk | None:
     try:
-        return await stream.__anext__()
+        return await until_disconnect(request.receive, stream.__anext__)
     except StopAsyncIteration:
         return None
     except BaseException:
@@ -147,6 +148,7 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
     """The Messages API routes over `ctx`."""
 
     async def _prepare(request: Request, *, count_only: bool) -> tuple[AnthropicRequest, LlmProvider, bool, KeyInfo]:
+        ctx.authenticate(request)  # before reading a body from an unknown client
         body = await ctx.read_json(request)
         key = await ctx.authorize(request, _model(body))
         try:
@@ -154,6 +156,8 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
             ctx.check_max_tokens(parsed.kwargs.get("max_tokens"))
             provider = ctx.provider(parsed.model)
             parsed, keep_thinking = _thinking(parsed, provider)
+            if not count_only:
+                key.start(parsed.model, parsed.messages, parsed.kwargs.get("max_tokens"))
         except BaseException:
             await key.settle()
             raise
@@ -169,18 +173,22 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
         try:
             stream = provider.open_stream(parsed.messages, ChatOptions.from_kwargs(parsed.kwargs, stream=parsed.stream))
             if parsed.stream:
-                first = await _first(stream)  # `_events` settles the key when the stream ends
+                first = await _first(request, stream)  # `_events` settles the key when the stream ends
                 events = _events(stream, translator, first, key)
                 return EventStreamResponse(
                     ctx, events, on_close=stream.aclose, headers={"x-zeph-provider": stream.provider}
                 )
+            opened = stream
             async with ctx.track(), contextlib.aclosing(stream):
-                message = await _collect(stream, translator)
-            await _settle(key, stream, translator)
+                message = await until_disconnect(request.receive, lambda: _collect(opened, translator, key))
+            await key.settle_stream(stream)
             reply = stream.response
             return JSONResponse(message, headers={"x-zeph-provider": reply.provider, "x-zeph-model": reply.model})
+        except ClientDisconnected:
+            await key.settle_stream(stream)
+            return Response(status_code=499)  # nobody reads it: the client is gone
         except Exception as exc:
-            await _settle(key, stream, translator)  # idempotent
+            await key.settle_stream(stream)  # idempotent
             return error_response(exc)
 
     async def count_tokens(request: Request) -> Response:
@@ -201,10 +209,11 @@ def routes(ctx: GatewayContext) -> list[BaseRoute]:
     ]
 
 
-async def _collect(stream: ChatStream, translator: StreamTranslator) -> dict[str, Any]:
+async def _collect(stream: ChatStream, translator: StreamTranslator, key: KeyInfo) -> dict[str, Any]:
     builder = MessageBuilder()
     builder.add_all(translator.start())
     async for chunk in stream:
+        key.observe(chunk)
         builder.add_all(translator.feed(chunk))
     if translator.finish == "error":
         raise BadResponseError("the upstream ended the reply with an error")

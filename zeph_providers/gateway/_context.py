@@ -7,17 +7,34 @@ The API modules (`_openai`, `_anthropic`) code against this surface only:
     key = await ctx.authorize(request, model)     # 401 / 403 / 429 as GatewayError subclasses
     provider = ctx.provider(model)                # ProviderNotFoundError -> 404
     async with ctx.track(): ...                   # graceful shutdown waits for this
+    key.start(provider_name, messages, max_tokens)  # input estimate; budget hold (may raise 429)
+    key.observe(chunk)                            # what a stream produced, for an unfinished one
     await key.settle(tokens, cost)                # after the reply: the key's tokens and spend
+    await key.settle_stream(stream)               # a stream's usage, or what it produced so far
     EventStreamResponse(ctx, events, on_close=...)  # (_sse) a stream that closes its upstream
 
 Decisions:
 - Keys are checked before the provider exists: an unknown key learns nothing about the config.
 - Without configured keys only loopback clients are served (unless `allow_remote`); the peer
   address is the socket's (`request.client`), never a forwarded header a client could forge.
+  `serve` runs uvicorn with `proxy_headers=False` (so `request.client` is the socket's), and a
+  request carrying `X-Forwarded-For`, `Forwarded` or `X-Real-IP` is never loopback here: behind
+  a proxy (even one on this host, or an app mounting `create_app` behind its own server), every
+  client looks local, so configure keys.
 - A key's rpm/tpm go through `zeph_providers.limits.RateLimiter(wait=False)`: the request is
   counted when authorised, its tokens settled when the reply's usage is known (tokens are unknown
   before), so a key over its tpm is refused from the next request on. Its budget is spent from
   `resp.cost` (unpriced calls cost nothing here, as in `zeph_providers.pricing`).
+- Budget race: a budgeted key holds a worst-case cost while a request is in flight (its input
+  estimate + `max_tokens`, else the gateway's cap, at the provider's configured `pricing`; 0 when
+  it has none), taken under the lock together with the check `spent + pending >= budget`, and
+  replaced by the real cost when the request settles. So concurrent requests cannot all pass a
+  budget that one of them may use up.
+- An unfinished stream (the client left, or the upstream failed after output) is settled with
+  what it produced: the usage if the upstream reported it, else the input estimate plus the
+  streamed output's characters / 4 (`limits.estimate_tokens`), charged to the tpm; that estimate
+  is priced only through the provider's configured `pricing` (a library-priced or routed
+  provider's unfinished stream counts toward tpm only).
 - Nothing here logs a key: a key is only hashed, and log lines name the key by its `name`.
 """
 
@@ -28,8 +45,9 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +69,8 @@ if TYPE_CHECKING:
     from zeph_providers.limits import RateLimiter, Reservation
     from zeph_providers.protocol import LlmProvider
     from zeph_providers.registry import Registry
+    from zeph_providers.stream import ChatStream
+    from zeph_providers.types import StreamChunk, Usage
 
 __all__ = ["GatewayContext", "GatewayError", "KeyInfo", "error_status"]
 
@@ -70,14 +90,77 @@ class KeyInfo:
     _ctx: GatewayContext | None = field(default=None, repr=False)
     _settled: bool = field(default=False, repr=False)
 
+    provider: str | None = field(default=None, repr=False)
+    input_tokens: int = field(default=0, repr=False)
+    output_chars: int = field(default=0, repr=False)
+    usage: Usage | None = field(default=None, repr=False)
+    _reserved: float = field(default=0.0, repr=False)
+    _tool_deltas: bool = field(default=False, repr=False)
+
+    def start(self, provider: str, messages: Sequence[Any], max_tokens: int | None) -> None:
+        """The request is parsed: note its provider and input estimate and, for a budgeted key,
+        hold its worst-case cost against the budget (`KeyOverLimit` when spent + pending reaches it)."""
+        from zeph_providers.limits import estimate_tokens
+        from zeph_providers.types import Usage
+
+        self.provider = provider
+        self.input_tokens = estimate_tokens([str(getattr(m, "text", "")) for m in messages], None)
+        ctx, key = self._ctx, self.key
+        if ctx is None or key is None or key.budget_usd is None:
+            return
+        output = max_tokens or ctx.settings.max_tokens
+        worst = ctx.price(provider, Usage(input_tokens=self.input_tokens, output_tokens=output))
+        self._reserved = ctx.reserve(key, worst or 0.0)
+
+    def observe(self, chunk: StreamChunk) -> None:
+        """Count what a stream produced (text, thinking, tool arguments) and its usage, if sent."""
+        from zeph_providers.types import ContentChunk, ThinkingChunk, ToolCallDeltaChunk, ToolUseChunk, UsageChunk
+
+        if isinstance(chunk, ContentChunk | ThinkingChunk):
+            self.output_chars += len(chunk.text)
+        elif isinstance(chunk, ToolCallDeltaChunk):
+            self._tool_deltas = True
+            self.output_chars += len(chunk.arguments) + len(chunk.name or "")
+        elif isinstance(chunk, ToolUseChunk) and not self._tool_deltas:
+            call = chunk.tool_call
+            self.output_chars += len(call.name) + len(json.dumps(call.arguments, ensure_ascii=False))
+        elif isinstance(chunk, UsageChunk):
+            self.usage = chunk.usage
+
+    async def settle_stream(self, stream: ChatStream | None) -> None:
+        """Settle from a stream: its reply's usage and cost when it finished, else what it produced."""
+        if stream is not None and stream.done:
+            response = stream.response
+            await self.settle(response.usage.total_tokens or None, response.cost)
+        else:
+            await self.settle_unfinished()
+
+    async def settle_unfinished(self) -> None:
+        """Settle a reply that did not finish: its usage if reported, else the input estimate plus
+        the output produced (characters / 4); priced through the provider's `pricing` if it has one.
+        A request that produced nothing is charged nothing (the upstream failed before output)."""
+        from zeph_providers.limits import CHARS_PER_TOKEN
+        from zeph_providers.types import Usage
+
+        usage = self.usage if self.usage is not None and self.usage.total_tokens else None
+        if usage is None and self.output_chars:
+            output = math.ceil(self.output_chars / CHARS_PER_TOKEN)
+            usage = Usage(input_tokens=self.input_tokens, output_tokens=output)
+        if usage is None:
+            await self.settle()
+            return
+        cost = self._ctx.price(self.provider, usage) if self._ctx is not None and self.provider else None
+        await self.settle(usage.total_tokens, cost)
+
     async def settle(self, tokens: int | None = None, cost: float | None = None) -> None:
-        """Record what the request used: its tokens (the key's tpm) and its cost (its budget).
-        Idempotent; call it in a `finally` with what is known (None when nothing is)."""
+        """Record what the request used: its tokens (the key's tpm) and its cost (its budget), and
+        release its budget hold. Idempotent; call it in a `finally` with what is known (None when
+        nothing is)."""
         if self._settled:
             return
         self._settled = True
-        if self._ctx is not None and cost:
-            self._ctx.spend(self.name, cost)
+        if self._ctx is not None and (cost or self._reserved):
+            self._ctx.spend(self.name, cost or 0.0, release=self._reserved)
         if self.reservation is not None:
             try:
                 await self.reservation.settle(tokens)
@@ -93,6 +176,7 @@ class GatewayContext:
         self.settings = settings
         self._limiters: dict[str, RateLimiter] = {}
         self._spent: dict[str, float] = {}
+        self._pending: dict[str, float] = {}
         self._lock = threading.Lock()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
@@ -109,16 +193,14 @@ class GatewayContext:
         if provider is not None and key.providers is not None and provider not in key.providers:
             raise Forbidden(f"key {key.name!r} may not use model {provider!r}", param="model")
         if key.budget_usd is not None:
-            spent = self.spent(key.name)
-            if spent >= key.budget_usd:
-                raise KeyOverLimit(
-                    f"key {key.name!r} has spent its budget (${spent:.4f} of ${key.budget_usd:.4f})",
-                    code="insufficient_quota",
-                )
+            with self._lock:
+                self._check_budget(key)
         reservation = None
         if key.rpm is not None or key.tpm is not None:
             try:
-                reservation = await self._limiter(key).acquire(0)
+                # one token, not 0: a take of 0 tokens skips the tpm bucket, and a key whose
+                # settled usage overdrew it would never be refused
+                reservation = await self._limiter(key).acquire(1)
             except RateLimitError as exc:
                 _, headers = error_status(exc)
                 raise KeyOverLimit(
@@ -158,9 +240,45 @@ class GatewayContext:
                 self._limiters[key.name] = limiter
             return limiter
 
-    def spend(self, key: str, cost: float) -> None:
+    def _check_budget(self, key: GatewayKey) -> None:
+        """Refuse when what the key spent plus what its in-flight requests hold reaches its budget
+        (call with the lock held)."""
+        assert key.budget_usd is not None
+        spent = self._spent.get(key.name, 0.0)
+        pending = self._pending.get(key.name, 0.0)
+        if spent + pending >= key.budget_usd:
+            held = f", ${pending:.4f} held by requests in flight" if pending else ""
+            raise KeyOverLimit(
+                f"key {key.name!r} has spent its budget (${spent:.4f} of ${key.budget_usd:.4f}{held})",
+                code="insufficient_quota",
+            )
+
+    def reserve(self, key: GatewayKey, amount: float) -> float:
+        """Check the key's budget and hold `amount` against it, atomically; the amount held."""
+        with self._lock:
+            self._check_budget(key)
+            self._pending[key.name] = self._pending.get(key.name, 0.0) + amount
+        return amount
+
+    def spend(self, key: str, cost: float, *, release: float = 0.0) -> None:
+        """Add `cost` to the key's spend, releasing `release` it held while in flight."""
         with self._lock:
             self._spent[key] = self._spent.get(key, 0.0) + cost
+            if release:
+                self._pending[key] = max(0.0, self._pending.get(key, 0.0) - release)
+
+    def pending(self, key: str) -> float:
+        """USD the key's in-flight requests hold against its budget."""
+        with self._lock:
+            return self._pending.get(key, 0.0)
+
+    def price(self, provider: str, usage: Usage) -> float | None:
+        """`usage` at `provider`'s configured `pricing` (None: it has none)."""
+        from zeph_providers.pricing import price
+
+        entry = self.registry.config.provider(provider)
+        pricing = getattr(entry, "pricing", None)
+        return None if pricing is None else price(usage, pricing)
 
     def spent(self, key: str) -> float:
         """USD the key has spent since the gateway started."""
@@ -203,6 +321,8 @@ class GatewayContext:
             value = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
         if not isinstance(value, dict):
             raise BadRequest("the request body must be a JSON object")
         return value
@@ -251,7 +371,13 @@ def _presented_key(request: Request) -> str | None:
     return key.strip() if key and key.strip() else None
 
 
+_FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+
+
 def _is_loopback(request: Request) -> bool:
+    """Whether the socket's peer is loopback and no proxy forwarded the request (see the module)."""
+    if any(name in request.headers for name in _FORWARDING_HEADERS):
+        return False
     client = request.client
     if client is None:
         return False

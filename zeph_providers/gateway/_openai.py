@@ -12,6 +12,11 @@ Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, wi
 `_errors.error_status`. A stream fails with an HTTP status while nothing has been sent (the first
 chunk is awaited before the response starts, so retries and router fallbacks still apply); after
 that, as an SSE `data: {"error": ...}` event, which the openai client raises as an `APIError`.
+
+A reply the upstream ended with finish reason "error" is not passed off as complete: a
+non-streamed one is a 502 (`BadResponseError`), a stream ends with an error event and `[DONE]`
+(as the Anthropic routes do). A client that disconnects before its reply starts (a non-streamed
+call, a stream's first chunk) cancels the upstream call (`_sse.until_disconnect`).
 """
 
 from __future__ import annotations
@@ -29,11 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from zeph_providers.errors import LlmError
+from zeph_providers.errors import BadResponseError, LlmError
 from zeph_providers.gateway._context import GatewayContext, KeyInfo
 from zeph_providers.gateway._errors import error_code, error_message, error_status
 from zeph_providers.gateway._openai_request import ChatRequest, parse_chat, parse_embeddings
-from zeph_providers.gateway._sse import EventStreamResponse, sse_event
+from zeph_providers.gateway._sse import ClientDisconnected, EventStreamResponse, sse_event, until_disconnect
 from zeph_providers.types import (
     ChatResponse,
     ContentChunk,
@@ -61,7 +66,6 @@ _FINISH: dict[FinishReason, str] = {
     "content_filter": "content_filter",
     "refusal": "content_filter",
     "pause_turn": "stop",
-    "error": "stop",
 }
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error", 504: "timeout_error"}  # fmt: skip
@@ -136,12 +140,20 @@ async def chat_completions(ctx: GatewayContext, request: Request) -> Response:
         key = await ctx.authorize(request, model if isinstance(model, str) else None)
         call = parse_chat(body, ctx)
         provider = ctx.provider(call.model)
+        key.start(call.model, call.messages, call.kwargs.get("max_tokens"))
         if call.stream:
             async with ctx.track():  # counted while the first chunk is awaited, too
-                return await _open_stream(ctx, key, call, provider.chat_stream(call.messages, **call.kwargs))
+                stream = provider.chat_stream(call.messages, **call.kwargs)
+                return await _open_stream(ctx, request, key, call, stream)
         async with ctx.track():
-            response = await provider.chat(call.messages, **call.kwargs)
+            response = await until_disconnect(request.receive, lambda: provider.chat(call.messages, **call.kwargs))
         await key.settle(response.usage.total_tokens, response.cost)
+        if response.finish_reason == "error":
+            raise BadResponseError("the upstream ended the reply with an error", provider=response.provider)
+    except ClientDisconnected:
+        if key is not None:
+            await key.settle_unfinished()
+        return Response(status_code=499)  # nobody reads it: the client is gone
     except Exception as exc:
         if key is not None:
             await key.settle()
@@ -221,29 +233,35 @@ def completion(call: ChatRequest, response: ChatResponse) -> dict[str, Any]:
     }
 
 
-async def _open_stream(ctx: GatewayContext, key: KeyInfo, call: ChatRequest, stream: Any) -> Response:
-    """Wait for the first chunk (errors before it get their HTTP status), then stream the rest."""
+async def _open_stream(ctx: GatewayContext, request: Request, key: KeyInfo, call: ChatRequest, stream: Any) -> Response:
+    """Wait for the first chunk (errors before it get their HTTP status; a client that leaves
+    meanwhile cancels it), then stream the rest."""
     try:
-        first: StreamChunk | None = await stream.__anext__()
+        first: StreamChunk | None = await until_disconnect(request.receive, stream.__anext__)
     except StopAsyncIteration:
         first = None
     except BaseException:
         await stream.aclose()
         raise
+    if first is not None:
+        key.observe(first)
     completion_id, created = _ids()
 
     async def close() -> None:
         await stream.aclose()
-        usage = stream.response.usage if stream.done else None
-        cost = stream.response.cost if stream.done else None
-        await key.settle(usage.total_tokens if usage else None, cost)
+        await key.settle_stream(stream)  # the usage, or what an unfinished stream produced
 
-    events = _events(call, stream, first, completion_id, created)
+    events = _events(call, stream, key, first, completion_id, created)
     return EventStreamResponse(ctx, events, on_close=close, headers={"x-zeph-provider": stream.provider})
 
 
 async def _events(
-    call: ChatRequest, stream: AsyncIterator[StreamChunk], first: StreamChunk | None, completion_id: str, created: int
+    call: ChatRequest,
+    stream: AsyncIterator[StreamChunk],
+    key: KeyInfo,
+    first: StreamChunk | None,
+    completion_id: str,
+    created: int,
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         body = {
@@ -269,6 +287,7 @@ async def _events(
         if first is not None:
             yield first
         async for item in stream:
+            key.observe(item)
             yield item
 
     try:
@@ -300,6 +319,8 @@ async def _events(
             elif isinstance(item, UsageChunk):
                 usage = item.usage
             elif isinstance(item, EndChunk):
+                if item.finish_reason == "error":
+                    raise BadResponseError("the upstream ended the reply with an error", provider=item.provider)
                 finish = _FINISH[item.finish_reason]
     except Exception as exc:
         _, _, body = error_body(exc)

@@ -6,12 +6,18 @@ second waits for `http.disconnect`; whichever ends first cancels the other, and 
 `ChatStream.aclose()`: the HTTP request to an upstream is closed, the local worker stops
 generating) is awaited in every case, before the response returns. The whole response runs inside
 `ctx.track()`, so graceful shutdown waits for it.
+
+`until_disconnect(receive, work)` is the same watcher for the work before a response starts (a
+non-streamed reply, a stream's first chunk): uvicorn does not cancel a handler whose client left,
+so without it the upstream call would run to its end for nobody. A gone client cancels the work
+(which closes its upstream stream) and raises `ClientDisconnected`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 from starlette.responses import Response
@@ -19,9 +25,50 @@ from starlette.types import Receive, Scope, Send
 
 from zeph_providers.gateway._context import GatewayContext
 
-__all__ = ["EventStreamResponse", "sse_event"]
+__all__ = ["ClientDisconnected", "EventStreamResponse", "sse_event", "until_disconnect"]
 
 log = logging.getLogger("zeph_providers.gateway")
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response started; the work for it was cancelled."""
+
+
+async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+    """`await work()`, cancelled (and `ClientDisconnected` raised) if the client disconnects first.
+    Call it once the request body has been read: the watcher consumes `receive()` messages."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+    gone = False
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            try:
+                results.append(await work())
+            except Exception as exc:  # re-raised below as itself, not inside an ExceptionGroup
+                errors.append(exc)
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(run)
+        group.start_soon(watch)
+    if errors:
+        raise errors[0]
+    if results:
+        return results[0]
+    if gone:
+        log.info("gateway: the client disconnected before its reply; the upstream call was cancelled")
+    raise ClientDisconnected("the client disconnected")
 
 
 def sse_event(data: str, *, event: str | None = None) -> bytes:

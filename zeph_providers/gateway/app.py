@@ -8,7 +8,11 @@ Decisions:
   to `settings.shutdown_timeout` for in-flight requests (`GatewayContext.track`), then close the
   registry (unless `close_registry=False`, for apps that own their registry).
 - `/healthz` (alive) and `/readyz` (the registry has providers and is not shutting down) need no
-  key; `/v1/zeph/status` (usage, cost totals, router breakers) is authorised like the APIs.
+  key, so they name nothing (no provider names: the config is not shown to unknown clients);
+  `/v1/zeph/status` (usage, cost totals, router breakers) is authorised like the APIs, and a key
+  limited to some providers sees only those (their usage, their cost total, those routers).
+- `shutting_down` is set when shutdown begins: by `serve` on SIGTERM/SIGINT (before uvicorn's
+  graceful wait), else at the lifespan's end.
 - CORS only when `cors_origins` is set.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -100,10 +104,9 @@ def _readyz(ctx: GatewayContext) -> Any:
     async def readyz(request: Request) -> Response:
         if ctx.shutting_down:
             return JSONResponse({"status": "shutting down"}, status_code=503)
-        names = ctx.registry.names()
-        if not names:
+        if not ctx.registry.names():
             return JSONResponse({"status": "no providers configured"}, status_code=503)
-        return JSONResponse({"status": "ready", "providers": names})
+        return JSONResponse({"status": "ready"})
 
     return readyz
 
@@ -113,28 +116,34 @@ def _status(ctx: GatewayContext) -> Any:
         from zeph_providers.gateway._openai import error_response
 
         try:
-            await ctx.authorize(request, None)
+            key = await ctx.authorize(request, None)
         except Exception as exc:
             return error_response(exc)
-        return JSONResponse(gateway_status(ctx))
+        allowed = key.key.providers if key.key is not None else None
+        return JSONResponse(gateway_status(ctx, allowed))
 
     return status
 
 
-def gateway_status(ctx: GatewayContext) -> dict[str, Any]:
-    """Usage and cost totals per provider, the registry total, and each built router's members."""
+def gateway_status(ctx: GatewayContext, allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """Usage and cost totals per provider, the registry total, and each built router's members;
+    with `allowed`, only those providers (and the total over them)."""
     registry = ctx.registry
     routers: dict[str, Any] = {}
     for name, provider in registry.built().items():
+        if allowed is not None and name not in allowed:
+            continue
         member_status = getattr(provider, "status", None)
         if callable(member_status) and getattr(provider, "backend", None) == "router":
             try:
                 routers[name] = member_status()
             except Exception:  # a status must never fail the endpoint
                 log.warning("router %r: status() failed", name, exc_info=True)
+    usage = {name: totals for name, totals in registry.usage().items() if allowed is None or name in allowed}
+    total = registry.total_cost() if allowed is None else sum(totals.cost_usd for totals in usage.values())
     return {
-        "providers": {name: totals.as_dict() for name, totals in registry.usage().items()},
-        "total_cost_usd": registry.total_cost(),
+        "providers": {name: totals.as_dict() for name, totals in usage.items()},
+        "total_cost_usd": total,
         "routers": routers,
         "in_flight": ctx.in_flight,
     }
