@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import itertools
 import sys
 from pathlib import Path
 from types import UnionType
@@ -12,8 +10,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from zeph_providers.config import models as config_module
 from zeph_providers.config import BUILTIN_TYPES, TYPE_ALIASES, GenerationConfig
+from zeph_providers.config import models as config_module
 
 HEADER = """# Configuration reference
 
@@ -95,22 +93,11 @@ def _default_text(info: FieldInfo) -> str:
 
 
 def _attribute_docs() -> dict[tuple[str, str], str]:
-    """(class, field) -> the docstring under the field in config/models.py (read from source, not at import)."""
-    tree = ast.parse(Path(config_module.__file__ or "").read_text(encoding="utf-8"))
-    docs: dict[tuple[str, str], str] = {}
-    for node in tree.body:
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for field, following in itertools.pairwise(node.body):
-            if (
-                isinstance(field, ast.AnnAssign)
-                and isinstance(field.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[(node.name, field.target.id)] = " ".join(following.value.value.split())
-    return docs
+    """(class, field) -> the docstring under the field in config/models.py (read from source, not at
+    import; the same reader as `zeph-providers config schema`)."""
+    from zeph_providers._cli_schema import _source_docs
+
+    return _source_docs(config_module.__file__ or "")
 
 
 _DOCS = _attribute_docs()

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -44,6 +44,25 @@ class _StderrHandler(logging.Handler):
             sys.stderr.flush()
         except Exception:
             self.handleError(record)
+
+
+def number_type(
+    convert: Callable[[str], Any], what: str, valid: Callable[[Any], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse `type=`: `convert(text)` (else "expected WHAT"), which `valid` must accept (else
+    "must be RULE"). One definition for every numeric flag of the CLI."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not valid(value):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {shown}")
+        return value
+
+    return parse
 
 
 def _setup_logging(verbosity: int) -> None:

@@ -22,27 +22,13 @@ import ipaddress
 import sys
 from typing import Any
 
+from zeph_providers._cli_common import number_type
+
 __all__ = ["add_serve_parser"]
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
-    return value
+_port = number_type(int, "a port number", lambda v: 0 <= v <= 65535, "between 0 and 65535")
+_seconds = number_type(float, "a number of seconds", lambda v: v >= 0, ">= 0")
 
 
 def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:

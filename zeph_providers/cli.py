@@ -59,6 +59,7 @@ from zeph_providers._cli_common import (
     _register_known_secrets,
     _setup_logging,
     _UsageError,
+    number_type,
 )
 from zeph_providers._cli_inspect import _cmd_list, _cmd_models, _cmd_status
 from zeph_providers._cli_serve import add_serve_parser
@@ -71,44 +72,10 @@ PROG = "zeph-providers"
 # ----- argument parsing ---------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {value:g}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value:g}")
-    return value
+_positive_int = number_type(int, "a whole number", lambda v: v >= 1, "at least 1")
+_temperature = number_type(float, "a number", lambda v: 0.0 <= v <= 2.0, "between 0 and 2")
+_seconds = number_type(float, "a number of seconds", lambda v: v > 0, "positive")
+_top_p = number_type(float, "a number", lambda v: 0.0 < v <= 1.0, "above 0 and at most 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
